@@ -1,0 +1,149 @@
+"""Image decoding and pre-processing, shared by the PyTorch, ONNX and web paths.
+
+One definition, NumPy and Pillow only (no torch import), so that a line PC running the
+exported ONNX model pre-processes exactly as the Python model did. It follows anomalib's
+PaDiM defaults: bilinear resize to ``image_size``, then ImageNet mean and standard
+deviation. Every image mode Pillow opens is made 3-channel RGB first: grayscale, RGBA
+(alpha dropped), palette, CMYK and 16-bit images.
+
+Shapes: a batch is (N, 3, H, W) float32, channels first, as the backbones take it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+PathLike = Union[str, os.PathLike]
+
+
+class ImageError(ValueError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def as_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """Return ``image_size`` as a (height, width) tuple of positive ints.
+
+    Args:
+        image_size: an int (square) or a sequence of two ints (height, width).
+        name: the argument's name, for the error message.
+
+    Raises:
+        ValueError: if it is not one or two positive integers.
+
+    >>> as_size(256), as_size([224, 320])
+    ((256, 256), (224, 320))
+    """
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        size = (int(image_size), int(image_size))
+    else:
+        try:
+            size = tuple(int(s) for s in image_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an int or (height, width), got {image_size!r}") from None
+        if len(size) != 2:
+            raise ValueError(f"{name} must be an int or (height, width), got {image_size!r}")
+    if min(size) < 1:
+        raise ValueError(f"{name} must be positive, got {image_size!r}")
+    return size
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Make any Pillow image 3-channel 8-bit RGB.
+
+    16-bit and 32-bit integer images are scaled by their type's range (not clipped, which is
+    what ``Image.convert("RGB")`` would do); float images are taken to lie in [0, 1].
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "F":
+        array = np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image(source: PathLike | bytes | Image.Image) -> Image.Image:
+    """Decode an image file (or bytes) fully and return it as RGB.
+
+    Raises:
+        ImageError: naming the file, when it is missing, not an image, truncated or corrupt.
+    """
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    name = "uploaded image" if isinstance(source, bytes) else str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        with handle, Image.open(handle) as image:
+            image.load()  # decode now: a truncated file fails here, not later in a worker
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+
+
+def preprocess(images: Image.Image | Iterable[Image.Image], image_size: int | Sequence[int]) -> np.ndarray:
+    """Resize (bilinear) and normalise images into a batch.
+
+    Args:
+        images: one RGB image or an iterable of them (other modes are converted).
+        image_size: int or (height, width).
+
+    Returns:
+        float32 array of shape (N, 3, H, W), normalised with ImageNet mean and std.
+
+    >>> batch = preprocess(Image.new("L", (40, 30), 128), 16)
+    >>> batch.shape, batch.dtype.name
+    ((1, 3, 16, 16), 'float32')
+    """
+    height, width = as_size(image_size)
+    if isinstance(images, Image.Image):
+        images = [images]
+    arrays = [
+        np.asarray(to_rgb(image).resize((width, height), Image.BILINEAR), dtype=np.float32)
+        for image in images
+    ]
+    if not arrays:
+        raise ValueError("preprocess needs at least one image, got none")
+    batch = np.stack(arrays) / np.float32(255.0)
+    batch = (batch - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def denormalize(batch: np.ndarray) -> np.ndarray:
+    """Invert :func:`preprocess`'s normalisation: (N, 3, H, W) float -> (N, H, W, 3) uint8."""
+    images = batch.transpose(0, 2, 3, 1) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
+    return np.clip(images * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Raises:
+        ValueError: if the folder is missing or holds no image files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: expected a folder of images, but it does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"{folder}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found none")
+    return paths
