@@ -257,7 +257,7 @@ def load_mask(path: PathLike, image_size: int | Sequence[int]) -> tuple[np.ndarr
     binary = Image.fromarray((pixels > 0).astype(np.uint8))
     if binary.size != (width, height):
         binary = binary.resize((width, height), Image.NEAREST)
-    return np.asarray(binary, dtype=np.uint8), original_size
+    return np.array(binary, dtype=np.uint8), original_size  # a copy: torch wants writable arrays
 
 
 class ImageDataset(Dataset):

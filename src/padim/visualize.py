@@ -1,0 +1,207 @@
+"""Anomaly-map pictures: a jet colour map, a heat-map overlay with the predicted region's outline, PNG output.
+
+NumPy, SciPy and Pillow only (no torch, no matplotlib), so that the command line, the web
+service and the HTML report draw the same pictures on any machine. An overlay shows the
+anomaly map of PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785) as colour
+blended over the input image, and outlines in one solid colour the region that a
+pixel threshold calls defective.
+
+Shapes: an image is (H, W, 3) uint8 RGB, an anomaly map and a region are (H, W).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from padim.files import write_bytes
+
+# Matplotlib's "jet" as piecewise-linear control points (position, red, green, blue):
+# dark blue, blue, cyan, yellow, red, dark red. Nine numbers per channel are the whole
+# definition; a 256-entry table is interpolated from them once.
+_JET_POINTS = np.array(
+    [
+        [0.000, 0.0, 0.0, 0.5],
+        [0.125, 0.0, 0.0, 1.0],
+        [0.375, 0.0, 1.0, 1.0],
+        [0.625, 1.0, 1.0, 0.0],
+        [0.875, 1.0, 0.0, 0.0],
+        [1.000, 0.5, 0.0, 0.0],
+    ]
+)
+
+
+def _lookup_table(points: np.ndarray, size: int = 256) -> np.ndarray:
+    """Interpolate (K, 4) control points into a read-only (size, 3) uint8 table."""
+    x = np.linspace(0.0, 1.0, size)
+    table = np.stack([np.interp(x, points[:, 0], points[:, c]) for c in (1, 2, 3)], axis=1)
+    table = np.round(table * 255.0).astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+_JET = _lookup_table(_JET_POINTS)
+
+
+def colormap(values: Any) -> np.ndarray:
+    """Colour values in [0, 1] with a jet colour map: 0 dark blue, 0.5 light green, 1 dark red.
+
+    Values outside [0, 1] are clipped, and NaN is drawn as 0.
+
+    Args:
+        values: (H, W) floats (any shape works).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    >>> colormap(np.array([[-1.0, 0.0, 1.0, 2.0]])).tolist()
+    [[[0, 0, 128], [0, 0, 128], [128, 0, 0], [128, 0, 0]]]
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    index = np.round(np.clip(values, 0.0, 1.0) * (len(_JET) - 1)).astype(np.intp)
+    return _JET[index]
+
+
+def region_boundary(region: Any) -> np.ndarray:
+    """The boundary pixels of a region: its pixels with a 4-neighbour outside it.
+
+    The image border counts as outside, so a region that touches the edge is closed
+    along it. The boundary is a line one pixel wide (8-connected).
+
+    Args:
+        region: (H, W) bool, True inside the region.
+
+    Returns:
+        (H, W) bool, True on the boundary (a subset of ``region``).
+
+    Raises:
+        ValueError: if ``region`` is not 2-D.
+
+    >>> square = np.zeros((5, 5), dtype=bool); square[1:4, 1:4] = True
+    >>> region_boundary(square).astype(int)[2].tolist()
+    [0, 1, 0, 1, 0]
+    """
+    region = np.asarray(region, dtype=bool)
+    if region.ndim != 2:
+        raise ValueError(f"region must have shape (H, W), got shape {region.shape}")
+    # The default structuring element is the 4-neighbour cross; border_value=0 makes
+    # pixels beyond the edge count as outside the region.
+    return region & ~ndimage.binary_erosion(region, border_value=0)
+
+
+def _as_rgb_image(image: Any, size: tuple[int, int]) -> np.ndarray:
+    """Return ``image`` as (H, W, 3) uint8 at ``size`` (height, width), resized bilinearly if needed."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3) or (H, W), got shape {image.shape}")
+    if image.shape[:2] != size:
+        height, width = size
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return image
+
+
+def overlay(
+    image: Any,
+    anomaly_map: Any,
+    vmin: float,
+    vmax: float,
+    region: Any = None,
+    alpha: float = 0.4,
+    contour_color: Sequence[int] = (255, 255, 255),
+) -> np.ndarray:
+    """Blend the coloured anomaly map over the image and outline the predicted region.
+
+    ``vmin`` and ``vmax`` are explicit so that one colour means one score in every image of
+    a report: take them from the data set (for example the normal images' range), not from
+    each map.
+
+    Args:
+        image: (H', W', 3) or (H', W') uint8; resized to the map size (bilinear) if it differs.
+        anomaly_map: (H, W) scores.
+        vmin: score drawn as the coldest colour.
+        vmax: score drawn as the hottest colour; must be greater than ``vmin``.
+        region: optional (H, W) bool, the pixels called defective; its boundary
+            (:func:`region_boundary`) is drawn in ``contour_color``.
+        alpha: weight of the heat map, in [0, 1]; 0 shows only the image.
+        contour_color: RGB of the outline; white does not occur in the jet map.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        TypeError: if ``image`` is not uint8.
+        ValueError: if a shape is wrong, ``vmax <= vmin``, or ``alpha`` is outside [0, 1].
+
+    >>> image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    >>> overlay(image, np.ones((2, 2)), vmin=0.0, vmax=1.0, alpha=0.5)[0, 0].tolist()
+    [114, 50, 50]
+    """
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
+    if anomaly_map.ndim != 2:
+        raise ValueError(f"anomaly_map must have shape (H, W), got shape {anomaly_map.shape}")
+    if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
+        raise ValueError(f"vmin and vmax must be finite with vmax > vmin, got vmin={vmin!r}, vmax={vmax!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    color = np.asarray(contour_color)
+    if color.shape != (3,) or not ((color >= 0) & (color <= 255)).all():
+        raise ValueError(f"contour_color must be three ints in [0, 255], got {contour_color!r}")
+
+    base = _as_rgb_image(image, anomaly_map.shape)
+    heat = colormap((anomaly_map - vmin) / (vmax - vmin))
+    blended = (1.0 - alpha) * base.astype(np.float32) + alpha * heat.astype(np.float32)
+    out = np.round(blended).astype(np.uint8)
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != anomaly_map.shape:
+            raise ValueError(f"region must have the map's shape {anomaly_map.shape}, got {region.shape}")
+        out[region_boundary(region)] = color.astype(np.uint8)
+    return out
+
+
+def png_bytes(array: Any) -> bytes:
+    """Encode an image as PNG.
+
+    Args:
+        array: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, uint8.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        TypeError: if ``array`` is not uint8.
+        ValueError: if its shape is none of the above.
+
+    >>> png_bytes(np.zeros((2, 3, 3), dtype=np.uint8))[:8]
+    b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"array must be uint8, got dtype {array.dtype}")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"array must have shape (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(path: str | os.PathLike, array: Any) -> None:
+    """Write an image to ``path`` as PNG, atomically (a temporary name, then a rename).
+
+    Args:
+        path: target file; its folder is created if missing.
+        array: as :func:`png_bytes`.
+
+    Raises:
+        TypeError, ValueError: as :func:`png_bytes`; nothing is written then.
+    """
+    write_bytes(path, png_bytes(array))

@@ -1,0 +1,221 @@
+"""The Padim model: embedding, streaming fit, prediction, calibration, model files."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from padim.model import NotFittedError, Padim, embed, select_channels
+from padim.model_file import FORMAT_VERSION, ModelFileError
+
+SMALL = dict(backbone="resnet18", pretrained=False, image_size=64, n_features=24, sigma=2, seed=5)
+
+
+def batches(n, size=64, seed=0, count=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 3, size, size, generator=g, dtype=torch.float64).float() for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return Padim(**SMALL).fit(batches(10)[0])
+
+
+def test_embedding_equals_concatenate_then_select():
+    g = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 5, 2, 2, generator=g)]
+    idx = select_channels(12, 7, seed=1)
+    full = torch.cat([features[0]] + [F.interpolate(f, size=(8, 8), mode="nearest") for f in features[1:]], dim=1)
+    assert torch.equal(embed(features, idx, [3, 4, 5]), full[:, idx])
+
+
+def test_channel_selection_is_seeded_and_saved_with_the_model(tmp_path, fitted):
+    assert torch.equal(select_channels(448, 100, 3), select_channels(448, 100, 3))
+    assert not torch.equal(select_channels(448, 100, 3), select_channels(448, 100, 4))
+    assert fitted.channel_idx_.unique().numel() == 24
+    fitted.save(tmp_path / "m.padim")
+    assert torch.equal(Padim.load(tmp_path / "m.padim").channel_idx_, fitted.channel_idx_)
+
+
+def naive_fit(model, images):
+    """Embeddings of every image, then np.cov per patch position: PaDiM Sec. 3.2 written out."""
+    emb = model.embed(images).double().numpy()  # (N, D, H, W)
+    n, d, h, w = emb.shape
+    x = emb.reshape(n, d, h * w)
+    mean = x.mean(0).T
+    cov = np.stack([np.cov(x[:, :, p], rowvar=False) + model.eps * np.eye(d) for p in range(h * w)])
+    return mean, np.linalg.inv(cov)
+
+
+def test_fit_matches_naive_per_patch_covariance():
+    images = batches(12)[0]
+    model = Padim(**SMALL).fit(images)
+    mean, precision = naive_fit(model, images)
+    np.testing.assert_allclose(model.mean_.numpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.precision_.numpy(), precision, rtol=1e-3, atol=1e-3)
+
+
+def test_streamed_fit_equals_one_shot_equals_merged_halves():
+    parts = batches(4, count=5)
+    one = Padim(**SMALL).fit(torch.cat(parts))
+    streamed = Padim(**SMALL).fit(iter(parts))  # a generator of batches
+    first = Padim(**SMALL).fit(parts[:2])
+    second = Padim(**SMALL).fit(parts[2:])
+    merged = first.stats_.merge(second.stats_)
+    for stats in (streamed.stats_, merged):
+        assert stats.count == one.stats_.count == 20
+        np.testing.assert_allclose(stats.mean.numpy(), one.stats_.mean.numpy(), rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(stats.m2.numpy(), one.stats_.m2.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_predict_is_the_generator_on_the_embedding(fitted):
+    images = batches(3, seed=9)[0]
+    prediction = fitted.predict(images)
+    expected = fitted.generator(
+        embedding=fitted.embed(images), mean=fitted.mean_.T, inv_covariance=fitted.precision_
+    )[:, 0].numpy()
+    assert prediction.anomaly_map.shape == (3, 64, 64)
+    np.testing.assert_array_equal(prediction.anomaly_map, expected)
+    np.testing.assert_array_equal(prediction.score, expected.reshape(3, -1).max(1))
+    assert prediction.label is None  # fitted on tensors without validation images: uncalibrated
+
+
+def test_a_shifted_patch_scores_higher(fitted):
+    clean = batches(1, seed=3)[0]
+    broken = clean.clone()
+    broken[:, :, 20:36, 20:36] += 4.0
+    maps = fitted.predict(torch.cat([clean, broken])).anomaly_map
+    assert maps[1, 20:36, 20:36].mean() > 1.5 * maps[0, 20:36, 20:36].mean()
+
+
+def test_save_load_predict_gives_identical_maps(tmp_path, fitted):
+    path = fitted.save(tmp_path / "model.padim")
+    loaded = Padim.load(path)
+    images = batches(2, seed=4)[0]
+    np.testing.assert_array_equal(loaded.predict(images).anomaly_map, fitted.predict(images).anomaly_map)
+    assert loaded.config() == fitted.config()
+
+
+def test_model_file_holds_no_pickle(tmp_path, fitted):
+    data = fitted.save(tmp_path / "m.padim").read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    meta = json.loads(header["__metadata__"]["padim"])
+    assert meta["format_version"] == FORMAT_VERSION and meta["backbone"] == "resnet18"
+    assert b"\x80\x04\x95" not in data[: 8 + header_len]  # no pickle protocol-4 frame in the header
+
+
+def test_bad_model_files_fail_clearly(tmp_path, fitted):
+    good = fitted.save(tmp_path / "m.padim").read_bytes()
+    (tmp_path / "truncated.padim").write_bytes(good[: len(good) // 2])
+    (tmp_path / "noise.padim").write_bytes(b"not a model at all" * 10)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.padim"))
+    header_len = int.from_bytes(good[:8], "little")
+    header = json.loads(good[8 : 8 + header_len])
+    meta = json.loads(header["__metadata__"]["padim"])
+    meta["format_version"] = FORMAT_VERSION + 1
+    header["__metadata__"]["padim"] = json.dumps(meta)
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    (tmp_path / "newer.padim").write_bytes(len(new_header).to_bytes(8, "little") + new_header + good[8 + header_len :])
+    for name, reason in [
+        ("truncated", "truncated or corrupt"),
+        ("noise", "truncated or corrupt"),
+        ("foreign", "not a padim model"),
+        ("newer", "newer padim-toolkit"),
+        ("missing", "not found"),
+    ]:
+        with pytest.raises(ModelFileError, match=reason) as info:
+            Padim.load(tmp_path / f"{name}.padim")
+        assert f"{name}.padim" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_failed_save_leaves_the_existing_file_intact(tmp_path, fitted, monkeypatch):
+    path = fitted.save(tmp_path / "m.padim")
+    before = path.read_bytes()
+
+    def broken_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.padim"]
+
+
+def test_fit_on_files_holds_out_good_images_for_the_threshold(mvtec_tree):
+    model = Padim(**SMALL, holdout=0.25, quantile=1.0).fit(mvtec_tree, workers=0)
+    assert model.n_images_ == 6  # 8 good training images, 2 held out
+    paths = sorted((mvtec_tree / "train" / "good").iterdir())
+    order = np.random.default_rng(SMALL["seed"]).permutation(8)
+    held = [paths[i] for i in sorted(order[:2])]
+    held_scores = model.predict(held).score
+    assert model.calibration_.threshold == pytest.approx(held_scores.max(), rel=1e-6)
+    assert model.calibration_.center == pytest.approx(np.median(held_scores), rel=1e-6)
+    prediction = model.predict(held)
+    assert prediction.label.tolist() == (held_scores >= held_scores.max()).tolist()
+    assert prediction.normalized_score.max() == pytest.approx(0.5)
+
+
+def test_predict_accepts_paths_pil_images_and_arrays(mvtec_tree, fitted):
+    path = sorted((mvtec_tree / "test" / "good").iterdir())[0]
+    from padim.transforms import preprocess
+
+    image = Image.open(path)
+    by_path = fitted.predict(str(path)).anomaly_map
+    by_pil = fitted.predict(image).anomaly_map
+    by_array = fitted.predict(preprocess(image, 64)).anomaly_map
+    np.testing.assert_allclose(by_path, by_pil, rtol=1e-5)
+    np.testing.assert_allclose(by_path, by_array, rtol=1e-5)
+    assert fitted.predict([path, path]).anomaly_map.shape == (2, 64, 64)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"n_features must be an int from 1 to 448.*got 500"):
+        Padim(backbone="resnet18", pretrained=False, n_features=500)
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        Padim(image_size=0)
+    with pytest.raises(ValueError, match="image_size must exceed"):
+        Padim(image_size=16)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        Padim(backbone="alexnet")
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        Padim(**SMALL).fit(torch.zeros(2, 64, 64, 3))
+    with pytest.raises(ValueError, match="at least 2"):
+        Padim(**SMALL).fit(torch.zeros(1, 3, 64, 64))
+
+
+def test_n_features_defaults_follow_the_backbone():
+    assert Padim(pretrained=False).n_features == 100
+    assert Padim(backbone="wide_resnet50_2", pretrained=False).n_features == 550
+    assert Padim(backbone="resnet18", layers=["layer1"], pretrained=False).n_features == 64
+
+
+def test_predict_before_fit_says_call_fit():
+    with pytest.raises(NotFittedError, match="call fit"):
+        Padim(**SMALL).predict(torch.zeros(1, 3, 64, 64))
+
+
+def test_fit_memory_is_a_fixed_size_accumulator():
+    model = Padim(**SMALL).fit(batches(3, count=4))
+    p = math.prod(model.feature_size_)
+    assert model.stats_.m2.shape == (p, 24, 24) and model.stats_.count == 12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    images = batches(6)[0]
+    cpu = Padim(**SMALL).fit(images)
+    gpu = Padim(**SMALL, device="cuda").fit(images)
+    test = batches(2, seed=1)[0]
+    np.testing.assert_allclose(gpu.predict(test).anomaly_map, cpu.predict(test).anomaly_map, rtol=1e-4, atol=1e-4)
