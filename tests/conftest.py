@@ -44,7 +44,7 @@ def plain_tree(tmp_path_factory: pytest.TempPathFactory, mvtec_tree: Path) -> Si
 
 @pytest.fixture(scope="session")
 def plain_test_tree(tmp_path_factory: pytest.TempPathFactory, mvtec_tree: Path) -> Path:
-    """A test folder for :func:`padim.data.test_samples`: ``good/``, ``scratch/``, ``spot/``, ``ground_truth/``."""
+    """A folder for :func:`padim.data.test_samples`: ``good/``, ``scratch/``, ``spot/``, ``ground_truth/``."""
     root = tmp_path_factory.mktemp("plain_test") / "test"
     shutil.copytree(mvtec_tree / "test", root)
     shutil.copytree(mvtec_tree / "ground_truth", root / "ground_truth")

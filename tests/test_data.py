@@ -37,7 +37,8 @@ def _save(path: Path, image: Image.Image) -> Path:
 
 def _truncated_png(path: Path) -> Path:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "PNG")
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     return path
 
@@ -62,7 +63,8 @@ def test_mvtec_test_split_labels_and_masks(mvtec_tree):
         if sample.label == 0:
             assert sample.mask_path is None
         else:
-            assert sample.mask_path == mvtec_tree / "ground_truth" / sample.defect_type / f"{sample.path.stem}_mask.png"
+            expected = mvtec_tree / "ground_truth" / sample.defect_type / f"{sample.path.stem}_mask.png"
+            assert sample.mask_path == expected
     assert data.test_samples(mvtec_tree) == samples
 
 
@@ -108,11 +110,11 @@ def test_folder_samples_flat_defects_and_mask_suffix(tmp_path):
     for name in ("a", "b"):
         _save(tmp_path / "good" / f"{name}.png", Image.new("RGB", (8, 8)))
         _save(tmp_path / "bad" / f"{name}.jpg", Image.new("RGB", (8, 8)))
-    _save(tmp_path / "masks" / "a_mask.png", Image.new("L", (8, 8), 255))
-    samples = folder_samples(tmp_path / "good", tmp_path / "bad", tmp_path / "masks")
+    _save(tmp_path / "bad" / "masks" / "a_mask.png", Image.new("L", (8, 8), 255))
+    samples = folder_samples(tmp_path / "good", tmp_path / "bad", tmp_path / "bad" / "masks")
     defects = [s for s in samples if s.label == 1]
     assert [(s.path.name, s.defect_type) for s in defects] == [("a.jpg", "defect"), ("b.jpg", "defect")]
-    assert defects[0].mask_path == tmp_path / "masks" / "a_mask.png"
+    assert defects[0].mask_path == tmp_path / "bad" / "masks" / "a_mask.png"  # not a defect type
     assert defects[1].mask_path is None
 
 
@@ -150,6 +152,8 @@ def test_missing_and_empty_folders(tmp_path):
         message = _one_line_error(call, folder)
         assert str(folder) in message and "expected" in message
     assert "defective images" in _one_line_error(folder_samples, None, empty)
+    good = _save(tmp_path / "good" / "a.png", Image.new("RGB", (8, 8))).parent
+    assert f"{missing}: expected a folder of defective" in _one_line_error(folder_samples, good, missing)
     assert "folder of masks" in _one_line_error(folder_samples, None, empty, missing)
     assert "without defect_dir" in _one_line_error(folder_samples, empty, None, empty)
     assert "neither" in _one_line_error(folder_samples, None)

@@ -62,7 +62,8 @@ def test_defect_pixels_differ_exactly_inside_the_mask(defect_type):
 
 
 def test_written_defects_stand_out_from_good_images(mvtec_tree):
-    good = np.stack([np.asarray(Image.open(p)) for p in sorted((mvtec_tree / "train" / "good").glob("*.png"))])
+    paths = sorted((mvtec_tree / "train" / "good").glob("*.png"))
+    good = np.stack([np.asarray(Image.open(p)) for p in paths])
     low, high = np.percentile(good.reshape(-1, 3), [0.5, 99.5], axis=0)
     for sample in mvtec_samples(mvtec_tree, "test"):
         if sample.label == 0:

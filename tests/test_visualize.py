@@ -123,3 +123,20 @@ def test_save_png_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(target)), array)  # old file intact
+
+
+def test_save_png_interrupted_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "a.png"
+    visualize.save_png(target, np.zeros((2, 2, 3), dtype=np.uint8))
+    before = target.read_bytes()
+
+    def crash(self, data):
+        open(self, "wb").write(data[:10])  # half a file, then the disk fills up
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(target), "write_bytes", crash)
+    with pytest.raises(OSError, match="disk full"):
+        visualize.save_png(target, np.full((2, 2, 3), 255, dtype=np.uint8))
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

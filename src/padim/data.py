@@ -109,21 +109,31 @@ def folder_samples(
     if good_dir is None and defect_dir is None:
         raise ValueError("folder_samples needs good_dir or defect_dir, got neither")
     if mask_dir is not None and defect_dir is None:
-        raise ValueError(f"mask_dir={str(mask_dir)!r} was given without defect_dir; masks belong to defective images")
+        raise ValueError(
+            f"mask_dir={str(mask_dir)!r} was given without defect_dir; masks belong to defective images"
+        )
     samples = [] if good_dir is None else [Sample(path, 0, "good") for path in list_images(good_dir)]
     if defect_dir is None:
         return samples
     defect_dir = Path(defect_dir)
+    if not defect_dir.is_dir():
+        raise ValueError(f"{defect_dir}: expected a folder of defective images, but it does not exist")
     if mask_dir is not None and not Path(mask_dir).is_dir():
         raise ValueError(f"{mask_dir}: expected a folder of masks, but it does not exist")
-    groups = [(folder.name, _images_in(folder)) for folder in _subfolders(defect_dir)]
+    # A mask folder kept inside the defect folder is not a defect type.
+    mask_folder = None if mask_dir is None else Path(mask_dir)
+    subfolders = [folder for folder in _subfolders(defect_dir) if folder != mask_folder]
+    groups = [(folder.name, _images_in(folder)) for folder in subfolders]
     groups = [("defect", _images_in(defect_dir))] + [(name, paths) for name, paths in groups if paths]
     if not any(paths for _, paths in groups):
         raise ValueError(
-            f"{defect_dir}: expected defective images, directly or in one subfolder per defect type, found none"
+            f"{defect_dir}: expected defective images, directly or in one subfolder per defect type, "
+            "found none"
         )
     for defect_type, paths in groups:
-        masks = {} if mask_dir is None else {**_mask_index(Path(mask_dir)), **_mask_index(Path(mask_dir) / defect_type)}
+        masks = {}
+        if mask_dir is not None:  # a mask in the defect type's subfolder wins over a flat one
+            masks = {**_mask_index(Path(mask_dir)), **_mask_index(Path(mask_dir) / defect_type)}
         samples += [Sample(path, 1, defect_type, masks.get(path.stem)) for path in paths]
     return samples
 
@@ -166,7 +176,10 @@ test_samples.__test__ = False  # its name starts with "test": keep pytest from c
 def _labelled_folders(test_dir: Path, ground_truth_dir: Path) -> list[Sample]:
     """Samples from ``test_dir/<good or defect type>/``, masks from ``ground_truth_dir/<defect type>/``."""
     if not test_dir.is_dir():
-        raise ValueError(f"{test_dir}: expected a test folder with good/ and one subfolder per defect type, but it does not exist")
+        raise ValueError(
+            f"{test_dir}: expected a test folder with good/ and one subfolder per defect type, "
+            "but it does not exist"
+        )
     folders = [folder for folder in _subfolders(test_dir) if folder != ground_truth_dir]
     if not folders:
         found = "loose images" if _images_in(test_dir) else "nothing"
@@ -214,7 +227,8 @@ def _refuse_dataset_root(path: Path) -> None:
         if categories:
             raise ValueError(
                 f"{path}: this holds MVTec AD categories ({', '.join(categories[:3])}"
-                f"{', ...' if len(categories) > 3 else ''}); pass one category folder, e.g. {path / categories[0]}"
+                f"{', ...' if len(categories) > 3 else ''}); "
+                f"pass one category folder, e.g. {path / categories[0]}"
             )
 
 

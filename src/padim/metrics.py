@@ -36,7 +36,10 @@ def _as_labels(labels: Any, name: str = "labels") -> np.ndarray:
     bad = (array != 0) & (array != 1)
     if bad.any():
         values = np.unique(array[bad])[:5].tolist()
-        raise ValueError(f"{name} must contain only 0 and 1 (or bool), got values such as {values}")
+        raise ValueError(
+            f"{name} must contain only 0 and 1 (or bool), got values such as {values} "
+            "(for 0/255 mask images pass mask > 0)"
+        )
     return array.astype(bool)
 
 

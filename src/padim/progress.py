@@ -8,14 +8,16 @@ that those stay free of carriage-return noise.
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", quiet: bool = False) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", quiet: bool = False
+) -> Iterable[T]:
     """Iterate over ``iterable``, drawing a progress bar on an interactive stderr.
 
     Args:
@@ -25,7 +27,7 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", qu
         quiet: never draw a bar.
 
     Returns:
-        an iterator over the same items.
+        an iterable over the same items (a tqdm object).
 
     >>> list(progress(range(3), desc="demo", quiet=True))
     [0, 1, 2]
@@ -33,4 +35,5 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", qu
     stderr = sys.stderr
     # sys.stderr is None under pythonw and may lack isatty() when replaced by a test harness.
     interactive = stderr is not None and getattr(stderr, "isatty", lambda: False)()
-    return tqdm(iterable, total=total, desc=desc or None, disable=quiet or not interactive, dynamic_ncols=True)
+    disable = quiet or not interactive
+    return tqdm(iterable, total=total, desc=desc or None, disable=disable, dynamic_ncols=True)

@@ -267,7 +267,7 @@ def _svg_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, bin
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="image score histogram">',
-        f'<text x="{left}" y="18" font-weight="bold">Image scores</text>',
+        f'<text x="{left}" y="12" font-weight="bold">Image scores</text>',
         f'<rect x="{left}" y="{top}" width="{plot_width}" height="{plot_height}" fill="none" stroke="#999"/>',
     ]
     for counts, color, name in ((good_counts, _GOOD_COLOR, "good"), (defect_counts, _DEFECT_COLOR, "defective")):
@@ -288,7 +288,9 @@ def _svg_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, bin
         f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_height}" stroke="#000" '
         f'stroke-width="1.5" stroke-dasharray="5 3"/>'
     )
-    parts.append(f'<text x="{x:.1f}" y="{top - 4}" text-anchor="middle">threshold {threshold:.4g}</text>')
+    # Anchor the label inwards near either edge, so that it stays inside the picture.
+    anchor = "start" if x < left + 0.2 * plot_width else "end" if x > left + 0.8 * plot_width else "middle"
+    parts.append(f'<text x="{x:.1f}" y="{top - 4}" text-anchor="{anchor}">threshold {threshold:.4g}</text>')
     legend_y = top + plot_height + 40
     parts.append(f'<rect x="{left}" y="{legend_y - 10}" width="12" height="12" fill="{_GOOD_COLOR}" fill-opacity="0.55"/>')
     parts.append(f'<text x="{left + 18}" y="{legend_y}">good ({int((~labels).sum())})</text>')

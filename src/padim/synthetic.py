@@ -69,7 +69,9 @@ def weave_texture(rng: np.random.Generator, image_size: int | Sequence[int]) -> 
     return np.clip(image, 0.0, 1.0)
 
 
-def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(
+    image: np.ndarray, defect_type: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Paint one defect onto an image.
 
     Args:
@@ -166,22 +168,27 @@ def make_demo_dataset(
     height, width = as_size(size, "size")
     if min(height, width) < 16:
         raise ValueError(f"size must be at least 16 px, got {size!r}")
-    for arg, value, least in (("n_train", n_train, 1), ("n_test_good", n_test_good, 0), ("n_test_defect", n_test_defect, 0)):
+    counts = (("n_train", n_train, 1), ("n_test_good", n_test_good, 0), ("n_test_defect", n_test_defect, 0))
+    for arg, value, least in counts:
         if int(value) != value or value < least:
             raise ValueError(f"{arg} must be an integer >= {least}, got {value!r}")
     category = Path(root) / name
     if category.exists() and any(category.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{category}: folder exists and is not empty; pass overwrite=True to replace it")
+            raise FileExistsError(
+                f"{category}: folder exists and is not empty; pass overwrite=True to replace it"
+            )
         shutil.rmtree(category)
 
     def rng_for(stream: str, index: int) -> np.random.Generator:
         return np.random.default_rng([seed, _STREAM[stream], index])
 
     for i in range(n_train):
-        _write_png(category / "train" / "good" / f"{i:03d}.png", weave_texture(rng_for("train", i), (height, width)))
+        image = weave_texture(rng_for("train", i), (height, width))
+        _write_png(category / "train" / "good" / f"{i:03d}.png", image)
     for i in range(n_test_good):
-        _write_png(category / "test" / "good" / f"{i:03d}.png", weave_texture(rng_for("test_good", i), (height, width)))
+        image = weave_texture(rng_for("test_good", i), (height, width))
+        _write_png(category / "test" / "good" / f"{i:03d}.png", image)
     for i in range(n_test_defect):
         defect_type = DEFECT_TYPES[i % len(DEFECT_TYPES)]
         index = i // len(DEFECT_TYPES)

@@ -1,0 +1,232 @@
+"""onnxruntime as an execution backend for PaDiM's embedding step on CPU.
+
+PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3.1) spends most of its
+prediction time in the backbone. :class:`OnnxEmbedder` exports the cut backbone
+(:class:`padim.backbones.FeatureExtractor`) followed by :func:`padim.model.embed` (channel
+selection and nearest resizing onto the first layer's grid) to an ONNX graph held in memory,
+and runs it in an onnxruntime session. onnxruntime folds batch norm into the convolutions,
+fuses activations and uses its own CPU kernels, which on a 2-core machine is several times
+faster than eager PyTorch for EfficientNet-Lite0. The embeddings equal the PyTorch path's to
+float32 rounding (tested to 1e-4 relative in ``tests/test_onnx_backbone.py``).
+
+Also here: :func:`gaussian_update_f32`, a float32 variant of
+:meth:`padim.gaussian.GaussianStats.update` that keeps the float64 running statistics.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from padim.backbones import FeatureExtractor
+from padim.gaussian import GaussianStats
+
+OPSET = 17
+
+
+def available() -> bool:
+    """True when onnxruntime (and the ``onnx`` exporter dependency) can be imported.
+
+    >>> isinstance(available(), bool)
+    True
+    """
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _EmbeddingGraph(nn.Module):
+    """FeatureExtractor followed by :func:`padim.model.embed`, written for tracing.
+
+    The per-layer channel indices are computed once here and stored as buffers, so the
+    traced graph holds constant ``Gather`` indices instead of boolean masking of
+    ``channel_idx``. The result is the same as ``embed(extractor(x), channel_idx, channels)``.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, channel_idx: Tensor, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.extractor = extractor
+        channel_idx = torch.as_tensor(channel_idx, dtype=torch.long).cpu()
+        self.used: list[int] = []  # which layers contribute at least one channel
+        start = 0
+        for i, n_channels in enumerate(channels):
+            local = channel_idx[(channel_idx >= start) & (channel_idx < start + n_channels)] - start
+            start += n_channels
+            if local.numel():
+                self.register_buffer(f"idx{i}", local.clone(), persistent=False)
+                self.used.append(i)
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.extractor(images)
+        size = features[0].shape[-2:]
+        parts = []
+        for i in self.used:
+            part = features[i].index_select(1, getattr(self, f"idx{i}"))
+            if i != 0:  # later layers are coarser (network order): nearest onto the first grid
+                part = F.interpolate(part, size=size, mode="nearest")
+            parts.append(part)
+        return torch.cat(parts, dim=1)
+
+
+def export_embedding(
+    extractor: FeatureExtractor,
+    channel_idx: Tensor,
+    channels: Sequence[int],
+    *,
+    example_size: tuple[int, int] = (64, 64),
+    opset: int = OPSET,
+) -> bytes:
+    """The embedding step as a serialised ONNX model (in memory, nothing written to disk).
+
+    Args:
+        extractor: the cut backbone (moved to the CPU for export, then back).
+        channel_idx: (D,) sorted indices into the concatenated layer channels.
+        channels: C_l per layer of ``extractor``.
+        example_size: (height, width) of the tracing input; batch, height and width are
+            dynamic axes of the graph, so any size divisible by the last stride works.
+        opset: ONNX opset version.
+
+    Returns:
+        ONNX ``ModelProto`` bytes: input ``images`` (N, 3, H_img, W_img) float32, output
+        ``embedding`` (N, D, H, W) float32.
+    """
+    device = next(extractor.parameters()).device
+    graph = _EmbeddingGraph(extractor.cpu().eval(), channel_idx, channels)
+    example = torch.zeros(1, 3, *example_size)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is tested
+            torch.onnx.export(
+                graph,
+                (example,),
+                buffer,
+                input_names=["images"],
+                output_names=["embedding"],
+                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "embedding": {0: "batch", 2: "h", 3: "w"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        extractor.to(device)
+    return buffer.getvalue()
+
+
+class OnnxEmbedder:
+    """PaDiM embeddings computed by onnxruntime on the CPU.
+
+    Args:
+        extractor: the cut backbone whose weights are exported.
+        channel_idx: (D,) sorted channel indices (``Padim.channel_idx_``).
+        channels: C_l per layer (``[info.channels for info in extractor.layer_info]``).
+        threads: onnxruntime intra-op threads; None: ``torch.get_num_threads()``.
+        example_size: (height, width) used for tracing (the graph accepts other sizes).
+
+    Attributes: ``session`` (the ``onnxruntime.InferenceSession``), ``model_bytes`` (the ONNX model).
+
+    Shape:
+        ``__call__``: images (N, 3, H_img, W_img) float32 -> (N, D, H_img / s, W_img / s),
+        s the stride of the first layer.
+
+    Raises:
+        ImportError: if onnxruntime is not installed (check :func:`available` first).
+
+    Example:
+        >>> from padim.backbones import FeatureExtractor
+        >>> ext = FeatureExtractor("resnet18", pretrained=False)
+        >>> onnx_embed = OnnxEmbedder(ext, torch.arange(0, 448, 9), [64, 128, 256])
+        >>> onnx_embed(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 50, 16, 16])
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        channel_idx: Tensor,
+        channels: Sequence[int],
+        *,
+        threads: int | None = None,
+        example_size: tuple[int, int] = (64, 64),
+    ) -> None:
+        import onnxruntime as ort
+
+        if threads is None:
+            threads = torch.get_num_threads() or os.cpu_count() or 1
+        if not (isinstance(threads, int) and threads >= 1):
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        self.threads = threads
+        self.model_bytes = export_embedding(extractor, channel_idx, channels, example_size=example_size)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(self.model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """Embeddings (N, D, H, W) float32 on the CPU; input and output are shared with NumPy, not copied.
+
+        Raises:
+            ValueError: if ``images`` is not an (N, 3, H, W) batch.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        (embedding,) = self.session.run(["embedding"], {"images": array})
+        return torch.from_numpy(embedding)
+
+    def __repr__(self) -> str:
+        return f"OnnxEmbedder(threads={self.threads}, model_bytes={len(self.model_bytes)})"
+
+
+def gaussian_update_f32(stats: GaussianStats, samples: Tensor) -> GaussianStats:
+    """:meth:`GaussianStats.update` with the batch's scatter computed in float32.
+
+    The batch mean is accumulated in float64; the batch (N_b images) is centred on it in
+    float32 and its scatter C^T C (P, D, D) formed by one float32 ``bmm`` (the costly part:
+    half the bytes and twice the rate of float64 on CPUs). That scatter is merged into the
+    float64 running statistics with the pairwise rule of Chan, Golub and LeVeque (1979) (see
+    :mod:`padim.gaussian`); the between-means term and the correction for centring on the
+    float32-rounded mean are added in float64. Centring first keeps the float32 products
+    small, so each batch's scatter carries about N_b * 2^-24 relative rounding; the running
+    sums stay float64, so rounding does not build up with the number of batches.
+
+    Args:
+        stats: running statistics, updated in place.
+        samples: (N, P, D) embeddings of N images.
+
+    Returns:
+        ``stats``.
+    """
+    n_b, n_patches, dim = samples.shape
+    if (n_patches, dim) != tuple(stats.mean.shape):
+        raise ValueError(f"samples (N, P, D) must have (P, D) = {tuple(stats.mean.shape)}, got {tuple(samples.shape)}")
+    if n_b == 0:
+        return stats
+    x = samples.transpose(0, 1).float()  # (P, N, D)
+    mean_b = x.mean(dim=1, dtype=torch.float64)  # (P, D), accumulated in float64
+    pivot = mean_b.float()
+    centred = x - pivot[:, None, :]  # float32, about the float32-rounded batch mean
+    scatter = torch.bmm(centred.transpose(1, 2), centred)  # (P, D, D) float32
+    n_a, n = stats.count, stats.count + n_b
+    delta = mean_b - stats.mean
+    shift = mean_b - pivot.double()  # the rounding of the pivot, O(2^-24 |mean|)
+    # Scatter about the true mean: S(pivot) - N_b shift shift^T; plus the merge's
+    # between-means term w delta delta^T. Both as one rank-2 float64 product.
+    left = torch.stack([delta * (n_a * n_b / n), -n_b * shift], dim=2)  # (P, D, 2)
+    right = torch.stack([delta, shift], dim=1)  # (P, 2, D)
+    stats.m2.add_(scatter).baddbmm_(left, right)
+    stats.mean.add_(delta, alpha=n_b / n)
+    stats.count = n
+    return stats
