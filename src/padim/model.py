@@ -353,6 +353,8 @@ class Padim:
         if paths is not None:
             from padim.data import BatchStream, Sample
 
+            if workers is None and len(paths) <= 2 * batch_size:
+                workers = 0  # starting decoder processes costs more than a few images take
             stream = BatchStream(
                 [Sample(Path(p), 0, "good", None) for p in paths],
                 self.image_size,
