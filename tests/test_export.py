@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from padim.calibration import Calibration
 from padim.export import FORMAT_VERSION, OUTPUT_NAMES, export_onnx
 from padim.model import NotFittedError, Padim
 from padim.runtime import open_model
@@ -29,8 +30,16 @@ def load_test_images(tree, size):
 
 @pytest.fixture(scope="module")
 def fitted(mvtec_tree):
-    """A calibrated 64 px model (one held-out good image sets the threshold)."""
-    return Padim(image_size=64, **SMALL).fit(mvtec_tree)
+    """A 64 px model whose threshold lies halfway between two test scores, so both verdicts occur."""
+    model = Padim(image_size=64, **SMALL).fit(mvtec_tree)
+    scores = np.sort(model.predict(load_test_images(mvtec_tree, 64)[1]).score)
+    model.calibration_ = Calibration(threshold=float(scores[2:4].mean()), center=float(scores[0]))
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fitted):
+    return export_onnx(fitted, tmp_path_factory.mktemp("export") / "m.onnx")
 
 
 def run_graph(path, batch):
@@ -38,9 +47,9 @@ def run_graph(path, batch):
     return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"images": batch})))
 
 
-def test_graph_outputs_equal_the_pytorch_model(tmp_path, mvtec_tree, fitted):
-    path = export_onnx(fitted, tmp_path / "m.onnx")
-    assert path == tmp_path / "m.onnx" and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+def test_graph_outputs_equal_the_pytorch_model(mvtec_tree, fitted, exported):
+    path = exported
+    assert path.name == "m.onnx" and sorted(os.listdir(path.parent)) == ["m.onnx"]
     _, batch = load_test_images(mvtec_tree, 64)
     expected = fitted.predict(batch)
     out = run_graph(path, batch)
@@ -54,8 +63,8 @@ def test_graph_outputs_equal_the_pytorch_model(tmp_path, mvtec_tree, fitted):
     assert expected.label.any() and not expected.label.all(), "the test should see both verdicts"
 
 
-def test_batch_axis_is_dynamic(tmp_path, mvtec_tree, fitted):
-    path = export_onnx(fitted, tmp_path / "m.onnx")
+def test_batch_axis_is_dynamic(mvtec_tree, exported):
+    path = exported
     _, batch = load_test_images(mvtec_tree, 64)
     whole = run_graph(path, batch)["anomaly_map"]
     for part in (batch[:1], batch[1:6]):
@@ -73,8 +82,8 @@ def test_non_square_images_and_lite0_backbone(tmp_path):
     assert relative_error(out["anomaly_map"], model.predict(batch).anomaly_map) < 1e-4
 
 
-def test_metadata_holds_what_the_runtime_needs(tmp_path, fitted):
-    props = {p.key: p.value for p in onnx.load(str(export_onnx(fitted, tmp_path / "m.onnx"))).metadata_props}
+def test_metadata_holds_what_the_runtime_needs(fitted, exported):
+    props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
     assert int(props["padim.format_version"]) == FORMAT_VERSION
     assert json.loads(props["padim.image_size"]) == [64, 64]
     assert json.loads(props["padim.calibration"]) == fitted.calibration_.to_dict()

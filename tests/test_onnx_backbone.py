@@ -1,12 +1,11 @@
-"""onnxruntime embedding backend against the PyTorch path; the float32 Gaussian update against float64."""
+"""onnxruntime embedding backend against the PyTorch path."""
 
 import pytest
 import torch
 
 from padim.backbones import FeatureExtractor
-from padim.gaussian import GaussianStats
 from padim.model import embed, select_channels
-from padim.onnx_backbone import OnnxEmbedder, available, gaussian_update_f32
+from padim.onnx_backbone import OnnxEmbedder, available
 
 needs_ort = pytest.mark.skipif(not available(), reason="onnxruntime is not installed")
 
@@ -49,6 +48,18 @@ def test_onnx_embedding_with_channels_from_some_layers_only():
 
 
 @needs_ort
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_output_layout(channels_last):
+    extractor = FeatureExtractor("resnet18", ["layer1", "layer2"], pretrained=False)
+    channel_idx = torch.arange(0, 192, 4)
+    images = torch.randn(2, 3, 64, 64)
+    out = OnnxEmbedder(extractor, channel_idx, [64, 128], channels_last=channels_last)(images)
+    assert out.shape == (2, 48, 16, 16)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close_relative(out, torch_embedding(extractor, channel_idx, [64, 128], images))
+
+
+@needs_ort
 def test_onnx_embedder_checks_its_input_and_threads():
     extractor = FeatureExtractor("resnet18", ["layer1"], pretrained=False)
     with pytest.raises(ValueError, match="threads"):
@@ -59,28 +70,3 @@ def test_onnx_embedder_checks_its_input_and_threads():
     # Exporting leaves the extractor usable and unchanged for the PyTorch path.
     assert next(extractor.parameters()).device.type == "cpu" and not extractor.training
 
-
-def test_float32_update_matches_float64_update():
-    generator = torch.Generator().manual_seed(0)
-    p, d = 12, 7
-    # An offset mean, as real activations have, makes the float32 centring matter.
-    batches = [3.0 + torch.randn(n, p, d, generator=generator) for n in (5, 1, 8, 3)]
-    reference = GaussianStats.empty(p, d)
-    fast = GaussianStats.empty(p, d)
-    for batch in batches:
-        reference.update(batch)
-        gaussian_update_f32(fast, batch)
-    assert fast.count == reference.count == 17
-    assert fast.mean.dtype == fast.m2.dtype == torch.float64
-    torch.testing.assert_close(fast.mean, reference.mean, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fast.m2, reference.m2, rtol=1e-5, atol=1e-5 * reference.m2.abs().max().item())
-    # And the naive oracle: the unbiased covariance of all samples, per patch.
-    x = torch.cat(batches).double().transpose(0, 1)  # (P, N, D)
-    centred = x - x.mean(1, keepdim=True)
-    naive = centred.transpose(1, 2) @ centred
-    torch.testing.assert_close(fast.m2, naive, rtol=1e-5, atol=1e-5 * naive.abs().max().item())
-
-
-def test_float32_update_rejects_wrong_shape():
-    with pytest.raises(ValueError, match=r"\(P, D\) = \(4, 3\)"):
-        gaussian_update_f32(GaussianStats.empty(4, 3), torch.randn(2, 4, 5))

@@ -8,9 +8,6 @@ and runs it in an onnxruntime session. onnxruntime folds batch norm into the con
 fuses activations and uses its own CPU kernels, which on a 2-core machine is several times
 faster than eager PyTorch for EfficientNet-Lite0. The embeddings equal the PyTorch path's to
 float32 rounding (tested to 1e-4 relative in ``tests/test_onnx_backbone.py``).
-
-Also here: :func:`gaussian_update_f32`, a float32 variant of
-:meth:`padim.gaussian.GaussianStats.update` that keeps the float64 running statistics.
 """
 
 from __future__ import annotations
@@ -20,13 +17,11 @@ import os
 import warnings
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from padim.backbones import FeatureExtractor
-from padim.gaussian import GaussianStats
 
 OPSET = 17
 
@@ -53,9 +48,12 @@ class _EmbeddingGraph(nn.Module):
     ``channel_idx``. The result is the same as ``embed(extractor(x), channel_idx, channels)``.
     """
 
-    def __init__(self, extractor: FeatureExtractor, channel_idx: Tensor, channels: Sequence[int]) -> None:
+    def __init__(
+        self, extractor: FeatureExtractor, channel_idx: Tensor, channels: Sequence[int], channels_last: bool = False
+    ) -> None:
         super().__init__()
         self.extractor = extractor
+        self.channels_last = channels_last
         channel_idx = torch.as_tensor(channel_idx, dtype=torch.long).cpu()
         self.used: list[int] = []  # which layers contribute at least one channel
         start = 0
@@ -75,7 +73,8 @@ class _EmbeddingGraph(nn.Module):
             if i != 0:  # later layers are coarser (network order): nearest onto the first grid
                 part = F.interpolate(part, size=size, mode="nearest")
             parts.append(part)
-        return torch.cat(parts, dim=1)
+        embedding = torch.cat(parts, dim=1)
+        return embedding.permute(0, 2, 3, 1) if self.channels_last else embedding
 
 
 def export_embedding(
@@ -84,6 +83,7 @@ def export_embedding(
     channels: Sequence[int],
     *,
     example_size: tuple[int, int] = (64, 64),
+    channels_last: bool = False,
     opset: int = OPSET,
 ) -> bytes:
     """The embedding step as a serialised ONNX model (in memory, nothing written to disk).
@@ -94,14 +94,16 @@ def export_embedding(
         channels: C_l per layer of ``extractor``.
         example_size: (height, width) of the tracing input; batch, height and width are
             dynamic axes of the graph, so any size divisible by the last stride works.
+        channels_last: output (N, H, W, D) instead of (N, D, H, W).
         opset: ONNX opset version.
 
     Returns:
         ONNX ``ModelProto`` bytes: input ``images`` (N, 3, H_img, W_img) float32, output
-        ``embedding`` (N, D, H, W) float32.
+        ``embedding`` (N, D, H, W) float32, or (N, H, W, D) with ``channels_last``.
     """
     device = next(extractor.parameters()).device
-    graph = _EmbeddingGraph(extractor.cpu().eval(), channel_idx, channels)
+    graph = _EmbeddingGraph(extractor.cpu().eval(), channel_idx, channels, channels_last)
+    out_axes = {0: "batch", 1: "h", 2: "w"} if channels_last else {0: "batch", 2: "h", 3: "w"}
     example = torch.zeros(1, 3, *example_size)
     buffer = io.BytesIO()
     try:
@@ -113,7 +115,7 @@ def export_embedding(
                 buffer,
                 input_names=["images"],
                 output_names=["embedding"],
-                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "embedding": {0: "batch", 2: "h", 3: "w"}},
+                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "embedding": out_axes},
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -131,6 +133,10 @@ class OnnxEmbedder:
         channel_idx: (D,) sorted channel indices (``Padim.channel_idx_``).
         channels: C_l per layer (``[info.channels for info in extractor.layer_info]``).
         threads: onnxruntime intra-op threads; None: ``torch.get_num_threads()``.
+        channels_last: return the (N, D, H, W) embedding with channels-last strides (a view of
+            an (N, H, W, D) array). Same shape and values; the per-patch (P, N, D) view that
+            the Gaussian update and the Mahalanobis distance need is then nearly contiguous,
+            which saves a slow strided transpose on CPU (see ``benchmarks/profile_parts.py``).
         example_size: (height, width) used for tracing (the graph accepts other sizes).
 
     Attributes: ``session`` (the ``onnxruntime.InferenceSession``), ``model_bytes`` (the ONNX model).
@@ -157,6 +163,7 @@ class OnnxEmbedder:
         channels: Sequence[int],
         *,
         threads: int | None = None,
+        channels_last: bool = True,
         example_size: tuple[int, int] = (64, 64),
     ) -> None:
         import onnxruntime as ort
@@ -166,7 +173,10 @@ class OnnxEmbedder:
         if not (isinstance(threads, int) and threads >= 1):
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         self.threads = threads
-        self.model_bytes = export_embedding(extractor, channel_idx, channels, example_size=example_size)
+        self.channels_last = bool(channels_last)
+        self.model_bytes = export_embedding(
+            extractor, channel_idx, channels, example_size=example_size, channels_last=self.channels_last
+        )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
@@ -177,6 +187,9 @@ class OnnxEmbedder:
     def __call__(self, images: Tensor) -> Tensor:
         """Embeddings (N, D, H, W) float32 on the CPU; input and output are shared with NumPy, not copied.
 
+        With ``channels_last`` the result is a permuted view: ``.is_contiguous()`` is False and
+        ``.is_contiguous(memory_format=torch.channels_last)`` is True.
+
         Raises:
             ValueError: if ``images`` is not an (N, 3, H, W) batch.
         """
@@ -184,49 +197,9 @@ class OnnxEmbedder:
             raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         (embedding,) = self.session.run(["embedding"], {"images": array})
-        return torch.from_numpy(embedding)
+        embedding = torch.from_numpy(embedding)
+        return embedding.permute(0, 3, 1, 2) if self.channels_last else embedding
 
     def __repr__(self) -> str:
-        return f"OnnxEmbedder(threads={self.threads}, model_bytes={len(self.model_bytes)})"
+        return f"OnnxEmbedder(threads={self.threads}, channels_last={self.channels_last}, model_bytes={len(self.model_bytes)})"
 
-
-def gaussian_update_f32(stats: GaussianStats, samples: Tensor) -> GaussianStats:
-    """:meth:`GaussianStats.update` with the batch's scatter computed in float32.
-
-    The batch mean is accumulated in float64; the batch (N_b images) is centred on it in
-    float32 and its scatter C^T C (P, D, D) formed by one float32 ``bmm`` (the costly part:
-    half the bytes and twice the rate of float64 on CPUs). That scatter is merged into the
-    float64 running statistics with the pairwise rule of Chan, Golub and LeVeque (1979) (see
-    :mod:`padim.gaussian`); the between-means term and the correction for centring on the
-    float32-rounded mean are added in float64. Centring first keeps the float32 products
-    small, so each batch's scatter carries about N_b * 2^-24 relative rounding; the running
-    sums stay float64, so rounding does not build up with the number of batches.
-
-    Args:
-        stats: running statistics, updated in place.
-        samples: (N, P, D) embeddings of N images.
-
-    Returns:
-        ``stats``.
-    """
-    n_b, n_patches, dim = samples.shape
-    if (n_patches, dim) != tuple(stats.mean.shape):
-        raise ValueError(f"samples (N, P, D) must have (P, D) = {tuple(stats.mean.shape)}, got {tuple(samples.shape)}")
-    if n_b == 0:
-        return stats
-    x = samples.transpose(0, 1).float()  # (P, N, D)
-    mean_b = x.mean(dim=1, dtype=torch.float64)  # (P, D), accumulated in float64
-    pivot = mean_b.float()
-    centred = x - pivot[:, None, :]  # float32, about the float32-rounded batch mean
-    scatter = torch.bmm(centred.transpose(1, 2), centred)  # (P, D, D) float32
-    n_a, n = stats.count, stats.count + n_b
-    delta = mean_b - stats.mean
-    shift = mean_b - pivot.double()  # the rounding of the pivot, O(2^-24 |mean|)
-    # Scatter about the true mean: S(pivot) - N_b shift shift^T; plus the merge's
-    # between-means term w delta delta^T. Both as one rank-2 float64 product.
-    left = torch.stack([delta * (n_a * n_b / n), -n_b * shift], dim=2)  # (P, D, 2)
-    right = torch.stack([delta, shift], dim=1)  # (P, 2, D)
-    stats.m2.add_(scatter).baddbmm_(left, right)
-    stats.mean.add_(delta, alpha=n_b / n)
-    stats.count = n
-    return stats
