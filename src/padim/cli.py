@@ -37,24 +37,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 # --- argument types ---------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind: type, low: float, high: float | None = None, *, low_open: bool = False, expected: str):
+    """An argparse type: ``kind(text)`` within [low, high) (or (low, high] with ``low_open``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (low_open and value == low) or (
+            high is not None and (value > high or (not low_open and value == high))
+        ):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _number(int, 1, expected="a positive integer")
+_non_negative_int = _number(int, 0, expected="an integer >= 0")
+_fraction = _number(float, 0.0, 1.0, expected="a number in [0, 1)")
+_quantile = _number(float, 0.0, 1.0, low_open=True, expected="a number in (0, 1]")
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -476,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=_positive_int, default=8000, help="default: 8000")
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes (default: 1)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: 20)")
+    p.add_argument("--max-upload-mb", type=_number(float, 0.0, low_open=True, expected="a size in MB > 0"),
+                   default=20.0, help="largest upload accepted (default: 20)")
     p.set_defaults(func=cmd_serve)
     return parser
 
