@@ -19,7 +19,8 @@ from padim.calibration import Calibration
 from padim.export import export_onnx
 from padim.model import Padim
 from padim.runtime import open_model
-from padim.serve import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, color_range, create_app, run
+from padim.serve import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app, run
+from padim.visualize import heatmap_range
 from padim.transforms import list_images
 from padim.visualize import overlay
 
@@ -99,7 +100,7 @@ def test_heatmap_is_the_overlay_png(client, files):
     body = client.post("/predict?heatmap=1", files=upload(path)).json()
     runtime = open_model(files[1])
     prediction = runtime.predict(path)
-    vmin, vmax = color_range(runtime.calibration, prediction.anomaly_map[0])
+    vmin, vmax = heatmap_range(runtime.calibration, prediction.anomaly_map[0])
     assert (vmin, vmax) == pytest.approx((runtime.calibration.threshold - runtime.calibration.scale, runtime.calibration.threshold + runtime.calibration.scale))
     with Image.open(path) as image:
         expected = overlay(np.asarray(image.convert("RGB")), prediction.anomaly_map[0], vmin, vmax, region=prediction.region[0])
@@ -129,6 +130,14 @@ def test_refusals_have_a_status_and_a_one_line_reason(client, files):
         detail = answer.json()["detail"]
         assert isinstance(detail, str) and reason in detail and "\n" not in detail
     assert client.post("/predict", files=upload(files[2][0])).status_code == 200  # still serving
+
+
+def test_decompression_bomb_is_refused(client, files, monkeypatch):
+    # Pillow refuses images of more than twice MAX_IMAGE_PIXELS; a small limit makes the
+    # 64 x 64 test image stand in for a bomb.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    answer = client.post("/predict", files=upload(files[2][0]))
+    assert answer.status_code == 413 and "too many pixels" in answer.json()["detail"]
 
 
 def test_nothing_is_written_to_disk(files, tmp_path, monkeypatch):

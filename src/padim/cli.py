@@ -107,13 +107,6 @@ def _report_skipped(args: argparse.Namespace, skipped: Sequence[str]) -> None:
             print(f"  {path}", file=sys.stderr)
 
 
-def _display_range(calibration, maps: np.ndarray) -> tuple[float, float]:
-    """Colour range of heatmaps: normalised score 0..1 when calibrated, else the maps' range."""
-    if calibration is not None:
-        return calibration.center, calibration.threshold + calibration.scale
-    return float(np.min(maps)), float(np.max(maps))
-
-
 def overlay_at_image_size(image, anomaly_map: np.ndarray, calibration, vmin: float, vmax: float,
                           max_side: int = 1024) -> np.ndarray:
     """Heatmap over the original image (its aspect ratio kept, longest side at most ``max_side``).
@@ -208,7 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from padim.progress import progress
     from padim.runtime import open_model
     from padim.transforms import ImageError, load_image
-    from padim.visualize import save_png
+    from padim.visualize import heatmap_range, save_png
 
     model = open_model(args.model, device=args.device)
     paths = _expand_inputs(args.inputs)
@@ -228,7 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not images:
             continue
         prediction = model.predict(images)
-        vmin, vmax = _display_range(model.calibration, prediction.anomaly_map)
+        vmin, vmax = heatmap_range(model.calibration, prediction.anomaly_map)
         for j, i in enumerate(chunk):
             normalized = "" if prediction.normalized_score is None else f"{prediction.normalized_score[j]:.6f}"
             label = "" if prediction.label is None else ("anomalous" if prediction.label[j] else "normal")
@@ -327,12 +320,16 @@ def write_evaluation_report(model, result: dict, directory: Path) -> Path:
     from padim.metrics import roc_curve
     from padim.report import ReportData, worst_examples, write_report
     from padim.transforms import load_image
+    from padim.visualize import heatmap_range
 
     samples, maps, scores = result["samples"], result["maps"], result["scores"]
     labels = np.array([s.label for s in samples])
     calibration = model.calibration_
-    threshold = calibration.threshold if calibration is not None else float(result["metrics"]["overall"]["f1_threshold"] or scores.max())
-    vmin, vmax = _display_range(calibration, maps)
+    if calibration is not None:
+        threshold = calibration.threshold
+    else:  # an uncalibrated model: show the F1-best split of this test set
+        threshold = float(result["metrics"]["overall"]["f1_threshold"] or scores.max())
+    vmin, vmax = heatmap_range(calibration, maps)
     overlays = {
         i: overlay_at_image_size(load_image(samples[i].path), maps[i], calibration, vmin, vmax, max_side=512)
         for i in worst_examples(labels, scores, threshold, k=8)

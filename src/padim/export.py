@@ -60,7 +60,7 @@ class PadimPipeline(nn.Module):
 
     Args:
         model: a fitted (or loaded) Padim. Its backbone is used as is on CPU, copied otherwise;
-            the Gaussians and calibration are copied, so later changes to ``model`` do not leak in.
+            the Gaussians are shared with it (not copied: they can pass 2 GB).
 
     Shape:
         input (N, 3, H, W) float32 -> ``(anomaly_map (N, H, W), score (N,), normalized_score (N,),
@@ -81,8 +81,8 @@ class PadimPipeline(nn.Module):
         # index arithmetic in embed() then folds away at export time.
         self.channel_idx = model.channel_idx_.detach().cpu().long()
         # AnomalyMapGenerator takes the mean in anomalib's (D, P) layout.
-        self.register_buffer("mean", model.mean_.detach().cpu().float().T.clone(memory_format=torch.contiguous_format))
-        self.register_buffer("precision", model.precision_.detach().cpu().float().clone(memory_format=torch.contiguous_format))
+        self.register_buffer("mean", _traceable(model.mean_.T))
+        self.register_buffer("precision", _traceable(model.precision_))
         calibration = model.calibration_
         self.threshold = None if calibration is None else float(calibration.threshold)
         self.scale = None if calibration is None else float(calibration.scale)
@@ -98,6 +98,16 @@ class PadimPipeline(nn.Module):
         # padim.calibration.Calibration.normalize and .label, in float32.
         normalized = (0.5 + (score - self.threshold) / (2.0 * self.scale)).clamp(0.0, 1.0)
         return maps, score, normalized, score >= self.threshold
+
+
+def _traceable(tensor: Tensor) -> Tensor:
+    """A contiguous float32 CPU tensor the tracer accepts, without a copy where none is needed.
+
+    The precision matrices can pass 2 GB, so they are shared with the model when possible;
+    inference tensors (made under ``torch.inference_mode``) are copied to plain ones for the tracer.
+    """
+    tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 def model_metadata(model: Padim) -> dict[str, str]:
@@ -228,10 +238,7 @@ def export_onnx(
 
 
 def _tensor_bytes(proto) -> int:
-    """Bytes held by the initializers and constant nodes of an ONNX model."""
-    total = sum(len(t.raw_data) or 4 * max(len(t.float_data), len(t.int64_data) * 2) for t in proto.graph.initializer)
-    for node in proto.graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                total += len(attribute.t.raw_data)
-    return total
+    """Bytes held by an ONNX model's initializers and constant-node tensors."""
+    tensors = list(proto.graph.initializer)
+    tensors += [attribute.t for node in proto.graph.node for attribute in node.attribute if attribute.HasField("t")]
+    return sum(len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.int64_data) for t in tensors)

@@ -138,18 +138,6 @@ def multipart_field(content_type: str | None, body: bytes, field: str = "file") 
     raise UploadError(422, f"expected an image in the multipart form field '{field}', got fields {names}")
 
 
-def color_range(calibration, anomaly_map: np.ndarray) -> tuple[float, float]:
-    """(vmin, vmax) for the overlay: normalised score 0..1 when calibrated, else the map's range.
-
-    With a calibration, vmin is the centre (normalised score 0) and vmax is as far above the
-    threshold (normalised score 1), so one colour means one normalised score in every image.
-    """
-    if calibration is not None:
-        return calibration.threshold - calibration.scale, calibration.threshold + calibration.scale
-    low, high = float(np.min(anomaly_map)), float(np.max(anomaly_map))
-    return low, (high if high > low else low + 1.0)
-
-
 def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
     """Decode one uploaded image, predict, and build the JSON answer (without ``latency_ms``).
 
@@ -173,10 +161,10 @@ def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
         "threshold": None if calibration is None else float(calibration.threshold),
     }
     if heatmap:
-        from padim.visualize import overlay, png_bytes
+        from padim.visualize import heatmap_range, overlay, png_bytes
 
         anomaly_map = prediction.anomaly_map[0]
-        vmin, vmax = color_range(calibration, anomaly_map)
+        vmin, vmax = heatmap_range(calibration, anomaly_map)
         region = None if prediction.region is None else prediction.region[0]
         picture = overlay(np.asarray(image), anomaly_map, vmin, vmax, region=region)
         answer["heatmap_png"] = base64.b64encode(png_bytes(picture)).decode("ascii")

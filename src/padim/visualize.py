@@ -205,3 +205,20 @@ def save_png(path: str | os.PathLike, array: Any) -> None:
         TypeError, ValueError: as :func:`png_bytes`; nothing is written then.
     """
     write_bytes(path, png_bytes(array))
+
+
+def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
+    """(vmin, vmax) for :func:`overlay`, the same rule for the command line and the web service.
+
+    With a calibration (:class:`padim.calibration.Calibration`) the colours span normalised
+    scores 0 to 1 (threshold -/+ its scale), so one colour means one score in every image;
+    without one, the map's own range.
+
+    >>> from padim.calibration import Calibration
+    >>> heatmap_range(Calibration(threshold=10.0, center=6.0), np.zeros((2, 2)))
+    (6.0, 14.0)
+    """
+    if calibration is not None:
+        return calibration.threshold - calibration.scale, calibration.threshold + calibration.scale
+    low, high = float(np.min(anomaly_map)), float(np.max(anomaly_map))
+    return low, (high if high > low else low + 1.0)
