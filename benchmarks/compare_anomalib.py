@@ -90,11 +90,31 @@ def random_batches(n_images: int, size: int, batch_size: int, seed: int = 0) -> 
         yield torch.randn(min(batch_size, n_images - start), 3, size, size, generator=generator)
 
 
-def bottle_cache(data: Path, size: int, cache: Path) -> Path:
-    """Decode and pre-process the MVTec category once: train, test, labels and masks at ``size``."""
-    path = cache / f"{data.name}_{size}.npz"
-    if path.exists():
-        return path
+def file_batches(prefix: str, batch_size: int) -> Iterator[Any]:
+    """The training set as pre-processed batches read from ``<prefix>_train_<i>.npy`` one at a time.
+
+    As a DataLoader would stream them: the whole set is never in memory at once, so the
+    peak RSS of a fit is the library's own, not the data set's.
+    """
+    import torch
+
+    i = 0
+    while Path(f"{prefix}_train_{i}.npy").exists():
+        array = np.load(f"{prefix}_train_{i}.npy")
+        for start in range(0, len(array), batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(array[start : start + batch_size]))
+        i += 1
+
+
+def bottle_cache(data: Path, size: int, cache: Path, chunk: int = 32) -> str:
+    """Decode and pre-process the MVTec category once, at ``size``; returns the cache prefix.
+
+    Writes ``<prefix>.npz`` (test images, labels and masks) and the training images in files
+    of ``chunk`` images, ``<prefix>_train_<i>.npy``.
+    """
+    prefix = str(cache / f"{data.name}_{size}")
+    if Path(prefix + ".npz").exists():
+        return prefix
     from padim.data import load_mask, mvtec_samples
     from padim.transforms import load_image, preprocess
 
@@ -104,14 +124,15 @@ def bottle_cache(data: Path, size: int, cache: Path) -> Path:
         [load_mask(s.mask_path, size)[0] if s.mask_path else np.zeros((size, size), np.uint8) for s in test]
     )
     cache.mkdir(parents=True, exist_ok=True)
+    for i, start in enumerate(range(0, len(train), chunk)):
+        np.save(f"{prefix}_train_{i}.npy", preprocess([load_image(s.path) for s in train[start : start + chunk]], size))
     np.savez(
-        path,
-        train=preprocess([load_image(s.path) for s in train], size),
+        prefix + ".npz",
         test=preprocess([load_image(s.path) for s in test], size),
         labels=np.array([s.label for s in test], np.int64),
         masks=masks,
     )
-    return path
+    return prefix
 
 
 # --------------------------------------------------------------------------- model builders
@@ -171,6 +192,38 @@ def use_backend(model, backend: str):
     return model
 
 
+class FusedMaps:
+    """Stands in for ``Padim.generator``: contiguous Mahalanobis, then up-sampling and blur as two matmuls."""
+
+    def __init__(self, image_size: tuple[int, int], sigma: float) -> None:
+        self.image_size, self.sigma, self.matrices = tuple(image_size), sigma, {}
+
+    def __call__(self, *, embedding, mean, inv_covariance):
+        from profile_parts import mahalanobis_copy, upsample_blur_matmul, upsample_blur_matrices
+
+        distance = mahalanobis_copy(embedding, mean.T, inv_covariance)
+        grid = tuple(distance.shape[-2:])
+        if grid not in self.matrices:
+            self.matrices[grid] = upsample_blur_matrices(grid, self.image_size, self.sigma)
+        return upsample_blur_matmul(distance, *self.matrices[grid])[:, None]
+
+
+def apply_proposals(model) -> None:
+    """Swap in the candidate changes of ``profile_parts.py``, to measure them before they are in the package.
+
+    ``GaussianStats.update`` writes its float64 rows in one copy; the precision comes from a
+    triangular solve; the anomaly map from :class:`FusedMaps`. Same numbers (see the map
+    differences in the report), different speed.
+    """
+    import padim.gaussian
+    import padim.model
+    from profile_parts import precision_triangular, update_one_copy
+
+    padim.gaussian.GaussianStats.update = update_one_copy
+    padim.model.precision_from_stats = precision_triangular
+    model.generator = FusedMaps(model.image_size, model.sigma)
+
+
 def full_backbone(cfg: dict):
     """The whole network (as anomalib wants it) with exactly the weights padim uses."""
     import torch
@@ -205,11 +258,10 @@ def worker_anomalib_fit(cfg: dict, job: dict) -> dict:
     import torch
 
     model = make_anomalib(cfg)
-    data = np.load(job["data"])["train"] if job.get("data") else None
     base = current_rss_mb()
     model.train()
     start = time.perf_counter()
-    source = batches(data, cfg["batch"]) if data is not None else random_batches(job["n"], cfg["size"], cfg["batch"])
+    source = file_batches(job["data"], cfg["batch"]) if job.get("data") else random_batches(job["n"], cfg["size"], cfg["batch"])
     for batch in source:
         model(batch)
     embedded = time.perf_counter()
@@ -233,7 +285,7 @@ def worker_anomalib_predict(cfg: dict, job: dict) -> dict:
     model.gaussian.mean = stats["mean"]
     model.gaussian.inv_covariance = stats["inv_covariance"]
     model.eval()
-    test = np.load(job["data"])["test"]
+    test = np.load(job["data"] + ".npz")["test"]
 
     def predict():
         return [model(b).anomaly_map[:, 0] for b in batches(test, cfg["batch"])]
@@ -258,7 +310,8 @@ def worker_anomalib_predict(cfg: dict, job: dict) -> dict:
 
 def worker_padim_fit(cfg: dict, job: dict) -> dict:
     model = make_padim(cfg, job["backend"], job.get("eps", 0.01))
-    data = np.load(job["data"])["train"] if job.get("data") else None
+    if job.get("proposed"):
+        apply_proposals(model)
     base = current_rss_mb()
     timers = {"embed_s": 0.0}
     embed = model.embed
@@ -270,7 +323,7 @@ def worker_padim_fit(cfg: dict, job: dict) -> dict:
         return out
 
     model.embed = timed_embed
-    source = batches(data, cfg["batch"]) if data is not None else random_batches(job["n"], cfg["size"], cfg["batch"])
+    source = file_batches(job["data"], cfg["batch"]) if job.get("data") else random_batches(job["n"], cfg["size"], cfg["batch"])
     start = time.perf_counter()
     model.fit(source)
     fit_s = time.perf_counter() - start
@@ -283,7 +336,9 @@ def worker_padim_fit(cfg: dict, job: dict) -> dict:
 
 def worker_padim_predict(cfg: dict, job: dict) -> dict:
     model = load_padim(Path(job["model"]), job["backend"])
-    loaded = np.load(job["data"])
+    if job.get("proposed"):
+        apply_proposals(model)
+    loaded = np.load(job["data"] + ".npz")
     test = loaded["test"]
     batch_size = job.get("batch", cfg["batch"])
 
@@ -348,7 +403,7 @@ def run_worker(argv: list[str]) -> None:
 
 def spawn(name: str, cfg: dict, job: dict, log: list) -> dict:
     """Run one worker in a fresh Python process; return its result dict."""
-    label = f"{name} {cfg['tag']} {', '.join(f'{k}={v}' for k, v in job.items() if k in ('backend', 'n', 'eps', 'batch'))}"
+    label = f"{name} {cfg['tag']} {', '.join(f'{k}={v}' for k, v in job.items() if k in ('backend', 'proposed', 'n', 'eps', 'batch'))}"
     print(f"... {label}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -388,12 +443,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed predict passes over the test set (median)")
     parser.add_argument("--wrn-size", type=int, default=128, help="image size for wide_resnet50_2 (memory: P * d^2)")
     parser.add_argument("--synthetic", type=int, nargs=2, default=[200, 2000], metavar=("N_SMALL", "N_LARGE"))
+    parser.add_argument("--no-proposed", action="store_true", help="leave out the rows with profile_parts.py's candidates patched in")
     parser.add_argument("--skip", nargs="*", default=[], choices=["lite0", "memory", "wrn", "anomalib-2000", "sweep"])
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     log: list = []
     report: dict = {"machine": machine_info(args.threads), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     backends = ["torch", "onnxruntime"]
+    # (label, backend, with the candidate changes of profile_parts.py patched in)
+    variants = [("torch", "torch", False), ("onnxruntime", "onnxruntime", False)]
+    if not args.no_proposed:
+        variants.append(("onnxruntime + proposed", "onnxruntime", True))
 
     lite0 = dict(tag="lite0", backbone="efficientnet_lite0", layers=LITE0_LAYERS, n_features=100, size=256,
                  pretrained=True, batch=32, threads=args.threads)
@@ -405,25 +465,26 @@ def main() -> None:
         part["anomalib"]["predict"] = spawn(
             "anomalib_predict", lite0, dict(data=data, stats=f"{c}/anomalib_lite0.pt", maps=f"{c}/maps_anomalib_lite0.npy", rounds=args.rounds), log)
         anomalib_maps = np.load(f"{c}/maps_anomalib_lite0.npy")
-        for backend in backends:
-            model = f"{c}/padim_lite0_{backend}.safetensors"
-            fit = spawn("padim_fit", lite0, dict(data=data, backend=backend, save=model), log)
-            predict = spawn("padim_predict", lite0, dict(data=data, backend=backend, model=model, rounds=args.rounds, auroc=True), log)
-            part["padim"][backend] = {"fit": fit, "predict": predict}
+        for label, backend, proposed in variants:
+            model = f"{c}/padim_lite0_{backend}_{proposed}.safetensors"
+            job = dict(data=data, backend=backend, proposed=proposed)
+            fit = spawn("padim_fit", lite0, dict(job, save=model), log)
+            predict = spawn("padim_predict", lite0, dict(job, model=model, rounds=args.rounds, auroc=True), log)
+            part["padim"][label] = {"fit": fit, "predict": predict}
         # Same model as anomalib's (its covariance gets 0.01 + 1e-5): the map comparison.
         model = f"{c}/padim_lite0_eps.safetensors"
         spawn("padim_fit", lite0, dict(data=data, backend="onnxruntime", save=model, eps=ANOMALIB_EPS), log)
         part["map_difference"] = {}
-        for backend in backends:
-            maps = f"{c}/maps_padim_lite0_{backend}.npy"
-            spawn("padim_predict", lite0, dict(data=data, backend=backend, model=model, rounds=1, maps=maps), log)
-            part["map_difference"][backend] = map_difference(anomalib_maps, np.load(maps))
+        for label, backend, proposed in variants:
+            maps = f"{c}/maps_padim_lite0_{backend}_{proposed}.npy"
+            spawn("padim_predict", lite0, dict(data=data, backend=backend, proposed=proposed, model=model, rounds=1, maps=maps), log)
+            part["map_difference"][label] = map_difference(anomalib_maps, np.load(maps))
         part["map_difference"]["onnxruntime_vs_torch"] = map_difference(
-            np.load(f"{c}/maps_padim_lite0_torch.npy"), np.load(f"{c}/maps_padim_lite0_onnxruntime.npy"))
+            np.load(f"{c}/maps_padim_lite0_torch_False.npy"), np.load(f"{c}/maps_padim_lite0_onnxruntime_False.npy"))
         report["lite0"] = part
         if "sweep" not in args.skip:  # batch size for onnxruntime predict
             report["batch_sweep"] = {
-                b: spawn("padim_predict", lite0, dict(data=data, backend="onnxruntime", model=f"{c}/padim_lite0_onnxruntime.safetensors", rounds=args.rounds, batch=b), log)
+                b: spawn("padim_predict", lite0, dict(data=data, backend="onnxruntime", proposed=not args.no_proposed, model=f"{c}/padim_lite0_onnxruntime_False.safetensors", rounds=args.rounds, batch=b), log)
                 for b in (1, 8, 16, 32, 64)
             }
 
@@ -448,13 +509,14 @@ def main() -> None:
         part["anomalib"]["predict"] = spawn(
             "anomalib_predict", wrn, dict(data=data, stats=f"{c}/anomalib_wrn.pt", maps=f"{c}/maps_anomalib_wrn.npy", rounds=args.rounds), log)
         part["map_difference"] = {}
-        for backend in backends:
-            model = f"{c}/padim_wrn_{backend}.safetensors"
-            maps = f"{c}/maps_padim_wrn_{backend}.npy"
-            fit = spawn("padim_fit", wrn, dict(data=data, backend=backend, save=model, eps=ANOMALIB_EPS), log)
-            predict = spawn("padim_predict", wrn, dict(data=data, backend=backend, model=model, rounds=args.rounds, maps=maps), log)
-            part["padim"][backend] = {"fit": fit, "predict": predict}
-            part["map_difference"][backend] = map_difference(np.load(f"{c}/maps_anomalib_wrn.npy"), np.load(maps))
+        for label, backend, proposed in variants:
+            model = f"{c}/padim_wrn_{backend}_{proposed}.safetensors"
+            maps = f"{c}/maps_padim_wrn_{backend}_{proposed}.npy"
+            job = dict(data=data, backend=backend, proposed=proposed)
+            fit = spawn("padim_fit", wrn, dict(job, save=model, eps=ANOMALIB_EPS), log)
+            predict = spawn("padim_predict", wrn, dict(job, model=model, rounds=args.rounds, maps=maps), log)
+            part["padim"][label] = {"fit": fit, "predict": predict}
+            part["map_difference"][label] = map_difference(np.load(f"{c}/maps_anomalib_wrn.npy"), np.load(maps))
         report["wrn"] = part
 
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -541,7 +603,7 @@ def render(report: dict, args) -> str:
             )
         out.append("")
     if "batch_sweep" in report:
-        out += ["Batch size for onnxruntime predict (same model, same test images):", "", "| batch | images/s | backbone images/s |", "|---:|---:|---:|"]
+        out += ["Batch size for onnxruntime predict (with the proposed changes unless --no-proposed; same model, same test images):", "", "| batch | images/s | backbone images/s |", "|---:|---:|---:|"]
         out += [f"| {b} | {r['images_per_s']:.1f} | {r['backbone_images_per_s']:.1f} |" for b, r in report["batch_sweep"].items()]
         out.append("")
     if "memory" in report:

@@ -219,3 +219,24 @@ def test_cuda_matches_cpu():
     gpu = Padim(**SMALL, device="cuda").fit(images)
     test = batches(2, seed=1)[0]
     np.testing.assert_allclose(gpu.predict(test).anomaly_map, cpu.predict(test).anomaly_map, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_onnxruntime_backend_gives_the_torch_maps(backbone):
+    config = dict(SMALL, backbone=backbone)
+    images, test = batches(8)[0], batches(3, seed=2)[0]
+    on_torch = Padim(**config, backend="torch").fit(images)
+    on_ort = Padim(**config, backend="onnxruntime").fit(images)
+    assert on_ort.runs_on_onnxruntime and not on_torch.runs_on_onnxruntime
+    expected = on_torch.predict(test).anomaly_map
+    got = on_ort.predict(test).anomaly_map
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    np.testing.assert_allclose(on_ort.mean_.numpy(), on_torch.mean_.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_backend_is_checked():
+    assert Padim(**SMALL).runs_on_onnxruntime  # auto on the CPU, onnxruntime installed
+    with pytest.raises(ValueError, match="backend must be"):
+        Padim(**SMALL, backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Padim(**SMALL, backend="onnxruntime", device="cuda")

@@ -175,6 +175,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         pretrained=not args.random_weights,
         weights=args.weights,
         device=args.device,
+        backend=args.backend,
         holdout=args.holdout,
         quantile=args.quantile,
     )
@@ -296,7 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if str(args.model).endswith(".onnx"):
         raise UserError(f"{args.model}: evaluate needs the .padim model file (ONNX files are for predict and serve)")
-    model = Padim.load(args.model, device=args.device)
+    model = Padim.load(args.model, device=args.device, backend=args.backend)
     result = evaluate_model(model, Path(args.data), batch_size=args.batch_size, workers=args.workers,
                             quiet=args.quiet, skip_bad=args.skip_bad)
     metrics = result["metrics"]
@@ -406,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, workers: bool = True) -> None:
         p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+        if workers:
+            p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                           help="runs the backbone (default: auto = onnxruntime on the CPU, torch on CUDA)")
         p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default: 32)")
         if workers:
             p.add_argument("--workers", type=_non_negative_int, default=None,

@@ -98,6 +98,9 @@ class Padim:
         device: ``"cpu"``, ``"cuda"``, ...
         holdout: fraction of good images (given as files) kept out of the Gaussian to set the threshold.
         quantile: the threshold is this quantile of the held-out good images' scores.
+        backend: runs the backbone: ``"torch"``, ``"onnxruntime"`` (CPU only; the backbone exported
+            to ONNX in memory, several times faster on CPU) or ``"auto"`` (onnxruntime on the CPU
+            when it is installed, torch otherwise). Both give the same maps (tested to 1e-4).
 
     Fitted attributes: ``channel_idx_`` (D,), ``mean_`` (P, D), ``precision_`` (P, D, D),
     ``feature_size_`` (H, W), ``n_images_``, ``calibration_`` (or None), ``stats_`` (streaming
@@ -125,6 +128,7 @@ class Padim:
         device: str | torch.device = "cpu",
         holdout: float = 0.1,
         quantile: float = 0.99,
+        backend: str = "auto",
     ) -> None:
         spec = get_spec(backbone)
         layer_info = resolve_layers(backbone, layers)
@@ -151,6 +155,10 @@ class Padim:
             raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
+        if backend == "onnxruntime" and torch.device(device).type != "cpu":
+            raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={str(device)!r} (use backend='torch')")
         self.backbone = backbone
         self.layers = tuple(info.name for info in layer_info)
         self.n_features = int(n_features)
@@ -163,7 +171,9 @@ class Padim:
         self.device = torch.device(device)
         self.holdout = float(holdout)
         self.quantile = float(quantile)
+        self.backend = backend
         self._extractor: FeatureExtractor | None = None
+        self._onnx_embedder = None
         self.generator = AnomalyMapGenerator(image_size, sigma=sigma)
         self.calibration_: Calibration | None = None
         self.skipped_: list[str] = []
@@ -187,6 +197,17 @@ class Padim:
         if not hasattr(self, "precision_"):
             raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
 
+    @property
+    def runs_on_onnxruntime(self) -> bool:
+        """Whether the backbone runs in onnxruntime (see ``backend``)."""
+        if self.backend == "torch" or self.device.type != "cpu":
+            return False
+        if self.backend == "onnxruntime":
+            return True
+        from padim.onnx_backbone import available
+
+        return available()
+
     def embed(self, images: Tensor) -> Tensor:
         """Patch embeddings of pre-processed images.
 
@@ -194,15 +215,21 @@ class Padim:
             images: (N, 3, H_img, W_img) normalised float images.
 
         Returns:
-            (N, D, H, W) embeddings on the model's device.
+            (N, D, H, W) embeddings on the model's device (possibly a channels-last view).
         """
+        channels = [info.channels for info in self.layer_info]
         if not hasattr(self, "channel_idx_"):
-            self.channel_idx_ = select_channels(
-                sum(info.channels for info in self.layer_info), self.n_features, self.seed
-            )
+            self.channel_idx_ = select_channels(sum(channels), self.n_features, self.seed)
+            self._onnx_embedder = None
+        if self.runs_on_onnxruntime:
+            if self._onnx_embedder is None:
+                from padim.onnx_backbone import OnnxEmbedder
+
+                self._onnx_embedder = OnnxEmbedder(self.extractor, self.channel_idx_, channels)
+            return self._onnx_embedder(images)
         with torch.inference_mode():
             features = self.extractor(images.to(self.device, torch.float32))
-            return embed(features, self.channel_idx_, [info.channels for info in self.layer_info])
+            return embed(features, self.channel_idx_, channels)
 
     # --- fitting ----------------------------------------------------------------------------
 
@@ -415,7 +442,7 @@ class Padim:
         return Path(path)
 
     @classmethod
-    def load(cls, path: PathLike, device: str | torch.device = "cpu") -> "Padim":
+    def load(cls, path: PathLike, device: str | torch.device = "cpu", backend: str = "auto") -> "Padim":
         """Read a model written by :meth:`save`. Runs no code from the file.
 
         Raises:
@@ -428,6 +455,7 @@ class Padim:
                 image_size=tuple(meta["image_size"]),
                 pretrained=False,
                 device=device,
+                backend=backend,
             )
             model.pretrained = bool(meta.get("pretrained", True))
             body = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
