@@ -134,14 +134,17 @@ def update_f32_scatter(stats: GaussianStats, samples: Tensor) -> GaussianStats:
     return stats
 
 
-def precision_triangular(stats: GaussianStats, eps: float = 0.01, chunk: int = 512) -> Tensor:
+def precision_triangular(stats: GaussianStats, eps: float = 0.01, chunk_bytes: int = 32 * 2**20) -> Tensor:
     """:func:`padim.gaussian.precision_from_stats` as W^T W with W = L^-1 from a triangular solve.
 
     ``torch.cholesky_inverse`` (and ``torch.linalg.inv``) on a batch of small matrices run
     many tiny parallel regions: with 2 threads on a loaded 2-core machine they were 20 to 60
     times slower than with 1 thread. The triangular solve and the bmm do not suffer from it.
+    Chunks are sized in bytes (each float64 temporary at most ``chunk_bytes``), not in patches:
+    512 patches of 550x550 float64 are 1.2 GB per temporary.
     """
     n_patches, dim = stats.mean.shape
+    chunk = max(1, chunk_bytes // (dim * dim * 8))
     out = torch.empty(n_patches, dim, dim, dtype=torch.float32, device=stats.m2.device)
     eye = torch.eye(dim, dtype=torch.float64, device=stats.m2.device)
     for start in range(0, n_patches, chunk):

@@ -155,3 +155,22 @@ def test_forward_names_the_missing_key(case, missing):
 def test_is_an_nn_module_with_static_compute_distance():
     assert isinstance(AnomalyMapGenerator((8, 8)), torch.nn.Module)
     assert isinstance(AnomalyMapGenerator.__dict__["compute_distance"], staticmethod)
+
+
+def test_fused_map_equals_upsample_then_smooth_in_float32():
+    g = torch.Generator().manual_seed(3)
+    distance = torch.rand(3, 1, 16, 12, generator=g) * 50
+    gen = AnomalyMapGenerator(image_size=(64, 48), sigma=4)
+    a_h, a_w = gen._resize_blur_matrices((16, 12), torch.float32, distance.device)
+    fused = a_h @ distance @ a_w.T
+    steps = gen.smooth_anomaly_map(gen.up_sample(distance))
+    assert (fused - steps).abs().max() <= 1e-5 * steps.abs().max()
+
+
+def test_mahalanobis_accepts_a_channels_last_view(case):
+    embedding, mean, inv_cov = case
+    view = embedding.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert not view.is_contiguous()
+    np.testing.assert_allclose(
+        mahalanobis(view, mean.T, inv_cov).numpy(), mahalanobis(embedding, mean.T, inv_cov).numpy(), rtol=1e-12
+    )

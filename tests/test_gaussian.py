@@ -52,7 +52,7 @@ def test_merge_with_empty_is_identity(samples):
 
 def test_precision_is_the_inverse_covariance(samples):
     stats = stream(samples, [37])
-    got = precision_from_stats(stats, eps=0.01, chunk=2)
+    got = precision_from_stats(stats, eps=0.01, chunk_bytes=2 * 4 * 4 * 8)  # two patches a chunk
     assert got.dtype == torch.float32 and got.shape == (5, 4, 4)
     np.testing.assert_allclose(got.numpy(), np.linalg.inv(numpy_cov(samples.numpy(), 0.01)), rtol=1e-4)
 
@@ -66,3 +66,20 @@ def test_covariance_needs_two_samples():
 def test_update_rejects_wrong_shape():
     with pytest.raises(ValueError, match="P, D"):
         GaussianStats.empty(2, 3).update(torch.zeros(4, 3, 3))
+
+
+def test_float32_scatter_is_numerically_safe(samples):
+    """Centred updates in float32 keep ~6 digits even with a large offset (no sum-of-squares cancellation)."""
+    exact = stream(samples, [37])
+    stats = GaussianStats.empty(5, 4, dtype=torch.float32)
+    for start in range(0, 37, 6):
+        stats.update(samples[start : start + 6].float())
+    np.testing.assert_allclose(stats.mean.numpy(), exact.mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stats.covariance(0.01).numpy(), exact.covariance(0.01).numpy(), rtol=1e-5)
+
+
+def test_update_in_patch_chunks_equals_whole(samples, monkeypatch):
+    whole = stream(samples, [20, 17])
+    monkeypatch.setattr("padim.gaussian.CHUNK_BYTES", 1)  # one patch per chunk
+    chunked = stream(samples, [20, 17])
+    np.testing.assert_allclose(chunked.m2.numpy(), whole.m2.numpy(), rtol=1e-12)

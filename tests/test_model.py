@@ -51,9 +51,10 @@ def naive_fit(model, images):
     return mean, np.linalg.inv(cov)
 
 
-def test_fit_matches_naive_per_patch_covariance():
+@pytest.mark.parametrize("stats_dtype", ["float32", "float64"])
+def test_fit_matches_naive_per_patch_covariance(stats_dtype):
     images = batches(12)[0]
-    model = Padim(**SMALL).fit(images)
+    model = Padim(**SMALL, stats_dtype=stats_dtype).fit(images)
     mean, precision = naive_fit(model, images)
     np.testing.assert_allclose(model.mean_.numpy(), mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.precision_.numpy(), precision, rtol=1e-3, atol=1e-3)
@@ -61,10 +62,11 @@ def test_fit_matches_naive_per_patch_covariance():
 
 def test_streamed_fit_equals_one_shot_equals_merged_halves():
     parts = batches(4, count=5)
-    one = Padim(**SMALL).fit(torch.cat(parts))
-    streamed = Padim(**SMALL).fit(iter(parts))  # a generator of batches
-    first = Padim(**SMALL).fit(parts[:2])
-    second = Padim(**SMALL).fit(parts[2:])
+    exact = dict(SMALL, stats_dtype="float64")
+    one = Padim(**exact).fit(torch.cat(parts))
+    streamed = Padim(**exact).fit(iter(parts))  # a generator of batches
+    first = Padim(**exact).fit(parts[:2])
+    second = Padim(**exact).fit(parts[2:])
     merged = first.stats_.merge(second.stats_)
     for stats in (streamed.stats_, merged):
         assert stats.count == one.stats_.count == 20

@@ -101,6 +101,9 @@ class Padim:
         backend: runs the backbone: ``"torch"``, ``"onnxruntime"`` (CPU only; the backbone exported
             to ONNX in memory, several times faster on CPU) or ``"auto"`` (onnxruntime on the CPU
             when it is installed, torch otherwise). Both give the same maps (tested to 1e-4).
+        stats_dtype: ``"float32"`` (default) or ``"float64"``: the dtype of the streamed scatter
+            matrices. Updates are centred per batch, so float32 is numerically safe and halves
+            fitting memory; float64 makes merges of statistics exact to 1e-12.
 
     Fitted attributes: ``channel_idx_`` (D,), ``mean_`` (P, D), ``precision_`` (P, D, D),
     ``feature_size_`` (H, W), ``n_images_``, ``calibration_`` (or None), ``stats_`` (streaming
@@ -129,6 +132,7 @@ class Padim:
         holdout: float = 0.1,
         quantile: float = 0.99,
         backend: str = "auto",
+        stats_dtype: str = "float32",
     ) -> None:
         spec = get_spec(backbone)
         layer_info = resolve_layers(backbone, layers)
@@ -159,6 +163,9 @@ class Padim:
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
         if backend == "onnxruntime" and torch.device(device).type != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={str(device)!r} (use backend='torch')")
+        if stats_dtype not in ("float32", "float64"):
+            raise ValueError(f"stats_dtype must be 'float32' or 'float64', got {stats_dtype!r}")
+        self.stats_dtype = stats_dtype
         self.backbone = backbone
         self.layers = tuple(info.name for info in layer_info)
         self.n_features = int(n_features)
@@ -233,15 +240,22 @@ class Padim:
 
     # --- fitting ----------------------------------------------------------------------------
 
+    #: Images embedded at once while fitting: bounds the backbone's activations (about 80 MB at
+    #: 256 px for efficientnet_lite0) at a few percent of speed (benchmarks/results/speed.md).
+    fit_chunk = 8
+
     def partial_fit(self, images: Tensor | np.ndarray) -> "Padim":
         """Add one batch of pre-processed good images (N, 3, H, W) to the statistics; returns self."""
         batch = _as_batch(images)
-        embedding = self.embed(batch)
-        n, d, h, w = embedding.shape
-        if not hasattr(self, "stats_"):
-            self.stats_ = GaussianStats.empty(h * w, d, device=self.device)
-            self.feature_size_ = (h, w)
-        self.stats_.update(embedding.reshape(n, d, h * w).transpose(1, 2))
+        for start in range(0, len(batch), self.fit_chunk):
+            embedding = self.embed(batch[start : start + self.fit_chunk])
+            n, d, h, w = embedding.shape
+            if not hasattr(self, "stats_"):
+                dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
+                self.stats_ = GaussianStats.empty(h * w, d, device=self.device, dtype=dtype)
+                self.feature_size_ = (h, w)
+            # (N, P, D): free for the channels-last embedding of the onnxruntime backend.
+            self.stats_.update(embedding.permute(0, 2, 3, 1).reshape(n, h * w, d))
         for name in ("mean_", "precision_"):
             self.__dict__.pop(name, None)
         return self
