@@ -63,10 +63,10 @@ def test_fit_matches_naive_per_patch_covariance(stats_dtype):
 def test_streamed_fit_equals_one_shot_equals_merged_halves():
     parts = batches(4, count=5)
     exact = dict(SMALL, stats_dtype="float64")
-    one = Padim(**exact).fit(torch.cat(parts))
-    streamed = Padim(**exact).fit(iter(parts))  # a generator of batches
-    first = Padim(**exact).fit(parts[:2])
-    second = Padim(**exact).fit(parts[2:])
+    one = Padim(**exact).fit(torch.cat(parts), keep_stats=True)
+    streamed = Padim(**exact).fit(iter(parts), keep_stats=True)  # a generator of batches
+    first = Padim(**exact).fit(parts[:2], keep_stats=True)
+    second = Padim(**exact).partial_fit(parts[2]).partial_fit(torch.cat(parts[3:]))
     merged = first.stats_.merge(second.stats_)
     for stats in (streamed.stats_, merged):
         assert stats.count == one.stats_.count == 20
@@ -208,7 +208,7 @@ def test_predict_before_fit_says_call_fit():
 
 
 def test_fit_memory_is_a_fixed_size_accumulator():
-    model = Padim(**SMALL).fit(batches(3, count=4))
+    model = Padim(**SMALL).fit(batches(3, count=4), keep_stats=True)
     p = math.prod(model.feature_size_)
     assert model.stats_.m2.shape == (p, 24, 24) and model.stats_.count == 12
 
@@ -242,3 +242,17 @@ def test_backend_is_checked():
         Padim(**SMALL, backend="tensorrt")
     with pytest.raises(ValueError, match="runs on the CPU"):
         Padim(**SMALL, backend="onnxruntime", device="cuda")
+
+
+def test_precision_in_place_equals_kept_statistics():
+    images = batches(9)[0]
+    kept = Padim(**SMALL).fit(images, keep_stats=True)
+    spent = Padim(**SMALL).fit(images)
+    assert not hasattr(spent, "stats_")
+    np.testing.assert_array_equal(spent.precision_.numpy(), kept.precision_.numpy())
+
+
+def test_partial_fit_then_predict_works_and_stays_mergeable():
+    model = Padim(**SMALL).partial_fit(batches(5)[0])
+    assert model.predict(batches(1, seed=1)[0]).anomaly_map.shape == (1, 64, 64)
+    assert model.stats_.count == 5

@@ -105,17 +105,24 @@ class GaussianStats:
         return cov
 
 
-def precision_from_stats(stats: GaussianStats, eps: float = 0.01, chunk_bytes: int = CHUNK_BYTES) -> Tensor:
+def precision_from_stats(
+    stats: GaussianStats, eps: float = 0.01, chunk_bytes: int = CHUNK_BYTES, *, in_place: bool = False
+) -> Tensor:
     """Inverse covariances (P, D, D) in float32, as W^T W with W = L^-1 and covariance = L L^T.
 
     The Cholesky factor and the triangular solve run in float64, a chunk of patches at a time
     (each float64 temporary at most ``chunk_bytes``). ``cholesky_inverse`` and ``linalg.inv``
     on batches of small matrices ran 20 to 60 times slower with 2 threads on a busy 2-core
     machine (benchmarks/results/parts.json); the triangular solve and bmm do not.
+
+    With ``in_place`` (float32 statistics only) each chunk's result overwrites the scatter
+    matrices it came from, so the precision costs no memory beyond them; ``stats`` is then spent.
     """
     n_patches, dim = stats.mean.shape
     step = max(1, chunk_bytes // (dim * dim * 8))
-    out = torch.empty(n_patches, dim, dim, dtype=torch.float32, device=stats.m2.device)
+    if in_place and stats.m2.dtype != torch.float32:
+        raise ValueError(f"in_place needs float32 statistics, got {stats.m2.dtype}")
+    out = stats.m2 if in_place else torch.empty(n_patches, dim, dim, dtype=torch.float32, device=stats.m2.device)
     eye = torch.eye(dim, dtype=torch.float64, device=stats.m2.device)
     for start in range(0, n_patches, step):
         part = GaussianStats(stats.count, stats.mean[start : start + step], stats.m2[start : start + step])

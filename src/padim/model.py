@@ -107,7 +107,7 @@ class Padim:
 
     Fitted attributes: ``channel_idx_`` (D,), ``mean_`` (P, D), ``precision_`` (P, D, D),
     ``feature_size_`` (H, W), ``n_images_``, ``calibration_`` (or None), ``stats_`` (streaming
-    statistics; not saved).
+    statistics, after ``partial_fit`` or ``fit(keep_stats=True)``; not saved).
 
     Example:
         >>> model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=20, sigma=2)
@@ -201,6 +201,8 @@ class Padim:
         return self._extractor
 
     def _check_fitted(self) -> None:
+        if not hasattr(self, "precision_") and hasattr(self, "stats_"):
+            self._finish_fit(keep_stats=True)  # after partial_fit: usable, and still mergeable
         if not hasattr(self, "precision_"):
             raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
 
@@ -260,13 +262,16 @@ class Padim:
             self.__dict__.pop(name, None)
         return self
 
-    def _finish_fit(self) -> None:
+    def _finish_fit(self, keep_stats: bool = True) -> None:
         if not hasattr(self, "stats_") or self.stats_.count < 2:
             count = getattr(getattr(self, "stats_", None), "count", 0)
             raise ValueError(f"fitting needs at least 2 good images, got {count}")
         self.n_images_ = self.stats_.count
         self.mean_ = self.stats_.mean.float()
-        self.precision_ = precision_from_stats(self.stats_, self.eps)
+        in_place = not keep_stats and self.stats_.m2.dtype == torch.float32
+        self.precision_ = precision_from_stats(self.stats_, self.eps, in_place=in_place)
+        if not keep_stats:
+            del self.stats_
 
     def fit(
         self,
@@ -277,6 +282,7 @@ class Padim:
         workers: int | None = None,
         quiet: bool = True,
         skip_bad: bool = False,
+        keep_stats: bool = False,
     ) -> "Padim":
         """Fit the per-patch Gaussians on good images, streaming; returns self.
 
@@ -289,6 +295,9 @@ class Padim:
             batch_size, workers: decoding of image files (DataLoader workers; None = automatic).
             quiet: no progress bar.
             skip_bad: skip unreadable image files (listed in ``skipped_``) instead of failing.
+            keep_stats: keep the streamed statistics in ``stats_`` (to merge with another stream's
+                through :meth:`padim.gaussian.GaussianStats.merge`); otherwise the precision
+                reuses their memory (P * D^2 * 4 bytes less at the peak).
 
         Raises:
             ValueError: for an empty or missing folder, fewer than 2 images, or bad arguments;
@@ -308,7 +317,7 @@ class Padim:
             paths = [p for i, p in enumerate(paths) if i not in held]
         for batch in self._batches(paths if paths is not None else data, desc="fit", train=True, **options):
             self.partial_fit(batch)
-        self._finish_fit()
+        self._finish_fit(keep_stats)
         if validation is not None:
             self.calibrate(validation, **options)
         return self
