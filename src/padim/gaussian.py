@@ -25,7 +25,7 @@ from torch import Tensor
 
 #: Largest temporary (bytes) that an update or the precision builds at once; work is split over
 #: patches to stay under it, so fitting memory is the accumulators plus a few tens of MB.
-CHUNK_BYTES = 32 * 2**20
+CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass
