@@ -8,7 +8,10 @@ and copy one into ``tmp_path`` before changing it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,3 +52,28 @@ def plain_test_tree(tmp_path_factory: pytest.TempPathFactory, mvtec_tree: Path) 
     shutil.copytree(mvtec_tree / "test", root)
     shutil.copytree(mvtec_tree / "ground_truth", root / "ground_truth")
     return root
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serving():
+    """``with serving(app) as url:`` runs an ASGI app on a free loopback port (uvicorn in a thread)."""
+    return _serving

@@ -8,12 +8,9 @@ driver only; no browser download). Without them the test skips and says why; CI 
 import base64
 import os
 import shutil
-import threading
-import time
 
 import numpy as np
 import pytest
-import uvicorn
 
 from padim.calibration import Calibration
 from padim.export import export_onnx
@@ -21,6 +18,7 @@ from padim.model import Padim
 from padim.runtime import open_model
 from padim.serve import create_app
 from padim.transforms import list_images
+
 
 CHROMIUM = os.environ.get("PADIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -53,7 +51,7 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, mvtec_tree):
+def served(tmp_path_factory, mvtec_tree, serving):
     """A calibrated ONNX model served on a free loopback port; yields (url, model file, an OK image, a DEFECT image)."""
     images = [p for sub in ("good", "scratch", "spot") for p in list_images(mvtec_tree / "test" / sub)]
     model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=24, sigma=2, seed=3).fit(mvtec_tree)
@@ -62,18 +60,9 @@ def served(tmp_path_factory, mvtec_tree):
     low, high = float(scores.min()), float(scores.max())
     model.calibration_ = Calibration(threshold=(low + high) / 2, center=low)
     onnx_file = export_onnx(model, tmp_path_factory.mktemp("browser") / "m.onnx")
-    server = uvicorn.Server(uvicorn.Config(create_app(onnx_file), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
     ok, defect = images[int(np.argmin(scores))], images[int(np.argmax(scores))]
-    yield f"http://127.0.0.1:{port}/", onnx_file, ok, defect
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(onnx_file)) as url:
+        yield f"{url}/", onnx_file, ok, defect
 
 
 def test_page_shows_verdict_score_and_overlay(chromium, served):

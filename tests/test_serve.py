@@ -4,7 +4,6 @@ import base64
 import io
 import os
 import tempfile
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from padim.serve import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_
 from padim.visualize import heatmap_range
 from padim.transforms import list_images
 from padim.visualize import overlay
+
 
 with warnings.catch_warnings():
     # Starlette's TestClient warns that it will move to httpx2; the tests use httpx as installed.
@@ -157,19 +157,10 @@ def test_nothing_is_written_to_disk(files, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def live_server(files):
+def live_server(files, serving):
     """The ONNX app served by uvicorn on a free loopback port, in a thread."""
-    server = uvicorn.Server(uvicorn.Config(create_app(files[1]), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(files[1])) as url:
+        yield url
 
 
 def test_concurrent_requests_are_served_without_errors(live_server, files):

@@ -21,11 +21,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .progress import progress
-from .transforms import IMAGE_SUFFIXES, ImageError, as_size, list_images, load_image, preprocess
+from .transforms import IMAGE_SUFFIXES, ImageError, as_size, decode, list_images, load_image, preprocess
 
 PathLike = str | os.PathLike
 
@@ -252,19 +252,11 @@ def load_mask(path: PathLike, image_size: int | Sequence[int]) -> tuple[np.ndarr
         ImageError: naming the file, when it cannot be decoded.
     """
     height, width = as_size(image_size)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "RGB", "RGBA"):
-                # Palette indices and CMYK say nothing about darkness until converted.
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            pixels, original_size = np.asarray(image), image.size
-    except FileNotFoundError:
-        raise ImageError(f"{path}: mask file not found") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: corrupt or truncated mask ({error})") from None
+    image = decode(path, "mask")
+    if image.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "RGB", "RGBA"):
+        # Palette indices and CMYK say nothing about darkness until converted.
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    pixels, original_size = np.asarray(image), image.size
     if pixels.ndim == 3:
         pixels = pixels[..., : 3 if pixels.shape[-1] >= 3 else 1]  # drop alpha
         pixels = pixels.max(axis=-1)

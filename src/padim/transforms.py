@@ -78,6 +78,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def decode(source: PathLike | bytes, what: str = "image") -> Image.Image:
+    """Open and fully decode an image file (or bytes), in its own mode.
+
+    Args:
+        source: a path or the file's bytes.
+        what: the word for the file in error messages ("image", "mask").
+
+    Raises:
+        ImageError: naming the file, when it is missing, not an image, truncated or corrupt.
+    """
+    name = f"uploaded {what}" if isinstance(source, bytes) else str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        with handle, Image.open(handle) as image:
+            image.load()  # decode now: a truncated file fails here, not later in a worker
+            return image
+    except FileNotFoundError:
+        raise ImageError(f"{name}: {what} file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name}: corrupt or truncated {what} ({error})") from None
+
+
 def load_image(source: PathLike | bytes | Image.Image) -> Image.Image:
     """Decode an image file (or bytes) fully and return it as RGB.
 
@@ -86,18 +110,7 @@ def load_image(source: PathLike | bytes | Image.Image) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    name = "uploaded image" if isinstance(source, bytes) else str(source)
-    try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-        with handle, Image.open(handle) as image:
-            image.load()  # decode now: a truncated file fails here, not later in a worker
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: file not found") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+    return to_rgb(decode(source))
 
 
 def preprocess(images: Image.Image | Iterable[Image.Image], image_size: int | Sequence[int]) -> np.ndarray:
