@@ -257,7 +257,6 @@ def make_anomalib(cfg: dict):
 def worker_anomalib_fit(cfg: dict, job: dict) -> dict:
     import torch
 
-    import torch
 
     model = make_anomalib(cfg)
     if job.get("single_thread_inverse"):
@@ -668,7 +667,7 @@ def render(report: dict, args) -> str:
     if "memory" in report:
         lo, hi = args.synthetic
         out += [
-            f"## Fit peak memory against N (random 128×128 images, EfficientNet-Lite0, d=100, batches of 32)",
+            "## Fit peak memory against N (random 128×128 images, EfficientNet-Lite0, d=100, batches of 32)",
             "",
             "| run | fit s | RSS before fit MiB | fit peak RSS MiB |",
             "|---|---:|---:|---:|",

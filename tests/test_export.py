@@ -110,7 +110,7 @@ def test_export_from_a_model_file(tmp_path, mvtec_tree, fitted):
 
 
 def test_external_data_is_one_file_beside_the_model_and_loads_back(tmp_path, mvtec_tree, fitted):
-    path = export_onnx(fitted, tmp_path / "big.onnx", external_data=True)
+    export_onnx(fitted, tmp_path / "big.onnx", external_data=True)
     assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
     assert (tmp_path / "big.onnx").stat().st_size < 100_000 < (tmp_path / "big.onnx.data").stat().st_size
     # The data file is found relative to the model, so the pair can move together.

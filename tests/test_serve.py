@@ -4,7 +4,6 @@ import base64
 import io
 import os
 import tempfile
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
