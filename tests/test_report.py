@@ -169,3 +169,16 @@ def test_modules_import_neither_torch_nor_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_histogram_caps_far_outliers_into_a_last_bin():
+    from padim.report import _svg_histogram
+
+    scores = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 1000.0])
+    labels = np.array([False, False, False, True, True, True])
+    svg = _svg_histogram(scores, labels, threshold=2.0, bins=10)
+    assert "&#8805;5" in svg  # the axis ends at threshold + 3 * (threshold - lowest) = 5
+    # The outlier is drawn in the last bin: a defect bar whose left edge is the last bin's.
+    assert 'x="423.0"' in svg and "defective: 1" in svg
+    plain = _svg_histogram(scores[:-1], labels[:-1], threshold=2.0, bins=10)
+    assert "&#8805;" not in plain

@@ -251,11 +251,18 @@ def _svg_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, bin
     """Score histogram of good and defective images, overlaid, with the threshold as a dashed line."""
     low = min(float(scores.min()), threshold)
     high = max(float(scores.max()), threshold)
+    # A few very high scores would squash the region around the threshold, where decisions
+    # are made: cap the axis and gather the scores beyond it in the last bin, marked ">=".
+    cap = threshold + 3 * (threshold - low)
+    capped = high > cap > low
+    if capped:
+        high = cap
     if high == low:
         low, high = low - 0.5, high + 0.5
     edges = np.linspace(low, high, bins + 1)
-    good_counts, _ = np.histogram(scores[~labels], bins=edges)
-    defect_counts, _ = np.histogram(scores[labels], bins=edges)
+    shown = np.minimum(scores, high)
+    good_counts, _ = np.histogram(shown[~labels], bins=edges)
+    defect_counts, _ = np.histogram(shown[labels], bins=edges)
     top_count = max(int(good_counts.max(initial=0)), int(defect_counts.max(initial=0)), 1)
     plot_width, plot_height, left, top = 420, 200, 45, 30
     width, height = left + plot_width + 20, top + plot_height + 60
@@ -279,8 +286,9 @@ def _svg_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, bin
                 f'<rect x="{left + i * bar:.1f}" y="{top + plot_height - h:.1f}" width="{bar:.1f}" '
                 f'height="{h:.1f}" fill="{color}" fill-opacity="0.55"><title>{name}: {int(count)}</title></rect>'
             )
-    for tick in np.linspace(low, high, 5):
-        parts.append(f'<text x="{x_of(tick):.1f}" y="{top + plot_height + 14}" text-anchor="middle">{tick:.3g}</text>')
+    for k, tick in enumerate(np.linspace(low, high, 5)):
+        label = f"&#8805;{tick:.3g}" if capped and k == 4 else f"{tick:.3g}"
+        parts.append(f'<text x="{x_of(tick):.1f}" y="{top + plot_height + 14}" text-anchor="middle">{label}</text>')
     parts.append(f'<text x="{left - 5}" y="{top + 4}" text-anchor="end">{top_count}</text>')
     parts.append(f'<text x="{left - 5}" y="{top + plot_height}" text-anchor="end">0</text>')
     x = x_of(threshold)
