@@ -79,8 +79,9 @@ def test_missing_and_empty_folders(tmp_path):
 
 
 def test_bad_option_values(mvtec_tree, tmp_path):
-    code, err = run_cli("fit", mvtec_tree, "-o", tmp_path / "m.padim", "--image-size", "0")
-    assert code == 2 and "--image-size" in err and "Traceback" not in err
+    for option, value in (("--image-size", "0"), ("--holdout", "1"), ("--quantile", "0"), ("--batch-size", "0")):
+        code, err = run_cli("fit", mvtec_tree, "-o", tmp_path / "m.padim", option, value)
+        assert code == 2 and option in err and repr(value) in err and "Traceback" not in err
     code, err = run_cli("fit", mvtec_tree, "-o", tmp_path / "m.padim", "--backbone", "resnet18",
                         "--random-weights", "--n-features", "9999")
     assert_one_line_error(code, err, "n_features", "9999", "448")
