@@ -192,38 +192,6 @@ def use_backend(model, backend: str):
     return model
 
 
-class FusedMaps:
-    """Stands in for ``Padim.generator``: contiguous Mahalanobis, then up-sampling and blur as two matmuls."""
-
-    def __init__(self, image_size: tuple[int, int], sigma: float) -> None:
-        self.image_size, self.sigma, self.matrices = tuple(image_size), sigma, {}
-
-    def __call__(self, *, embedding, mean, inv_covariance):
-        from profile_parts import mahalanobis_copy, upsample_blur_matmul, upsample_blur_matrices
-
-        distance = mahalanobis_copy(embedding, mean.T, inv_covariance)
-        grid = tuple(distance.shape[-2:])
-        if grid not in self.matrices:
-            self.matrices[grid] = upsample_blur_matrices(grid, self.image_size, self.sigma)
-        return upsample_blur_matmul(distance, *self.matrices[grid])[:, None]
-
-
-def apply_proposals(model) -> None:
-    """Swap in the candidate changes of ``profile_parts.py``, to measure them before they are in the package.
-
-    ``GaussianStats.update`` writes its float64 rows in one copy; the precision comes from a
-    triangular solve; the anomaly map from :class:`FusedMaps`. Same numbers (see the map
-    differences in the report), different speed.
-    """
-    import padim.gaussian
-    import padim.model
-    from profile_parts import precision_triangular, update_one_copy
-
-    padim.gaussian.GaussianStats.update = update_one_copy
-    padim.model.precision_from_stats = precision_triangular
-    model.generator = FusedMaps(model.image_size, model.sigma)
-
-
 def full_backbone(cfg: dict):
     """The whole network (as anomalib wants it) with exactly the weights padim uses."""
     import torch
@@ -328,8 +296,6 @@ def worker_anomalib_predict(cfg: dict, job: dict) -> dict:
 
 def worker_padim_fit(cfg: dict, job: dict) -> dict:
     model = make_padim(cfg, job["backend"], job.get("eps", 0.01))
-    if job.get("proposed"):
-        apply_proposals(model)
     base = current_rss_mb()
     timers = {"embed_s": 0.0}
     embed = model.embed
@@ -357,8 +323,6 @@ def worker_padim_fit(cfg: dict, job: dict) -> dict:
 
 def worker_padim_predict(cfg: dict, job: dict) -> dict:
     model = load_padim(Path(job["model"]), job["backend"])
-    if job.get("proposed"):
-        apply_proposals(model)
     loaded = np.load(job["data"] + ".npz")
     test = loaded["test"]
     batch_size = job.get("batch", cfg["batch"])
@@ -425,7 +389,7 @@ def run_worker(argv: list[str]) -> None:
 
 def spawn(name: str, cfg: dict, job: dict, log: list) -> dict:
     """Run one worker in a fresh Python process; return its result dict."""
-    label = f"{name} {cfg['tag']} {', '.join(f'{k}={v}' for k, v in job.items() if k in ('backend', 'proposed', 'n', 'eps', 'batch'))}"
+    label = f"{name} {cfg['tag']} {', '.join(f'{k}={v}' for k, v in job.items() if k in ('backend', 'n', 'eps', 'batch'))}"
     print(f"... {label}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -474,17 +438,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed predict passes over the test set (median)")
     parser.add_argument("--wrn-size", type=int, default=128, help="image size for wide_resnet50_2 (memory: P * d^2)")
     parser.add_argument("--synthetic", type=int, nargs=2, default=[200, 2000], metavar=("N_SMALL", "N_LARGE"))
-    parser.add_argument("--no-proposed", action="store_true", help="leave out the rows with profile_parts.py's candidates patched in")
     parser.add_argument("--skip", nargs="*", default=[], choices=["lite0", "memory", "wrn", "anomalib-2000", "sweep"])
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     log: list = []
     report: dict = {"machine": machine_info(args.threads), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     backends = ["torch", "onnxruntime"]
-    # (label, backend, with the candidate changes of profile_parts.py patched in)
-    variants = [("torch", "torch", False), ("onnxruntime", "onnxruntime", False)]
-    if not args.no_proposed:
-        variants.append(("onnxruntime + proposed", "onnxruntime", True))
+    variants = [("torch", "torch"), ("onnxruntime", "onnxruntime")]  # (label, backend)
 
     lite0 = dict(tag="lite0", backbone="efficientnet_lite0", layers=LITE0_LAYERS, n_features=100, size=256,
                  pretrained=True, batch=32, threads=args.threads)
@@ -496,9 +456,9 @@ def main() -> None:
         part["anomalib"]["predict"] = spawn(
             "anomalib_predict", lite0, dict(data=data, stats=f"{c}/anomalib_lite0.pt", maps=f"{c}/maps_anomalib_lite0.npy", rounds=args.rounds), log)
         anomalib_maps = f"{c}/maps_anomalib_lite0.npy"
-        for label, backend, proposed in variants:
-            model = f"{c}/padim_lite0_{backend}_{proposed}.safetensors"
-            job = dict(data=data, backend=backend, proposed=proposed)
+        for label, backend in variants:
+            model = f"{c}/padim_lite0_{backend}.safetensors"
+            job = dict(data=data, backend=backend)
             fit = spawn("padim_fit", lite0, dict(job, save=model), log)
             predict = spawn("padim_predict", lite0, dict(job, model=model, rounds=args.rounds, auroc=True), log)
             part["padim"][label] = {"fit": fit, "predict": predict}
@@ -506,16 +466,16 @@ def main() -> None:
         model = f"{c}/padim_lite0_eps.safetensors"
         spawn("padim_fit", lite0, dict(data=data, backend="onnxruntime", save=model, eps=ANOMALIB_EPS), log)
         part["map_difference"] = {}
-        for label, backend, proposed in variants:
-            maps = f"{c}/maps_padim_lite0_{backend}_{proposed}.npy"
-            spawn("padim_predict", lite0, dict(data=data, backend=backend, proposed=proposed, model=model, rounds=1, maps=maps), log)
+        for label, backend in variants:
+            maps = f"{c}/maps_padim_lite0_{backend}.npy"
+            spawn("padim_predict", lite0, dict(data=data, backend=backend, model=model, rounds=1, maps=maps), log)
             part["map_difference"][label] = map_difference(anomalib_maps, maps)
         part["map_difference"]["onnxruntime_vs_torch"] = map_difference(
-            f"{c}/maps_padim_lite0_torch_False.npy", f"{c}/maps_padim_lite0_onnxruntime_False.npy")
+            f"{c}/maps_padim_lite0_torch.npy", f"{c}/maps_padim_lite0_onnxruntime.npy")
         report["lite0"] = part
         if "sweep" not in args.skip:  # batch size for onnxruntime predict
             report["batch_sweep"] = {
-                b: spawn("padim_predict", lite0, dict(data=data, backend="onnxruntime", proposed=not args.no_proposed, model=f"{c}/padim_lite0_onnxruntime_False.safetensors", rounds=args.rounds, batch=b), log)
+                b: spawn("padim_predict", lite0, dict(data=data, backend="onnxruntime", model=f"{c}/padim_lite0_onnxruntime.safetensors", rounds=args.rounds, batch=b), log)
                 for b in (1, 8, 16, 32, 64)
             }
 
@@ -540,10 +500,10 @@ def main() -> None:
         part["anomalib"]["predict"] = spawn(
             "anomalib_predict", wrn, dict(data=data, stats=f"{c}/anomalib_wrn.pt", maps=f"{c}/maps_anomalib_wrn.npy", rounds=args.rounds), log)
         part["map_difference"] = {}
-        for label, backend, proposed in variants:
-            model = f"{c}/padim_wrn_{backend}_{proposed}.safetensors"
-            maps = f"{c}/maps_padim_wrn_{backend}_{proposed}.npy"
-            job = dict(data=data, backend=backend, proposed=proposed)
+        for label, backend in variants:
+            model = f"{c}/padim_wrn_{backend}.safetensors"
+            maps = f"{c}/maps_padim_wrn_{backend}.npy"
+            job = dict(data=data, backend=backend)
             fit = spawn("padim_fit", wrn, dict(job, save=model, eps=ANOMALIB_EPS), log)
             predict = spawn("padim_predict", wrn, dict(job, model=model, rounds=args.rounds, maps=maps), log)
             part["padim"][label] = {"fit": fit, "predict": predict}
@@ -596,13 +556,6 @@ def render(report: dict, args) -> str:
         "`PadimModel` torch module (no Lightning `Engine`), with our backbone weights and channel indices.",
         "",
     ]
-    if not args.no_proposed:
-        out += [
-            "Rows marked *proposed* have the candidate changes of `benchmarks/profile_parts.py` patched in "
-            "(Gaussian update with one float64 copy; precision by a triangular solve; Mahalanobis on a "
-            "contiguous copy and up-sampling + blur as two matmuls).",
-            "",
-        ]
     if "lite0" in report:
         p = report["lite0"]
         a_fit, a_pred = p["anomalib"]["fit"], p["anomalib"]["predict"]
@@ -653,7 +606,7 @@ def render(report: dict, args) -> str:
         out.append("")
     if "batch_sweep" in report:
         out += [
-            "Batch size for predict, onnxruntime" + ("" if args.no_proposed else " + proposed") + " (same model and test images):",
+            "Batch size for predict, onnxruntime (same model and test images):",
             "",
             "| batch | images/s | backbone images/s | PaDiM's share | peak RSS MiB |",
             "|---:|---:|---:|---:|---:|",
