@@ -39,8 +39,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ ANOMALIB_EPS = 0.01 + 1e-5  # MultiVariateGaussian: 0.01 * I, then + 1e-5 * I "t
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size in MiB (VmHWM; ru_maxrss where /proc is missing)."""
@@ -137,6 +139,7 @@ def bottle_cache(data: Path, size: int, cache: Path, chunk: int = 32) -> str:
 
 # --------------------------------------------------------------------------- model builders
 
+
 def channel_indices(backbone: str, layers: list[str], n_features: int, seed: int):
     from padim.backbones import resolve_layers
     from padim.model import select_channels
@@ -153,8 +156,13 @@ def make_padim(cfg: dict, backend: str, eps: float = 0.01):
     from padim.model import Padim
 
     kwargs = dict(
-        backbone=cfg["backbone"], layers=cfg["layers"], n_features=cfg["n_features"], image_size=cfg["size"],
-        pretrained=cfg["pretrained"], seed=0, eps=eps,
+        backbone=cfg["backbone"],
+        layers=cfg["layers"],
+        n_features=cfg["n_features"],
+        image_size=cfg["size"],
+        pretrained=cfg["pretrained"],
+        seed=0,
+        eps=eps,
     )
     if "backend" in inspect.signature(Padim).parameters:
         return Padim(**kwargs, backend=backend)
@@ -214,7 +222,9 @@ def make_anomalib(cfg: dict):
         warnings.simplefilter("ignore")
         from anomalib.models.image.padim.torch_model import PadimModel
 
-        model = PadimModel(backbone=full_backbone(cfg), layers=cfg["layers"], pre_trained=False, n_features=cfg["n_features"])
+        model = PadimModel(
+            backbone=full_backbone(cfg), layers=cfg["layers"], pre_trained=False, n_features=cfg["n_features"]
+        )
     idx = channel_indices(cfg["backbone"], cfg["layers"], cfg["n_features"], 0)
     model.idx.copy_(idx)
     return model
@@ -222,9 +232,9 @@ def make_anomalib(cfg: dict):
 
 # --------------------------------------------------------------------------- workers (one per subprocess)
 
+
 def worker_anomalib_fit(cfg: dict, job: dict) -> dict:
     import torch
-
 
     model = make_anomalib(cfg)
     if job.get("single_thread_inverse"):
@@ -245,14 +255,22 @@ def worker_anomalib_fit(cfg: dict, job: dict) -> dict:
     base = current_rss_mb()
     model.train()
     start = time.perf_counter()
-    source = file_batches(job["data"], cfg["batch"]) if job.get("data") else random_batches(job["n"], cfg["size"], cfg["batch"])
+    source = (
+        file_batches(job["data"], cfg["batch"])
+        if job.get("data")
+        else random_batches(job["n"], cfg["size"], cfg["batch"])
+    )
     for batch in source:
         model(batch)
     embedded = time.perf_counter()
     model.fit()
     end = time.perf_counter()
     result = dict(
-        fit_s=end - start, embed_s=embedded - start, gaussian_s=end - embedded, rss_before_mb=base, peak_rss_mb=peak_rss_mb()
+        fit_s=end - start,
+        embed_s=embedded - start,
+        gaussian_s=end - embedded,
+        rss_before_mb=base,
+        peak_rss_mb=peak_rss_mb(),
     )
     if job.get("save"):
         torch.save({"mean": model.gaussian.mean, "inv_covariance": model.gaussian.inv_covariance}, job["save"])
@@ -307,12 +325,19 @@ def worker_padim_fit(cfg: dict, job: dict) -> dict:
         return out
 
     model.embed = timed_embed
-    source = file_batches(job["data"], cfg["batch"]) if job.get("data") else random_batches(job["n"], cfg["size"], cfg["batch"])
+    source = (
+        file_batches(job["data"], cfg["batch"])
+        if job.get("data")
+        else random_batches(job["n"], cfg["size"], cfg["batch"])
+    )
     start = time.perf_counter()
     model.fit(source)
     fit_s = time.perf_counter() - start
     result = dict(
-        fit_s=fit_s, embed_s=timers["embed_s"], gaussian_s=fit_s - timers["embed_s"], rss_before_mb=base,
+        fit_s=fit_s,
+        embed_s=timers["embed_s"],
+        gaussian_s=fit_s - timers["embed_s"],
+        rss_before_mb=base,
         peak_rss_mb=peak_rss_mb(),  # before saving, which is not part of fitting
     )
     if job.get("save"):
@@ -359,9 +384,14 @@ def worker_padim_predict(cfg: dict, job: dict) -> dict:
 def timing(n_images: int, predict_s: list[float], backbone_s: list[float]) -> dict:
     p, b = statistics.median(predict_s), statistics.median(backbone_s)
     return dict(
-        images=n_images, predict_s=p, backbone_s=b, images_per_s=n_images / p,
-        backbone_images_per_s=n_images / b, overhead_fraction=(p - b) / p,
-        predict_s_all=predict_s, backbone_s_all=backbone_s,
+        images=n_images,
+        predict_s=p,
+        backbone_s=b,
+        images_per_s=n_images / p,
+        backbone_images_per_s=n_images / b,
+        overhead_fraction=(p - b) / p,
+        predict_s_all=predict_s,
+        backbone_s_all=backbone_s,
     )
 
 
@@ -387,22 +417,26 @@ def run_worker(argv: list[str]) -> None:
 
 # --------------------------------------------------------------------------- orchestration
 
+
 def spawn(name: str, cfg: dict, job: dict, log: list) -> dict:
     """Run one worker in a fresh Python process; return its result dict."""
-    label = f"{name} {cfg['tag']} {', '.join(f'{k}={v}' for k, v in job.items() if k in ('backend', 'n', 'eps', 'batch'))}"
+    label = (
+        f"{name} {cfg['tag']} {', '.join(f'{k}={v}' for k, v in job.items() if k in ('backend', 'n', 'eps', 'batch'))}"
+    )
     print(f"... {label}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", name, json.dumps(cfg), json.dumps(job)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         error = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         print(f"    FAILED ({proc.returncode}): {error}", file=sys.stderr, flush=True)
         log.append({"worker": name, "config": cfg, "job": job, "error": error, "stderr_tail": proc.stderr[-3000:]})
         return {"error": error}
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["process_s"] = time.perf_counter() - start
     print(f"    {json.dumps({k: v for k, v in result.items() if not k.endswith('_all')})}", file=sys.stderr, flush=True)
     log.append({"worker": name, "config": cfg, "job": job, "result": result})
@@ -420,7 +454,8 @@ def map_difference(reference: np.ndarray | str, other: np.ndarray | str) -> dict
     scale = np.abs(reference).max()
     per_image = diff.reshape(len(diff), -1).max(1) / np.abs(reference).reshape(len(diff), -1).max(1)
     return dict(
-        max_abs=float(diff.max()), max_relative_to_max=float(diff.max() / scale),
+        max_abs=float(diff.max()),
+        max_relative_to_max=float(diff.max() / scale),
         max_relative_per_image=float(per_image.max()),
         max_relative_elementwise=float((diff / np.maximum(np.abs(reference), 1e-12)).max()),
     )
@@ -446,15 +481,27 @@ def main() -> None:
     backends = ["torch", "onnxruntime"]
     variants = [("torch", "torch"), ("onnxruntime", "onnxruntime")]  # (label, backend)
 
-    lite0 = dict(tag="lite0", backbone="efficientnet_lite0", layers=LITE0_LAYERS, n_features=100, size=256,
-                 pretrained=True, batch=32, threads=args.threads)
+    lite0 = dict(
+        tag="lite0",
+        backbone="efficientnet_lite0",
+        layers=LITE0_LAYERS,
+        n_features=100,
+        size=256,
+        pretrained=True,
+        batch=32,
+        threads=args.threads,
+    )
     if "lite0" not in args.skip:
         data = str(bottle_cache(args.data, 256, args.cache))
         c = str(args.cache)
         part: dict = {"anomalib": {}, "padim": {}}
         part["anomalib"]["fit"] = spawn("anomalib_fit", lite0, dict(data=data, save=f"{c}/anomalib_lite0.pt"), log)
         part["anomalib"]["predict"] = spawn(
-            "anomalib_predict", lite0, dict(data=data, stats=f"{c}/anomalib_lite0.pt", maps=f"{c}/maps_anomalib_lite0.npy", rounds=args.rounds), log)
+            "anomalib_predict",
+            lite0,
+            dict(data=data, stats=f"{c}/anomalib_lite0.pt", maps=f"{c}/maps_anomalib_lite0.npy", rounds=args.rounds),
+            log,
+        )
         anomalib_maps = f"{c}/maps_anomalib_lite0.npy"
         for label, backend in variants:
             model = f"{c}/padim_lite0_{backend}.safetensors"
@@ -471,11 +518,23 @@ def main() -> None:
             spawn("padim_predict", lite0, dict(data=data, backend=backend, model=model, rounds=1, maps=maps), log)
             part["map_difference"][label] = map_difference(anomalib_maps, maps)
         part["map_difference"]["onnxruntime_vs_torch"] = map_difference(
-            f"{c}/maps_padim_lite0_torch.npy", f"{c}/maps_padim_lite0_onnxruntime.npy")
+            f"{c}/maps_padim_lite0_torch.npy", f"{c}/maps_padim_lite0_onnxruntime.npy"
+        )
         report["lite0"] = part
         if "sweep" not in args.skip:  # batch size for onnxruntime predict
             report["batch_sweep"] = {
-                b: spawn("padim_predict", lite0, dict(data=data, backend="onnxruntime", model=f"{c}/padim_lite0_onnxruntime.safetensors", rounds=args.rounds, batch=b), log)
+                b: spawn(
+                    "padim_predict",
+                    lite0,
+                    dict(
+                        data=data,
+                        backend="onnxruntime",
+                        model=f"{c}/padim_lite0_onnxruntime.safetensors",
+                        rounds=args.rounds,
+                        batch=b,
+                    ),
+                    log,
+                )
                 for b in (1, 8, 16, 32, 64)
             }
 
@@ -491,14 +550,28 @@ def main() -> None:
 
     if "wrn" not in args.skip:
         size = args.wrn_size
-        wrn = dict(tag=f"wrn-{size}", backbone="wide_resnet50_2", layers=WRN_LAYERS, n_features=550, size=size,
-                   pretrained=False, batch=32, threads=args.threads)
+        wrn = dict(
+            tag=f"wrn-{size}",
+            backbone="wide_resnet50_2",
+            layers=WRN_LAYERS,
+            n_features=550,
+            size=size,
+            pretrained=False,
+            batch=32,
+            threads=args.threads,
+        )
         data = str(bottle_cache(args.data, size, args.cache))
         c = str(args.cache)
         part = {"anomalib": {}, "padim": {}}
-        part["anomalib"]["fit"] = spawn("anomalib_fit", wrn, dict(data=data, save=f"{c}/anomalib_wrn.pt", single_thread_inverse=True), log)
+        part["anomalib"]["fit"] = spawn(
+            "anomalib_fit", wrn, dict(data=data, save=f"{c}/anomalib_wrn.pt", single_thread_inverse=True), log
+        )
         part["anomalib"]["predict"] = spawn(
-            "anomalib_predict", wrn, dict(data=data, stats=f"{c}/anomalib_wrn.pt", maps=f"{c}/maps_anomalib_wrn.npy", rounds=args.rounds), log)
+            "anomalib_predict",
+            wrn,
+            dict(data=data, stats=f"{c}/anomalib_wrn.pt", maps=f"{c}/maps_anomalib_wrn.npy", rounds=args.rounds),
+            log,
+        )
         part["map_difference"] = {}
         for label, backend in variants:
             model = f"{c}/padim_wrn_{backend}.safetensors"
@@ -531,12 +604,19 @@ def machine_info(threads: int) -> dict:
         anomalib_version = None
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return dict(
-        cpu_count=os.cpu_count(), threads=threads, load_average_at_start=load, python=platform.python_version(),
-        torch=torch.__version__, onnxruntime=onnxruntime.__version__, anomalib=anomalib_version, node=platform.node(),
+        cpu_count=os.cpu_count(),
+        threads=threads,
+        load_average_at_start=load,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        onnxruntime=onnxruntime.__version__,
+        anomalib=anomalib_version,
+        node=platform.node(),
     )
 
 
 # --------------------------------------------------------------------------- report
+
 
 def render(report: dict, args) -> str:
     m = report["machine"]
@@ -633,7 +713,9 @@ def render(report: dict, args) -> str:
         for who in ("padim torch", "padim onnxruntime", "anomalib"):
             a, b = report["memory"].get(f"{who} N={lo}", {}), report["memory"].get(f"{who} N={hi}", {})
             if "peak_rss_mb" in a and "peak_rss_mb" in b:
-                out.append(f"- {who}: {b['peak_rss_mb'] / a['peak_rss_mb']:.3f} ({(b['peak_rss_mb'] / a['peak_rss_mb'] - 1) * 100:+.1f}%)")
+                out.append(
+                    f"- {who}: {b['peak_rss_mb'] / a['peak_rss_mb']:.3f} ({(b['peak_rss_mb'] / a['peak_rss_mb'] - 1) * 100:+.1f}%)"
+                )
         out.append("")
     if "wrn" in report:
         p = report["wrn"]
@@ -661,7 +743,11 @@ def render(report: dict, args) -> str:
                 f"{g(q, 'images_per_s', '.1f')} | {g(q, 'overhead_fraction', '.0%')} | "
                 f"{g(p['map_difference'].get(label, {}), 'max_relative_to_max', '.2e')} |"
             )
-        out += ["", "| padim | predict throughput vs anomalib | fit time vs anomalib | fit peak RSS vs anomalib |", "|---|---:|---:|---:|"]
+        out += [
+            "",
+            "| padim | predict throughput vs anomalib | fit time vs anomalib | fit peak RSS vs anomalib |",
+            "|---|---:|---:|---:|",
+        ]
         for label, r in p["padim"].items():
             f, q = r["fit"], r["predict"]
             out.append(

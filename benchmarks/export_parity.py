@@ -63,11 +63,15 @@ def compare(torch_prediction, onnx_prediction) -> dict:
         "map_max_abs": float(np.abs(b).max()),
         "map_rel_to_max": float(diff.max() / np.abs(b).max()),
         "map_rel_elementwise_max": float((diff / np.maximum(np.abs(b), 1e-12)).max()),
-        "score_rel_max": float(np.max(np.abs(onnx_prediction.score - torch_prediction.score) / np.abs(torch_prediction.score))),
+        "score_rel_max": float(
+            np.max(np.abs(onnx_prediction.score - torch_prediction.score) / np.abs(torch_prediction.score))
+        ),
     }
     if torch_prediction.label is not None:
         result.update(
-            normalized_abs_max=float(np.abs(onnx_prediction.normalized_score - torch_prediction.normalized_score).max()),
+            normalized_abs_max=float(
+                np.abs(onnx_prediction.normalized_score - torch_prediction.normalized_score).max()
+            ),
             labels_identical=bool(np.array_equal(onnx_prediction.label, torch_prediction.label)),
             label_mismatches=int(np.sum(onnx_prediction.label != torch_prediction.label)),
             anomalous=int(torch_prediction.label.sum()),
@@ -98,8 +102,17 @@ def run_cli(model: Path, inputs: list[Path], output: Path) -> float:
     """``padim predict MODEL INPUT... -o OUTPUT``; returns seconds."""
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "import sys; from padim.cli import main; sys.exit(main())", "predict", str(model),
-         *map(str, inputs), "-o", str(output), "--quiet"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from padim.cli import main; sys.exit(main())",
+            "predict",
+            str(model),
+            *map(str, inputs),
+            "-o",
+            str(output),
+            "--quiet",
+        ],
         check=True,
     )
     return time.perf_counter() - start
@@ -107,6 +120,7 @@ def run_cli(model: Path, inputs: list[Path], output: Path) -> float:
 
 def compare_cli(torch_dir: Path, onnx_dir: Path) -> dict:
     """predictions.csv and overlay PNGs written by ``padim predict`` for the two model files."""
+
     def rows(folder):
         with open(folder / "predictions.csv", newline="") as handle:
             return list(csv.DictReader(handle))
@@ -255,7 +269,9 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             results.append(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"environment": environment, "results": results}, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"environment": environment, "results": results}, indent=2) + "\n"
+    )
     args.out.with_suffix(".md").write_text(markdown(results, environment))
     print(markdown(results, environment))
     if not all(r["parity_ok"] for r in results):

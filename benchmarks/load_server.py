@@ -116,7 +116,9 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> dict:
     raise RuntimeError(f"the server did not answer /health within {timeout:.0f} s")
 
 
-def client(url: str, image: bytes, name: str, requests: int, heatmap: bool, timeout: float, deadline: float, out: list) -> None:
+def client(
+    url: str, image: bytes, name: str, requests: int, heatmap: bool, timeout: float, deadline: float, out: list
+) -> None:
     """One client: a keep-alive connection sending ``requests`` requests one after another."""
     with httpx.Client(base_url=url, timeout=timeout) as session:
         for _ in range(requests):
@@ -126,15 +128,21 @@ def client(url: str, image: bytes, name: str, requests: int, heatmap: bool, time
             start = time.perf_counter()
             try:
                 answer = session.post(
-                    "/predict", params={"heatmap": int(heatmap)}, files={"file": (name, image, mimetypes.guess_type(name)[0] or "application/octet-stream")}
+                    "/predict",
+                    params={"heatmap": int(heatmap)},
+                    files={"file": (name, image, mimetypes.guess_type(name)[0] or "application/octet-stream")},
                 )
                 seconds = time.perf_counter() - start
                 if answer.status_code == 200:
                     out.append({"ok": True, "seconds": seconds, "server_ms": answer.json()["latency_ms"]})
                 else:
-                    out.append({"ok": False, "seconds": seconds, "error": f"HTTP {answer.status_code}: {answer.text[:200]}"})
+                    out.append(
+                        {"ok": False, "seconds": seconds, "error": f"HTTP {answer.status_code}: {answer.text[:200]}"}
+                    )
             except httpx.HTTPError as error:
-                out.append({"ok": False, "seconds": time.perf_counter() - start, "error": f"{type(error).__name__}: {error}"})
+                out.append(
+                    {"ok": False, "seconds": time.perf_counter() - start, "error": f"{type(error).__name__}: {error}"}
+                )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -186,7 +194,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="a .onnx or .padim file to serve")
-    source.add_argument("--fit", type=Path, help="an MVTec-style category: fit (efficientnet_lite0), export, serve the .onnx")
+    source.add_argument(
+        "--fit", type=Path, help="an MVTec-style category: fit (efficientnet_lite0), export, serve the .onnx"
+    )
     parser.add_argument("--image-size", type=int, default=256, help="image size when fitting (default 256)")
     parser.add_argument("--image", type=Path, help="the image to send (default: the category's first test image)")
     parser.add_argument("--clients", type=int, default=8)
@@ -233,7 +243,16 @@ def main() -> None:
             threads = [
                 threading.Thread(
                     target=client,
-                    args=(url, image, image_path.name, args.requests, args.heatmap, args.timeout, deadline, outcomes[k]),
+                    args=(
+                        url,
+                        image,
+                        image_path.name,
+                        args.requests,
+                        args.heatmap,
+                        args.timeout,
+                        deadline,
+                        outcomes[k],
+                    ),
                 )
                 for k in range(args.clients)
             ]
@@ -245,7 +264,9 @@ def main() -> None:
             wall = time.perf_counter() - start
             watch.stop.set()
             watch.join()
-            peak_kib = sum(max(watch.hwm.get(p, 0), status_kib(p, "VmHWM")) for p in set(watch.hwm) | set(tree_pids(server.pid)))
+            peak_kib = sum(
+                max(watch.hwm.get(p, 0), status_kib(p, "VmHWM")) for p in set(watch.hwm) | set(tree_pids(server.pid))
+            )
         finally:
             server.terminate()
             try:

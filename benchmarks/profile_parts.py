@@ -41,8 +41,8 @@ from padim.gaussian import GaussianStats, precision_from_stats
 from padim.model import embed, select_channels
 from padim.onnx_backbone import OnnxEmbedder
 
-
 # --- candidate replacements -----------------------------------------------------------------
+
 
 def mahalanobis_copy(embedding: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     """PaDiM Eq. 2 as :func:`padim.anomaly_map.mahalanobis`, with one copy to (P, N, D) first."""
@@ -163,6 +163,7 @@ def whitening_factor(stats: GaussianStats, eps: float = 0.01) -> Tensor:
 
 # --- timing ---------------------------------------------------------------------------------
 
+
 def rel(a: Tensor, b: Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
@@ -185,7 +186,9 @@ def main() -> None:
     channels = [info.channels for info in extractor.layer_info]
     idx = select_channels(sum(channels), args.n_features, seed=0)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
-    extractor_cl = FeatureExtractor(args.backbone, pretrained=not args.random_weights).to(memory_format=torch.channels_last)
+    extractor_cl = FeatureExtractor(args.backbone, pretrained=not args.random_weights).to(
+        memory_format=torch.channels_last
+    )
     images_cl = images.contiguous(memory_format=torch.channels_last)
     ort_nchw = OnnxEmbedder(extractor, idx, channels, threads=args.threads, channels_last=False)
     ort_nhwc = OnnxEmbedder(extractor, idx, channels, threads=args.threads, channels_last=True)
@@ -229,6 +232,7 @@ def main() -> None:
             # Statistics that already hold data, so the between-means term is exercised.
             fresh.setdefault(key, GaussianStats(stats.count, stats.mean.clone(), stats.m2.clone()))
             fn(fresh[key], x)
+
         return run
 
     cases = {

@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny generated data sets on disk, built once per test session.
+"""Shared fixtures: tiny generated data sets on disk and one fitted model, built once per session.
 
 ``mvtec_tree`` is an MVTec AD category (64 px, 8 train, 3 good and 4 defective test images);
 ``plain_tree`` and ``plain_test_tree`` hold the same images in the plain layouts that
-:mod:`padim.data` also reads. The trees are shared by every test: treat them as read-only
-and copy one into ``tmp_path`` before changing it.
+:mod:`padim.datasets` also reads. ``tiny_model`` is a model fitted on ``mvtec_tree`` (random
+ResNet18 weights, 64 px, d=16, one good image held out for the threshold); ``tiny_padim`` and
+``tiny_onnx`` are its ``.padim`` file and its ONNX export. All are shared by every test: treat
+them as read-only (copy into ``tmp_path`` before changing a tree; ``copy.deepcopy`` a model).
 """
 
 from __future__ import annotations
@@ -19,13 +21,35 @@ import pytest
 
 from padim.synthetic import make_demo_dataset
 
+from support import TINY
+
 
 @pytest.fixture(scope="session")
 def mvtec_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to a tiny MVTec-style category: ``train/good``, ``test/{good,scratch,spot}``, ``ground_truth``."""
-    return make_demo_dataset(
-        tmp_path_factory.mktemp("demo"), n_train=8, n_test_good=3, n_test_defect=4, size=64
-    )
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=8, n_test_good=3, n_test_defect=4, size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(mvtec_tree: Path):
+    """:data:`TINY` fitted on ``mvtec_tree`` (7 good images in the Gaussians, 1 held out)."""
+    from padim.model import Padim
+
+    return Padim(**TINY).fit(mvtec_tree)
+
+
+@pytest.fixture(scope="session")
+def tiny_padim(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_model`` saved as a ``.padim`` file."""
+    return tiny_model.save(tmp_path_factory.mktemp("tiny") / "tiny.padim")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_model`` exported to ONNX."""
+    from padim.export import export_onnx
+
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx")
 
 
 @pytest.fixture(scope="session")

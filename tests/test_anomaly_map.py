@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from padim.anomaly_map import AnomalyMapGenerator, gaussian_blur, mahalanobis
+from padim.embedding import to_patch_layout
 
 
 def naive_distance(embedding, mean_dp, inv_cov):
@@ -31,12 +32,17 @@ def naive_bilinear(x, size):
     out = np.zeros((n, c, oh, ow))
     for i in range(oh):
         sy = max((i + 0.5) * h / oh - 0.5, 0.0)
-        y0 = min(int(np.floor(sy)), h - 1); y1 = min(y0 + 1, h - 1); fy = sy - y0
+        y0 = min(int(np.floor(sy)), h - 1)
+        y1 = min(y0 + 1, h - 1)
+        fy = sy - y0
         for j in range(ow):
             sx = max((j + 0.5) * w / ow - 0.5, 0.0)
-            x0 = min(int(np.floor(sx)), w - 1); x1 = min(x0 + 1, w - 1); fx = sx - x0
-            out[:, :, i, j] = ((1 - fy) * ((1 - fx) * x[:, :, y0, x0] + fx * x[:, :, y0, x1])
-                               + fy * ((1 - fx) * x[:, :, y1, x0] + fx * x[:, :, y1, x1]))
+            x0 = min(int(np.floor(sx)), w - 1)
+            x1 = min(x0 + 1, w - 1)
+            fx = sx - x0
+            out[:, :, i, j] = (1 - fy) * ((1 - fx) * x[:, :, y0, x0] + fx * x[:, :, y0, x1]) + fy * (
+                (1 - fx) * x[:, :, y1, x0] + fx * x[:, :, y1, x1]
+            )
     return out
 
 
@@ -44,7 +50,8 @@ def dense_blur(x, sigma):
     """Dense 2-D convolution with the outer-product kernel, reflect padding (anomalib's GaussianBlur2d)."""
     k = 2 * int(4 * sigma + 0.5) + 1
     t = np.arange(k) - k // 2
-    g = np.exp(-(t**2) / (2 * sigma**2)); g /= g.sum()
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    g /= g.sum()
     kernel = torch.from_numpy(np.outer(g, g))[None, None]
     padded = F.pad(x.double(), (k // 2,) * 4, mode="reflect")
     return F.conv2d(padded, kernel).numpy()
@@ -80,15 +87,21 @@ def test_compute_distance_float32(case):
 
 def test_distance_at_the_mean_is_zero_not_nan():
     mean = torch.randn(3, 4)
-    embedding = mean.T.reshape(1, 4, 1, 3).clone()
-    d = mahalanobis(embedding, mean, torch.eye(4).repeat(3, 1, 1))
-    assert torch.isfinite(d).all() and d.abs().max() < 1e-3
+    d = mahalanobis(mean[:, None, :].clone(), mean, torch.eye(4).repeat(3, 1, 1))
+    assert d.shape == (3, 1) and torch.isfinite(d).all() and d.abs().max() < 1e-3
 
 
-def test_mahalanobis_rejects_mismatched_shapes(case):
+def test_patch_first_mahalanobis_matches_naive_loop(case):
     embedding, mean, inv_cov = case
-    with pytest.raises(ValueError, match="precision"):
-        mahalanobis(embedding, mean.T, inv_cov[:-1])
+    got = mahalanobis(to_patch_layout(embedding), mean.T, inv_cov)  # (P, N)
+    expected = naive_distance(embedding, mean, inv_cov)[:, 0].reshape(2, -1).T
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def test_compute_distance_rejects_mismatched_shapes(case):
+    embedding, mean, inv_cov = case
+    with pytest.raises(ValueError, match="inv_covariance"):
+        AnomalyMapGenerator.compute_distance(embedding, [mean, inv_cov[:-1]])
 
 
 def test_up_sample_matches_naive_bilinear():
@@ -167,10 +180,12 @@ def test_fused_map_equals_upsample_then_smooth_in_float32():
     assert (fused - steps).abs().max() <= 1e-5 * steps.abs().max()
 
 
-def test_mahalanobis_accepts_a_channels_last_view(case):
+def test_compute_distance_accepts_a_channels_last_view(case):
     embedding, mean, inv_cov = case
     view = embedding.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     assert not view.is_contiguous()
     np.testing.assert_allclose(
-        mahalanobis(view, mean.T, inv_cov).numpy(), mahalanobis(embedding, mean.T, inv_cov).numpy(), rtol=1e-12
+        AnomalyMapGenerator.compute_distance(view, [mean, inv_cov]).numpy(),
+        naive_distance(embedding, mean, inv_cov),
+        rtol=1e-5,
     )

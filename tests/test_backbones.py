@@ -4,18 +4,20 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from padim.backbones import BACKBONES, FeatureExtractor, WeightsNotFoundError, load_state_dict_file, resolve_layers
-from padim.transforms import preprocess
+from padim.backbones import BACKBONES, FeatureExtractor, load_state_dict_file, resolve_layers
+from padim.errors import OptionError, WeightsNotFoundError
+from padim.images import preprocess
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
 def test_feature_maps_match_declared_channels_and_strides(name):
     layers = [info.name for info in BACKBONES[name].layers]
     extractor = FeatureExtractor(name, layers, pretrained=False)
-    features = extractor(torch.randn(2, 3, 64, 96))
-    assert len(features) == len(layers)
-    for feature, info in zip(features, extractor.layer_info):
-        assert feature.shape == (2, info.channels, 64 // info.stride, 96 // info.stride), info
+    for size in ((64, 96), (63, 77)):  # sizes no stride divides: the declared rounding holds
+        features = extractor(torch.randn(2, 3, *size))
+        assert len(features) == len(layers)
+        for feature, info in zip(features, extractor.layer_info):
+            assert feature.shape == (2, info.channels, *BACKBONES[name].grid(size, info.stride)), (info, size)
 
 
 @pytest.mark.slow
@@ -35,9 +37,9 @@ def test_network_is_cut_after_the_last_layer():
 
 def test_layers_are_put_in_network_order_and_unknown_names_fail():
     assert [i.name for i in resolve_layers("resnet18", ["layer3", "layer1"])] == ["layer1", "layer3"]
-    with pytest.raises(ValueError, match="layer9"):
+    with pytest.raises(OptionError, match="layer9"):
         resolve_layers("resnet18", ["layer9"])
-    with pytest.raises(ValueError, match="backbone must be one of"):
+    with pytest.raises(OptionError, match="backbone must be one of"):
         resolve_layers("vgg", None)
 
 
@@ -64,6 +66,18 @@ def test_weights_file_is_loaded(tmp_path):
     assert torch.equal(loaded.body.layer1[0].conv1.weight, source.body.layer1[0].conv1.weight)
     with pytest.raises(WeightsNotFoundError, match="nope.pth"):
         FeatureExtractor("resnet18", pretrained=True, weights=tmp_path / "nope.pth")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    for name in ("garbage.safetensors", "garbage.pth"):
+        with pytest.raises(OptionError, match=f"{name}: not a readable weights file"):
+            FeatureExtractor("resnet18", pretrained=True, weights=tmp_path / name)
+
+
+def test_state_dict_builds_the_cut_network_exactly():
+    source = FeatureExtractor("resnet18", ["layer1", "layer2"], pretrained=False, seed=7)
+    copy = FeatureExtractor("resnet18", ["layer1", "layer2"], state_dict=source.body.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(copy(x), source(x)))
 
 
 def natural_images():

@@ -6,19 +6,17 @@ driver only; no browser download). Without them the test skips and says why; CI 
 """
 
 import base64
+import copy
 import os
 import shutil
 
 import numpy as np
 import pytest
 
-from padim.calibration import Calibration
 from padim.export import export_onnx
-from padim.model import Padim
+from padim.images import list_images
 from padim.runtime import open_model
 from padim.serve import create_app
-from padim.transforms import list_images
-
 
 CHROMIUM = os.environ.get("PADIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -51,14 +49,13 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, mvtec_tree, serving):
+def served(tmp_path_factory, mvtec_tree, serving, tiny_model):
     """A calibrated ONNX model served on a free loopback port; yields (url, model file, an OK image, a DEFECT image)."""
     images = [p for sub in ("good", "scratch", "spot") for p in list_images(mvtec_tree / "test" / sub)]
-    model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=24, sigma=2, seed=3).fit(mvtec_tree)
+    model = copy.copy(tiny_model)
     scores = model.predict(images).score
     # The threshold halfway between the lowest and the highest score: each verdict can be shown.
-    low, high = float(scores.min()), float(scores.max())
-    model.calibration_ = Calibration(threshold=(low + high) / 2, center=low)
+    model.calibration_ = model.calibration_.with_threshold((float(scores.min()) + float(scores.max())) / 2)
     onnx_file = export_onnx(model, tmp_path_factory.mktemp("browser") / "m.onnx")
     ok, defect = images[int(np.argmin(scores))], images[int(np.argmax(scores))]
     with serving(create_app(onnx_file)) as url:

@@ -23,7 +23,7 @@ def stream(x, sizes):
     stats = GaussianStats.empty(x.shape[1], x.shape[2])
     start = 0
     for size in sizes:
-        stats.update(x[start : start + size])
+        stats.update(x[start : start + size].transpose(0, 1))  # (P, N, D)
         start += size
     return stats
 
@@ -58,7 +58,7 @@ def test_precision_is_the_inverse_covariance(samples):
 
 
 def test_covariance_needs_two_samples():
-    stats = GaussianStats.empty(2, 3).update(torch.zeros(1, 2, 3))
+    stats = GaussianStats.empty(2, 3).update(torch.zeros(2, 1, 3))  # (P, N, D): one image
     with pytest.raises(ValueError, match="at least 2"):
         stats.covariance()
 
@@ -73,7 +73,7 @@ def test_float32_scatter_is_numerically_safe(samples):
     exact = stream(samples, [37])
     stats = GaussianStats.empty(5, 4, dtype=torch.float32)
     for start in range(0, 37, 6):
-        stats.update(samples[start : start + 6].float())
+        stats.update(samples[start : start + 6].float().transpose(0, 1))
     np.testing.assert_allclose(stats.mean.numpy(), exact.mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(stats.covariance(0.01).numpy(), exact.covariance(0.01).numpy(), rtol=1e-5)
 

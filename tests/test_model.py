@@ -1,5 +1,6 @@
-"""The Padim model: embedding, streaming fit, prediction, calibration, model files."""
+"""The Padim estimator: embedding, streaming fit, prediction, calibration, executors, model files."""
 
+import copy
 import json
 import math
 
@@ -9,10 +10,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from padim.model import NotFittedError, Padim, embed, select_channels
-from padim.model_file import FORMAT_VERSION, ModelFileError
+from padim.anomaly_map import AnomalyMapGenerator
+from padim.embedding import embed, select_channels, split_channels, to_image_layout, to_patch_layout
+from padim.errors import DataError, ModelFileError, NotFittedError, OptionError
+from padim.images import preprocess
+from padim.model import Padim
+from padim.model_file import FORMAT_VERSION
 
-SMALL = dict(backbone="resnet18", pretrained=False, image_size=64, n_features=24, sigma=2, seed=5)
+from support import TINY
+
+SMALL = dict(TINY, n_features=24, seed=5)
 
 
 def batches(n, size=64, seed=0, count=1):
@@ -27,10 +34,35 @@ def fitted():
 
 def test_embedding_equals_concatenate_then_select():
     g = torch.Generator().manual_seed(0)
-    features = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 5, 2, 2, generator=g)]
+    features = [
+        torch.randn(2, 3, 8, 8, generator=g),
+        torch.randn(2, 4, 4, 4, generator=g),
+        torch.randn(2, 5, 3, 3, generator=g),
+    ]
     idx = select_channels(12, 7, seed=1)
     full = torch.cat([features[0]] + [F.interpolate(f, size=(8, 8), mode="nearest") for f in features[1:]], dim=1)
-    assert torch.equal(embed(features, idx, [3, 4, 5]), full[:, idx])
+    patches = embed(features, split_channels(idx, [3, 4, 5]))
+    assert patches.shape == (64, 2, 7)
+    assert torch.equal(patches, to_patch_layout(full[:, idx]))
+    assert torch.equal(to_image_layout(patches, (8, 8)), full[:, idx])
+
+
+def test_init_only_stores_and_fit_checks():
+    model = Padim(n_features=-5, image_size=0, backend="tensorrt")  # stored as given, nothing checked yet
+    assert model.n_features == -5 and not hasattr(model, "mean_") and not hasattr(model, "channel_idx_")
+    for kwargs, message in [
+        (dict(backbone="resnet18", n_features=500), r"n_features must be an int from 1 to 448.*got 500"),
+        (dict(image_size=0), "image_size must be positive"),
+        (dict(image_size=16), "image_size must exceed"),
+        (dict(backbone="alexnet"), "backbone must be one of"),
+        (dict(backend="tensorrt"), "backend must be"),
+        (dict(backend="onnxruntime", device="cuda"), "runs on the CPU"),
+        (dict(holdout=1.0), "holdout"),
+        (dict(seed=-1), "seed"),
+        (dict(sigma=float("nan")), "sigma"),
+    ]:
+        with pytest.raises(OptionError, match=message):
+            Padim(**{**SMALL, "pretrained": False, **kwargs}).fit(torch.zeros(2, 3, 64, 64))
 
 
 def test_channel_selection_is_seeded_and_saved_with_the_model(tmp_path, fitted):
@@ -43,11 +75,10 @@ def test_channel_selection_is_seeded_and_saved_with_the_model(tmp_path, fitted):
 
 def naive_fit(model, images):
     """Embeddings of every image, then np.cov per patch position: PaDiM Sec. 3.2 written out."""
-    emb = model.embed(images).double().numpy()  # (N, D, H, W)
-    n, d, h, w = emb.shape
-    x = emb.reshape(n, d, h * w)
-    mean = x.mean(0).T
-    cov = np.stack([np.cov(x[:, :, p], rowvar=False) + model.eps * np.eye(d) for p in range(h * w)])
+    x = model.embed(images).double().numpy()  # (P, N, D)
+    p, _, d = x.shape
+    mean = x.mean(1)
+    cov = np.stack([np.cov(x[i], rowvar=False) + model.eps * np.eye(d) for i in range(p)])
     return mean, np.linalg.inv(cov)
 
 
@@ -68,22 +99,53 @@ def test_streamed_fit_equals_one_shot_equals_merged_halves():
     first = Padim(**exact).fit(parts[:2], keep_stats=True)
     second = Padim(**exact).partial_fit(parts[2]).partial_fit(torch.cat(parts[3:]))
     merged = first.stats_.merge(second.stats_)
-    for stats in (streamed.stats_, merged):
+    for stats in (streamed.stats_, merged, second.stats_.merge(first.stats_)):
         assert stats.count == one.stats_.count == 20
         np.testing.assert_allclose(stats.mean.numpy(), one.stats_.mean.numpy(), rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(stats.m2.numpy(), one.stats_.m2.numpy(), rtol=1e-6, atol=1e-9)
 
 
-def test_predict_is_the_generator_on_the_embedding(fitted):
+def test_predict_is_the_seed_generator_on_the_embedding(fitted):
     images = batches(3, seed=9)[0]
     prediction = fitted.predict(images)
-    expected = fitted.generator(
-        embedding=fitted.embed(images), mean=fitted.mean_.T, inv_covariance=fitted.precision_
-    )[:, 0].numpy()
+    generator = AnomalyMapGenerator(fitted.image_size_, sigma=fitted.sigma)
+    embedding = to_image_layout(fitted.embed(images), fitted.feature_size_)
+    expected = generator(embedding=embedding, mean=fitted.mean_.T, inv_covariance=fitted.precision_)[:, 0].numpy()
     assert prediction.anomaly_map.shape == (3, 64, 64)
-    np.testing.assert_array_equal(prediction.anomaly_map, expected)
-    np.testing.assert_array_equal(prediction.score, expected.reshape(3, -1).max(1))
-    assert prediction.label is None  # fitted on tensors without validation images: uncalibrated
+    assert np.abs(prediction.anomaly_map - expected).max() <= 1e-5 * np.abs(expected).max()
+    np.testing.assert_array_equal(prediction.score, prediction.anomaly_map.reshape(3, -1).max(1))
+    assert prediction.label is None and prediction.region is None  # fitted on tensors: uncalibrated
+
+
+def test_onnxruntime_and_torch_run_the_same_pipeline(tiny_model, mvtec_tree):
+    """One model, both executors: the in-memory ONNX graph and eager PyTorch give the same outputs."""
+    on_torch = copy.copy(tiny_model)
+    on_torch.backend, on_torch._runners = "torch", {}
+    ort, eager = tiny_model.predictor(), on_torch.predictor()
+    assert (ort.kind, eager.kind) == ("onnxruntime", "torch")
+    images = sorted((mvtec_tree / "test").glob("*/*.png"))
+    a, b = ort.predict(images), eager.predict(images)
+    assert np.abs(a.anomaly_map - b.anomaly_map).max() <= 1e-4 * np.abs(b.anomaly_map).max()
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-4)
+    np.testing.assert_allclose(a.normalized_score, b.normalized_score, atol=1e-4)
+    assert a.label.tolist() == b.label.tolist()
+    np.testing.assert_allclose(
+        tiny_model.embed(preprocess(Image.open(images[0]), 64)).numpy(),
+        on_torch.embed(preprocess(Image.open(images[0]), 64)).numpy(),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_onnxruntime_backend_fits_the_torch_model(backbone):
+    config = dict(SMALL, backbone=backbone)
+    images, test = batches(8)[0], batches(3, seed=2)[0]
+    on_torch = Padim(**config, backend="torch").fit(images)
+    on_ort = Padim(**config, backend="onnxruntime").fit(images)
+    expected, got = on_torch.predict(test).anomaly_map, on_ort.predict(test).anomaly_map
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    np.testing.assert_allclose(on_ort.mean_.numpy(), on_torch.mean_.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_shifted_patch_scores_higher(fitted):
@@ -95,8 +157,7 @@ def test_a_shifted_patch_scores_higher(fitted):
 
 
 def test_save_load_predict_gives_identical_maps(tmp_path, fitted):
-    path = fitted.save(tmp_path / "model.padim")
-    loaded = Padim.load(path)
+    loaded = Padim.load(fitted.save(tmp_path / "model.padim"))
     images = batches(2, seed=4)[0]
     np.testing.assert_array_equal(loaded.predict(images).anomaly_map, fitted.predict(images).anomaly_map)
     assert loaded.config() == fitted.config()
@@ -111,6 +172,18 @@ def test_model_file_holds_no_pickle(tmp_path, fitted):
     assert b"\x80\x04\x95" not in data[: 8 + header_len]  # no pickle protocol-4 frame in the header
 
 
+def rewrite_meta(good: bytes, change) -> bytes:
+    """The model file ``good`` with its padim metadata changed by ``change(meta)``."""
+    header_len = int.from_bytes(good[:8], "little")
+    header = json.loads(good[8 : 8 + header_len])
+    meta = json.loads(header["__metadata__"]["padim"])
+    change(meta)
+    header["__metadata__"]["padim"] = json.dumps(meta)
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    return len(new_header).to_bytes(8, "little") + new_header + good[8 + header_len :]
+
+
 def test_bad_model_files_fail_clearly(tmp_path, fitted):
     good = fitted.save(tmp_path / "m.padim").read_bytes()
     (tmp_path / "truncated.padim").write_bytes(good[: len(good) // 2])
@@ -118,19 +191,16 @@ def test_bad_model_files_fail_clearly(tmp_path, fitted):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.padim"))
-    header_len = int.from_bytes(good[:8], "little")
-    header = json.loads(good[8 : 8 + header_len])
-    meta = json.loads(header["__metadata__"]["padim"])
-    meta["format_version"] = FORMAT_VERSION + 1
-    header["__metadata__"]["padim"] = json.dumps(meta)
-    new_header = json.dumps(header).encode()
-    new_header += b" " * (-len(new_header) % 8)
-    (tmp_path / "newer.padim").write_bytes(len(new_header).to_bytes(8, "little") + new_header + good[8 + header_len :])
+    (tmp_path / "newer.padim").write_bytes(rewrite_meta(good, lambda m: m.update(format_version=FORMAT_VERSION + 1)))
+    (tmp_path / "badsize.padim").write_bytes(rewrite_meta(good, lambda m: m.update(feature_size=[3, 3])))
+    (tmp_path / "badversion.padim").write_bytes(rewrite_meta(good, lambda m: m.update(format_version=[1])))
     for name, reason in [
         ("truncated", "truncated or corrupt"),
         ("noise", "truncated or corrupt"),
         ("foreign", "not a padim model"),
         ("newer", "newer padim-toolkit"),
+        ("badsize", "inconsistent"),
+        ("badversion", "format version"),
         ("missing", "not found"),
     ]:
         with pytest.raises(ModelFileError, match=reason) as info:
@@ -145,10 +215,10 @@ def test_failed_save_leaves_the_existing_file_intact(tmp_path, fitted, monkeypat
     def broken_save(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
             handle.write(b"half")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("safetensors.torch.save_file", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="m.padim: cannot write .No space left on device.; nothing was changed"):
         fitted.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.padim"]
@@ -168,10 +238,20 @@ def test_fit_on_files_holds_out_good_images_for_the_threshold(mvtec_tree):
     assert prediction.normalized_score.max() == pytest.approx(0.5)
 
 
+def test_calibrate_with_defective_images_sets_the_f1_threshold(tiny_model, mvtec_tree):
+    from padim.metrics import f1_max
+
+    model = copy.copy(tiny_model)
+    model.calibrate(mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch")
+    good = tiny_model.predict(mvtec_tree / "test" / "good").score
+    bad = tiny_model.predict(mvtec_tree / "test" / "scratch").score
+    f1, threshold = f1_max(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad])
+    assert model.calibration_.source == "f1" and model.calibration_.threshold == pytest.approx(threshold)
+    assert tiny_model.calibration_.source == "normal"  # the copy changed, not the shared model
+
+
 def test_predict_accepts_paths_pil_images_and_arrays(mvtec_tree, fitted):
     path = sorted((mvtec_tree / "test" / "good").iterdir())[0]
-    from padim.transforms import preprocess
-
     image = Image.open(path)
     by_path = fitted.predict(str(path)).anomaly_map
     by_pil = fitted.predict(image).anomaly_map
@@ -181,25 +261,19 @@ def test_predict_accepts_paths_pil_images_and_arrays(mvtec_tree, fitted):
     assert fitted.predict([path, path]).anomaly_map.shape == (2, 64, 64)
 
 
-def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match=r"n_features must be an int from 1 to 448.*got 500"):
-        Padim(backbone="resnet18", pretrained=False, n_features=500)
-    with pytest.raises(ValueError, match="image_size must be positive"):
-        Padim(image_size=0)
-    with pytest.raises(ValueError, match="image_size must exceed"):
-        Padim(image_size=16)
-    with pytest.raises(ValueError, match="backbone must be one of"):
-        Padim(backbone="alexnet")
-    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+def test_bad_inputs_are_named():
+    with pytest.raises(OptionError, match=r"\(N, 3, H, W\)"):
         Padim(**SMALL).fit(torch.zeros(2, 64, 64, 3))
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(DataError, match="at least 2"):
         Padim(**SMALL).fit(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(DataError, match="no-such-folder"):
+        Padim(**SMALL).fit("no-such-folder")
 
 
 def test_n_features_defaults_follow_the_backbone():
-    assert Padim(pretrained=False).n_features == 100
-    assert Padim(backbone="wide_resnet50_2", pretrained=False).n_features == 550
-    assert Padim(backbone="resnet18", layers=["layer1"], pretrained=False).n_features == 64
+    assert Padim(pretrained=False).resolved_params()["n_features"] == 100
+    assert Padim(backbone="wide_resnet50_2").resolved_params()["n_features"] == 550
+    assert Padim(backbone="resnet18", layers=["layer1"]).resolved_params()["n_features"] == 64
 
 
 def test_predict_before_fit_says_call_fit():
@@ -219,29 +293,9 @@ def test_cuda_matches_cpu():
     images = batches(6)[0]
     cpu = Padim(**SMALL).fit(images)
     gpu = Padim(**SMALL, device="cuda").fit(images)
+    assert gpu.predictor().kind == "torch" and gpu.mean_.device.type == "cuda"
     test = batches(2, seed=1)[0]
     np.testing.assert_allclose(gpu.predict(test).anomaly_map, cpu.predict(test).anomaly_map, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
-def test_onnxruntime_backend_gives_the_torch_maps(backbone):
-    config = dict(SMALL, backbone=backbone)
-    images, test = batches(8)[0], batches(3, seed=2)[0]
-    on_torch = Padim(**config, backend="torch").fit(images)
-    on_ort = Padim(**config, backend="onnxruntime").fit(images)
-    assert on_ort.runs_on_onnxruntime and not on_torch.runs_on_onnxruntime
-    expected = on_torch.predict(test).anomaly_map
-    got = on_ort.predict(test).anomaly_map
-    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
-    np.testing.assert_allclose(on_ort.mean_.numpy(), on_torch.mean_.numpy(), rtol=1e-4, atol=1e-5)
-
-
-def test_backend_is_checked():
-    assert Padim(**SMALL).runs_on_onnxruntime  # auto on the CPU, onnxruntime installed
-    with pytest.raises(ValueError, match="backend must be"):
-        Padim(**SMALL, backend="tensorrt")
-    with pytest.raises(ValueError, match="runs on the CPU"):
-        Padim(**SMALL, backend="onnxruntime", device="cuda")
 
 
 def test_precision_in_place_equals_kept_statistics():
@@ -255,4 +309,6 @@ def test_precision_in_place_equals_kept_statistics():
 def test_partial_fit_then_predict_works_and_stays_mergeable():
     model = Padim(**SMALL).partial_fit(batches(5)[0])
     assert model.predict(batches(1, seed=1)[0]).anomaly_map.shape == (1, 64, 64)
-    assert model.stats_.count == 5
+    assert model.stats_.count == 5 and model.n_images_ == 5
+    model.partial_fit(batches(3, seed=2)[0])
+    assert model.stats_.count == model.n_images_ == 8

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from padim import metrics, report, visualize
+from padim import charts, evaluation, metrics, report, visualize
 
 _VOID = {"meta", "img", "br", "hr", "input", "link"}
 
@@ -56,7 +56,7 @@ def _data(with_pixel_roc: bool = True) -> report.ReportData:
     masks[labels, 2:5, 2:5] = True
     maps = (rng.random(masks.shape) + masks).astype(np.float32)
     threshold = 0.5
-    result = metrics.evaluate(labels, scores, types, maps=maps, masks=masks, threshold=threshold)
+    result = evaluation.summarize(labels, scores, types, maps=maps, masks=masks, threshold=threshold)
     paths = [f"images/{t}/{i:03d}.png" for i, t in enumerate(types)]
     paths[0] = "images/<script>alert(1)</script>.png"
     picks = report.worst_examples(labels, scores, threshold, k=4)
@@ -115,7 +115,7 @@ def test_report_without_pixel_roc_or_examples(tmp_path):
 
 def test_svg_roc_thins_long_curves():
     x = np.linspace(0, 1, 100_000) ** 3
-    svg = report._svg_roc("t", [("c", x, np.sqrt(x), "#000")])
+    svg = charts.svg_roc("t", [("c", x, np.sqrt(x), "#000")])
     points = svg.split('points="')[1].split('"')[0].split()
     assert len(points) <= 402
     assert points[0] == "45.0,290.0" and points[-1] == "305.0,30.0"  # both ends kept
@@ -172,7 +172,7 @@ def test_modules_import_neither_torch_nor_sklearn():
 
 
 def test_histogram_caps_far_outliers_into_a_last_bin():
-    from padim.report import _svg_histogram
+    from padim.charts import svg_histogram as _svg_histogram
 
     scores = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 1000.0])
     labels = np.array([False, False, False, True, True, True])

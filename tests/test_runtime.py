@@ -11,14 +11,9 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from padim.calibration import Calibration
-from padim.export import export_onnx
-from padim.model import Padim
-from padim.model_file import ModelFileError
-from padim.runtime import OnnxModel, TorchModel, open_model
-from padim.transforms import list_images
-
-SMALL = dict(backbone="resnet18", pretrained=False, image_size=64, n_features=24, sigma=2, seed=3)
+from padim.errors import ModelFileError, OptionError
+from padim.images import list_images
+from padim.runtime import open_model
 
 
 def image_paths(tree):
@@ -26,27 +21,26 @@ def image_paths(tree):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, mvtec_tree):
-    """A calibrated model as ``m.padim`` and ``m.onnx``; the threshold splits the test images."""
-    model = Padim(**SMALL).fit(mvtec_tree)
-    scores = np.sort(model.predict(image_paths(mvtec_tree)).score)
-    model.calibration_ = Calibration(threshold=float(scores[3:5].mean()), center=float(scores[0]))
-    folder = tmp_path_factory.mktemp("runtime")
-    model.save(folder / "m.padim")
-    export_onnx(model, folder / "m.onnx")
-    return model, folder / "m.padim", folder / "m.onnx"
+def files(mvtec_tree, tiny_model, tiny_padim, tiny_onnx):
+    """The shared model and its two files, with a threshold that splits the test images."""
+    threshold = float(np.median(tiny_model.predict(image_paths(mvtec_tree)).score))
+    return threshold, tiny_padim, tiny_onnx
 
 
-def test_onnx_and_padim_files_give_the_same_prediction(mvtec_tree, files):
-    model, padim_file, onnx_file = files
+def test_onnx_and_padim_files_give_the_same_prediction(mvtec_tree, tiny_model, files):
+    threshold, padim_file, onnx_file = files
     paths = image_paths(mvtec_tree)
-    reference = model.predict(paths)
-    by_torch, by_onnx = open_model(padim_file), open_model(onnx_file)
-    assert isinstance(by_torch, TorchModel) and isinstance(by_onnx, OnnxModel)
-    assert by_torch.image_size == by_onnx.image_size == (64, 64)
-    assert by_torch.calibration == by_onnx.calibration == model.calibration_
-    torch_prediction, onnx_prediction = by_torch.predict(paths), by_onnx.predict(paths)
-    # The .padim path is Padim.predict itself.
+    reference = tiny_model.predictor().with_threshold(threshold).predict(paths)
+    by_padim, by_onnx = (
+        open_model(padim_file).with_threshold(threshold),
+        open_model(onnx_file).with_threshold(threshold),
+    )
+    assert by_padim.kind == by_onnx.kind == "onnxruntime"
+    assert by_padim.image_size == by_onnx.image_size == (64, 64)
+    assert by_padim.calibration == by_onnx.calibration
+    assert by_onnx.calibration.center == tiny_model.calibration_.center
+    torch_prediction, onnx_prediction = by_padim.predict(paths), by_onnx.predict(paths)
+    # A .padim file runs the model itself.
     np.testing.assert_array_equal(torch_prediction.anomaly_map, reference.anomaly_map)
     np.testing.assert_array_equal(torch_prediction.label, reference.label)
     scale = np.abs(reference.anomaly_map).max()
@@ -65,7 +59,9 @@ def test_input_forms_and_batching_agree(mvtec_tree, files):
     runtime = open_model(onnx_file)
     paths = image_paths(mvtec_tree)
     whole = runtime.predict(paths)
-    np.testing.assert_allclose(runtime.predict(paths, batch_size=2).anomaly_map, whole.anomaly_map, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        runtime.predict(paths, batch_size=2).anomaly_map, whole.anomaly_map, rtol=1e-5, atol=1e-5
+    )
     one = runtime.predict(paths[0])
     assert len(one) == 1 and np.allclose(one.anomaly_map[0], whole.anomaly_map[0], rtol=1e-5, atol=1e-5)
     with Image.open(paths[0]) as image:
@@ -133,17 +129,20 @@ def test_missing_foreign_and_corrupt_files(tmp_path):
         open_model(tmp_path / "newer.onnx")
 
 
-def test_bad_arguments(files):
+def test_bad_arguments(mvtec_tree, files):
     _, _, onnx_file = files
     runtime = open_model(onnx_file)
-    with pytest.raises(ValueError, match=r"float of shape \(N, 3, 64, 64\), got float32 \(2, 3, 32, 32\)"):
+    with pytest.raises(OptionError, match=r"\(N, 3, 64, 64\), got shape \(2, 3, 32, 32\)"):
         runtime.predict(np.zeros((2, 3, 32, 32), np.float32))
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
-        runtime.predict(np.zeros((1, 3, 64, 64), np.float32), batch_size=0)
-    with pytest.raises(TypeError, match="images must be a path"):
+    with pytest.raises(OptionError, match="batch-size must be an integer >= 1, got 0"):
+        runtime.predict(image_paths(mvtec_tree), batch_size=0)
+    with pytest.raises(OptionError, match="expected images .* got int"):
         runtime.predict(42)
-    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda' for an ONNX model, got 'tpu'"):
+    with pytest.raises(OptionError, match="device must be 'cpu' or 'cuda' for an ONNX model, got 'tpu'"):
         open_model(onnx_file, device="tpu")
+    for bad in (float("nan"), float("inf"), "high"):
+        with pytest.raises(OptionError, match="--threshold must be a finite number"):
+            runtime.with_threshold(bad)
 
 
 def test_predict_from_several_threads(mvtec_tree, files):
@@ -155,5 +154,5 @@ def test_predict_from_several_threads(mvtec_tree, files):
         runtime = open_model(path)
         expected = runtime.predict(paths).score
         with ThreadPoolExecutor(4) as pool:
-            scores = list(pool.map(lambda p: runtime.predict(p).score[0], paths * 2))
+            scores = list(pool.map(lambda p, r=runtime: r.predict(p).score[0], paths * 2))
         np.testing.assert_allclose(scores, np.r_[expected, expected], rtol=1e-6)

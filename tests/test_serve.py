@@ -1,6 +1,7 @@
 """The web service: health, page, predictions equal to the runtime's, error codes, concurrency."""
 
 import base64
+import copy
 import io
 import os
 import tempfile
@@ -13,31 +14,25 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from padim.calibration import Calibration
 from padim.export import export_onnx
-from padim.model import Padim
+from padim.images import list_images
 from padim.runtime import open_model
 from padim.serve import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app, run
-from padim.visualize import heatmap_range
-from padim.transforms import list_images
-from padim.visualize import overlay
-
+from padim.visualize import heatmap_range, overlay
 
 with warnings.catch_warnings():
     # Starlette's TestClient warns that it will move to httpx2; the tests use httpx as installed.
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-SMALL = dict(backbone="resnet18", pretrained=False, image_size=64, n_features=24, sigma=2, seed=3)
-
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, mvtec_tree):
-    """A calibrated model as ``m.padim`` and ``m.onnx``, and test image paths (good first)."""
+def files(tmp_path_factory, mvtec_tree, tiny_model):
+    """The shared model, its threshold between the test scores, as ``m.padim`` and ``m.onnx``; test images."""
     paths = [p for sub in ("good", "scratch", "spot") for p in list_images(mvtec_tree / "test" / sub)]
-    model = Padim(**SMALL).fit(mvtec_tree)
+    model = copy.copy(tiny_model)
     scores = np.sort(model.predict(paths).score)
-    model.calibration_ = Calibration(threshold=float(scores[3:5].mean()), center=float(scores[0]))
+    model.calibration_ = model.calibration_.with_threshold(float(scores[3:5].mean()))
     folder = tmp_path_factory.mktemp("serve")
     model.save(folder / "m.padim")
     export_onnx(model, folder / "m.onnx")
@@ -54,7 +49,9 @@ def upload(path):
 
 
 def multipart(data, field="file"):
-    head = f'--XyZ\r\nContent-Disposition: form-data; name="{field}"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+    head = (
+        f'--XyZ\r\nContent-Disposition: form-data; name="{field}"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+    )
     return head.encode() + data + b"\r\n--XyZ--\r\n", {"content-type": "multipart/form-data; boundary=XyZ"}
 
 
@@ -63,7 +60,7 @@ def test_health_and_page(client):
     assert health == {
         "status": "ok",
         "model": "m.onnx",
-        "kind": "onnx",
+        "kind": "onnxruntime",
         "image_size": [64, 64],
         "calibrated": True,
         "threshold": pytest.approx(health["threshold"]),
@@ -73,7 +70,7 @@ def test_health_and_page(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="file"' in page.text and 'id="drop"' in page.text and 'id="verdict"' in page.text
     # No external assets: the page must work on a line PC without network.
-    assert "http://" not in page.text and "https://" not in page.text and "src=\"/" not in page.text
+    assert "http://" not in page.text and "https://" not in page.text and 'src="/' not in page.text
 
 
 @pytest.mark.parametrize("kind", ["onnx", "padim"])
@@ -100,9 +97,16 @@ def test_heatmap_is_the_overlay_png(client, files):
     runtime = open_model(files[1])
     prediction = runtime.predict(path)
     vmin, vmax = heatmap_range(runtime.calibration, prediction.anomaly_map[0])
-    assert (vmin, vmax) == pytest.approx((runtime.calibration.threshold - runtime.calibration.scale, runtime.calibration.threshold + runtime.calibration.scale))
+    assert (vmin, vmax) == pytest.approx(
+        (
+            runtime.calibration.threshold - runtime.calibration.scale,
+            runtime.calibration.threshold + runtime.calibration.scale,
+        )
+    )
     with Image.open(path) as image:
-        expected = overlay(np.asarray(image.convert("RGB")), prediction.anomaly_map[0], vmin, vmax, region=prediction.region[0])
+        expected = overlay(
+            np.asarray(image.convert("RGB")), prediction.anomaly_map[0], vmin, vmax, region=prediction.region[0]
+        )
     with Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))) as picture:
         assert picture.format == "PNG" and picture.size == (64, 64)
         # Equal up to pixels whose colour sits at a rounding edge of the colour map.
@@ -121,7 +125,11 @@ def test_refusals_have_a_status_and_a_one_line_reason(client, files):
         (dict(files={"file": ("empty.png", b"", "image/png")}), 415, "not an image"),
         (dict(content=image, headers={"content-type": "image/png"}), 415, "expected a multipart/form-data body"),
         (dict(files={"picture": ("a.png", image, "image/png")}), 422, "field 'file', got fields ['picture']"),
-        (dict(content=b"--XyZ\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=XyZ"}), 422, "multipart"),
+        (
+            dict(content=b"--XyZ\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=XyZ"}),
+            422,
+            "multipart",
+        ),
     ]
     for kwargs, status, reason in cases:
         answer = client.post("/predict", **kwargs)
@@ -150,7 +158,10 @@ def test_nothing_is_written_to_disk(files, tmp_path, monkeypatch):
     buffer = io.BytesIO()
     Image.fromarray(big).save(buffer, format="PNG")
     assert buffer.tell() > 2**20
-    assert client.post("/predict?heatmap=1", files={"file": ("big.png", buffer.getvalue(), "image/png")}).status_code == 200
+    assert (
+        client.post("/predict?heatmap=1", files={"file": ("big.png", buffer.getvalue(), "image/png")}).status_code
+        == 200
+    )
     assert client.post("/predict", files={"file": ("bad.png", b"x" * 100, "image/png")}).status_code == 415
     assert os.listdir(workdir) == [] and os.listdir(tmpdir) == []
 
@@ -189,14 +200,14 @@ def test_run_binds_to_loopback_by_default(files, monkeypatch):
     run(files[1], port=8123)
     app, kwargs = calls[-1]
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8123
-    assert app.state.model.kind == "onnx"
+    assert app.state.model.kind == "onnxruntime"
     # Several workers import the app by name; the model travels in the environment.
     monkeypatch.setenv(ENV_MODEL, "unset")
     run(files[0], workers=2, max_upload_mb=3)
     app, kwargs = calls[-1]
     assert app == "padim.serve:app_from_environment" and kwargs["factory"] and kwargs["workers"] == 2
     assert os.environ[ENV_MODEL] == str(files[0].resolve()) and float(os.environ[ENV_MAX_UPLOAD]) == 3
-    assert app_from_environment().state.model.kind == "torch"
+    assert app_from_environment().state.model.config == open_model(files[0]).config
 
 
 def test_bad_arguments(files, tmp_path):

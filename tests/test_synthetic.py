@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim.data import mvtec_samples
+from padim.datasets import mvtec_samples
 from padim.synthetic import DEFECT_TYPES, add_defect, make_demo_dataset, weave_texture
 
 

@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
         return AnomalyMapGenerator
     if name == "Prediction":
-        from padim.prediction import Prediction
+        from padim.runtime import Prediction
 
         return Prediction
     raise AttributeError(f"module 'padim' has no attribute {name!r}")

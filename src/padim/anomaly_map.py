@@ -6,73 +6,88 @@ N(mu_ij, Sigma_ij) learnt from normal images (Eq. 2):
 
     M(x_ij) = sqrt((x_ij - mu_ij)^T Sigma_ij^-1 (x_ij - mu_ij))
 
-The map of distances is up-sampled to the image size and smoothed with a Gaussian of
-standard deviation ``sigma``. :class:`AnomalyMapGenerator` keeps anomalib's API
-(``anomalib.models.padim.anomaly_map``) on top of the functions here.
+The map of distances is up-sampled (bilinear) to the image size and smoothed with a Gaussian
+of standard deviation ``sigma``. Both steps are linear and separable, so they are one pair of
+small matrices (:func:`resize_blur_matrix`). The functions here are the only definitions;
+:class:`padim.pipeline.Scorer` traces them into the inference graph, and
+:class:`AnomalyMapGenerator` keeps anomalib's API (``anomalib.models.padim.anomaly_map``) on
+top of them.
 
-Shapes: N images, D kept channels, H x W feature grid, P = H * W patches. Statistics are
-stored patch-first: mean (P, D), precision (P, D, D); anomalib's layout for the mean is (D, P).
+Shapes: N images, D kept channels, H x W feature grid, P = H * W patches. Embeddings and
+statistics are patch-first: patches (P, N, D), mean (P, D), precision (P, D, D); anomalib's
+layouts are (N, D, H, W) for the embedding and (D, P) for the mean.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from padim.transforms import as_size
+from padim.embedding import to_patch_layout
+from padim.errors import OptionError
+from padim.images import as_size
 
 
-def mahalanobis(embedding: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+def mahalanobis(patches: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     """Mahalanobis distance of every patch embedding to its own Gaussian (PaDiM Eq. 2).
 
     Args:
-        embedding: (N, D, H, W) patch embeddings.
-        mean: (P, D) per-patch means, P = H * W.
+        patches: (P, N, D) patch-first embeddings of N images.
+        mean: (P, D) per-patch means.
         precision: (P, D, D) per-patch inverse covariances.
 
     Returns:
-        (N, H, W) distances, the square root of the quadratic form clamped at 0 (rounding can
+        (P, N) distances, the square root of the quadratic form clamped at 0 (rounding can
         make it slightly negative for patches that sit on their mean).
 
-    Raises:
-        ValueError: if the shapes do not agree.
-
-    >>> e = torch.zeros(1, 2, 1, 1); e[0, :, 0, 0] = torch.tensor([3.0, 4.0])
-    >>> mahalanobis(e, torch.zeros(1, 2), torch.eye(2)[None]).item()
+    >>> x = torch.tensor([[[3.0, 4.0]]])
+    >>> mahalanobis(x, torch.zeros(1, 2), torch.eye(2)[None]).item()
     5.0
     """
-    n, d, h, w = embedding.shape
-    if mean.shape != (h * w, d) or precision.shape != (h * w, d, d):
-        raise ValueError(
-            f"embedding (N, D, H, W) = {tuple(embedding.shape)} needs mean (H*W, D) = {(h * w, d)} "
-            f"and precision (H*W, D, D) = {(h * w, d, d)}; got mean {tuple(mean.shape)} "
-            f"and precision {tuple(precision.shape)}"
-        )
-    # A contiguous (P, N, D) buffer: bmm on a permuted view is several times slower on CPU.
-    # permute(0, 2, 3, 1) is free for a channels-last embedding (the onnxruntime backend's).
-    delta = embedding.permute(0, 2, 3, 1).reshape(n, h * w, d).transpose(0, 1).contiguous() - mean[:, None, :]
+    delta = patches - mean[:, None, :]
     # One batched matmul over all patches instead of a loop over positions.
-    squared = (torch.bmm(delta, precision) * delta).sum(dim=2)  # (P, N)
-    return squared.clamp_(min=0).sqrt_().T.reshape(n, h, w)
+    squared = (torch.bmm(delta, precision) * delta).sum(dim=2)
+    return squared.clamp(min=0).sqrt()
 
 
-def gaussian_kernel1d(sigma: float, kernel_size: int | None = None, dtype=torch.float32) -> Tensor:
-    """Normalised 1-D Gaussian kernel; by default ``2 * int(4 * sigma + 0.5) + 1`` taps (anomalib's size).
+def blur_radius(sigma: float) -> int:
+    """Radius in pixels of the Gaussian kernel for ``sigma``: anomalib's ``2 * int(4 * sigma + 0.5) + 1`` taps.
 
-    >>> k = gaussian_kernel1d(1.0); k.shape[0], round(k.sum().item(), 6), int(k.argmax())
+    >>> blur_radius(4)
+    16
+    """
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def check_blur(size: Sequence[int], sigma: float) -> None:
+    """Refuse maps that reflect padding cannot blur: each side must exceed the kernel's radius.
+
+    Raises:
+        OptionError: naming sigma, the radius and the size.
+    """
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0 and math.isfinite(sigma)):
+        raise OptionError(f"sigma must be a finite number > 0, got {sigma!r}")
+    radius = blur_radius(sigma)
+    if min(size) <= radius:
+        raise OptionError(f"sigma={sigma} needs maps larger than {radius} pixels per side, got {tuple(size)}")
+
+
+def gaussian_kernel1d(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian kernel of ``2 * blur_radius(sigma) + 1`` taps, float64.
+
+    >>> k = gaussian_kernel1d(1.0); k.shape[0], round(float(k.sum()), 6), int(k.argmax())
     (9, 1.0, 4)
     """
     if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    if kernel_size is None:
-        kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
-    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
-    kernel = torch.exp(-(x**2) / (2.0 * float(sigma) ** 2))
-    return (kernel / kernel.sum()).to(dtype)
+        raise OptionError(f"sigma must be > 0, got {sigma!r}")
+    offsets = np.arange(2 * blur_radius(sigma) + 1) - blur_radius(sigma)
+    kernel = np.exp(-(offsets**2) / (2.0 * float(sigma) ** 2))
+    return kernel / kernel.sum()
 
 
 def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
@@ -89,15 +104,12 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
         (N, C, H, W), same dtype.
 
     Raises:
-        ValueError: if the image is not larger than the kernel's radius (reflect padding needs that).
+        OptionError: if the image is not larger than the kernel's radius (reflect padding needs that).
     """
-    kernel = gaussian_kernel1d(sigma, dtype=image.dtype).to(image.device)
-    radius = kernel.shape[0] // 2
     n, c, h, w = image.shape
-    if min(h, w) <= radius:
-        raise ValueError(
-            f"gaussian_blur: sigma={sigma} needs maps larger than {radius} pixels per side, got {h}x{w}"
-        )
+    check_blur((h, w), sigma)
+    kernel = torch.from_numpy(gaussian_kernel1d(sigma)).to(image.device, image.dtype)
+    radius = blur_radius(sigma)
     x = image.reshape(n * c, 1, h, w)
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
@@ -108,13 +120,14 @@ def resize_blur_matrix(size_in: int, size_out: int, sigma: float) -> np.ndarray:
     """(size_out, size_in) float64 matrix A with A @ x = blur(bilinear_resize(x)) along one axis.
 
     Both steps are linear and separable, so ``gaussian_blur(up_sample(d))`` of an (h, w) map
-    equals ``A_h @ d @ A_w.T``: two small matmuls instead of a 33-tap convolution over the
-    full-size map. Built in NumPy so that it is a constant (not traced ops) in an ONNX export.
+    equals ``A_h @ d @ A_w.T`` (:func:`resize_blur`): two small matmuls instead of a 33-tap
+    convolution over the full-size map. Built in NumPy, so that it is a constant in a graph.
     Resize: half-pixel centres (``align_corners=False``), edges clamped; blur: reflect padding.
 
     >>> a = resize_blur_matrix(4, 16, 1.0); a.shape, bool(np.allclose(a.sum(axis=1), 1.0))
     ((16, 4), True)
     """
+    check_blur((size_out,), sigma)
     resize = np.zeros((size_out, size_in))
     for i in range(size_out):
         source = max((i + 0.5) * size_in / size_out - 0.5, 0.0)
@@ -122,19 +135,19 @@ def resize_blur_matrix(size_in: int, size_out: int, sigma: float) -> np.ndarray:
         high = min(low + 1, size_in - 1)
         resize[i, low] += 1.0 - (source - low)
         resize[i, high] += source - low
-    taps = 2 * int(4.0 * sigma + 0.5) + 1
-    radius = taps // 2
-    if size_out <= radius:
-        raise ValueError(f"sigma={sigma} needs maps larger than {radius} pixels per side, got {size_out}")
-    offsets = np.arange(taps) - radius
-    kernel = np.exp(-(offsets**2) / (2.0 * float(sigma) ** 2))
-    kernel /= kernel.sum()
+    kernel = gaussian_kernel1d(sigma)
+    offsets = np.arange(kernel.size) - blur_radius(sigma)
     blur = np.zeros((size_out, size_out))
     for i in range(size_out):
         j = np.abs(i + offsets)  # reflect below 0 ...
         j = np.where(j > size_out - 1, 2 * (size_out - 1) - j, j)  # ... and above size_out - 1
         np.add.at(blur[i], j, kernel)
     return blur @ resize
+
+
+def resize_blur(distance: Tensor, a_h: Tensor, a_w: Tensor) -> Tensor:
+    """Up-sample and blur (..., h, w) maps to (..., H, W) with the matrices of :func:`resize_blur_matrix`."""
+    return a_h @ distance @ a_w.T
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -169,7 +182,15 @@ class AnomalyMapGenerator(nn.Module):
             (N, 1, H, W) distances.
         """
         mean, inv_covariance = stats
-        return mahalanobis(embedding, mean.T, inv_covariance).unsqueeze(1)
+        n, d, h, w = embedding.shape
+        if mean.shape != (d, h * w) or inv_covariance.shape != (h * w, d, d):
+            raise ValueError(
+                f"embedding (N, D, H, W) = {tuple(embedding.shape)} needs mean (D, H*W) = {(d, h * w)} "
+                f"and inv_covariance (H*W, D, D) = {(h * w, d, d)}; got {tuple(mean.shape)} "
+                f"and {tuple(inv_covariance.shape)}"
+            )
+        distance = mahalanobis(to_patch_layout(embedding), mean.T, inv_covariance)  # (P, N)
+        return distance.T.reshape(n, 1, h, w)
 
     def up_sample(self, distance: Tensor) -> Tensor:
         """Bilinear (``align_corners=False``) resize of (N, 1, h, w) to (N, 1, *image_size)."""
@@ -190,8 +211,7 @@ class AnomalyMapGenerator(nn.Module):
         """
         distance = self.compute_distance(embedding, [mean, inv_covariance])
         # Equal to smooth_anomaly_map(up_sample(distance)) to float rounding (tested), as matmuls.
-        a_h, a_w = self._resize_blur_matrices(distance.shape[-2:], distance.dtype, distance.device)
-        return a_h @ distance @ a_w.T
+        return resize_blur(distance, *self._resize_blur_matrices(distance.shape[-2:], distance.dtype, distance.device))
 
     def _resize_blur_matrices(self, grid, dtype, device) -> tuple[Tensor, Tensor]:
         key = (tuple(grid), dtype, device)

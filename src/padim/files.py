@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+
+from padim.errors import OutputError
 
 
 @contextlib.contextmanager
@@ -25,13 +27,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write here ({error.strerror or error})") from None
     os.close(handle)
     tmp = Path(name)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            if path.is_dir():
+                raise OutputError(f"{path}: is a folder; expected a file name")
+            os.replace(tmp, path)
+        except OutputError:
+            raise
+        except OSError as error:
+            raise OutputError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from padim.errors import DataError
 
 #: Largest temporary (bytes) that an update or the precision builds at once; work is split over
 #: patches to stay under it, so fitting memory is the accumulators plus a few tens of MB.
@@ -47,24 +48,27 @@ class GaussianStats:
     @classmethod
     def empty(
         cls, n_patches: int, dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
-    ) -> "GaussianStats":
+    ) -> GaussianStats:
         """Statistics of no samples yet; ``dtype`` is that of the scatter matrices."""
         mean = torch.zeros(n_patches, dim, dtype=torch.float64, device=device)
         return cls(0, mean, torch.zeros(n_patches, dim, dim, dtype=dtype, device=device))
 
-    def update(self, samples: Tensor) -> "GaussianStats":
+    def update(self, samples: Tensor) -> GaussianStats:
         """Add a batch in place and return self.
 
         Args:
-            samples: (N, P, D) embeddings of N images, any float dtype.
+            samples: (P, N, D) patch-first embeddings of N images (:mod:`padim.embedding`), any
+                float dtype.
         """
-        n_b, n_patches, dim = samples.shape
+        n_patches, n_b, dim = samples.shape
         if (n_patches, dim) != tuple(self.mean.shape):
-            raise ValueError(f"samples (N, P, D) must have (P, D) = {tuple(self.mean.shape)}, got {tuple(samples.shape)}")
+            raise ValueError(
+                f"samples (P, N, D) must have (P, D) = {tuple(self.mean.shape)}, got {tuple(samples.shape)}"
+            )
         if n_b == 0:
             return self
         n_a, n = self.count, self.count + n_b
-        mean_b = samples.mean(dim=0, dtype=torch.float64)
+        mean_b = samples.mean(dim=1, dtype=torch.float64)
         delta = mean_b - self.mean
         # Per chunk of patches, rows = [x - mean_b; sqrt(n_a n_b / n) delta] (P, N + 1, D), so
         # M2 += C^T C + w delta delta^T is one batched product written in place.
@@ -72,7 +76,7 @@ class GaussianStats:
         for start in range(0, n_patches, step):
             stop = min(start + step, n_patches)
             rows = torch.empty(stop - start, n_b + 1, dim, dtype=self.m2.dtype, device=self.m2.device)
-            rows[:, :n_b].copy_(samples[:, start:stop].transpose(0, 1))
+            rows[:, :n_b].copy_(samples[start:stop])
             rows[:, :n_b].sub_(mean_b[start:stop, None, :].to(self.m2.dtype))
             rows[:, n_b].copy_(delta[start:stop] * (n_a * n_b / n) ** 0.5)
             self.m2[start:stop].baddbmm_(rows.transpose(1, 2), rows)
@@ -80,7 +84,7 @@ class GaussianStats:
         self.count = n
         return self
 
-    def merge(self, other: "GaussianStats") -> "GaussianStats":
+    def merge(self, other: GaussianStats) -> GaussianStats:
         """Statistics of the union of two sample sets (a new object; neither input changes)."""
         if self.mean.shape != other.mean.shape:
             raise ValueError(f"cannot merge statistics of shape {tuple(self.mean.shape)} and {tuple(other.mean.shape)}")
@@ -96,10 +100,10 @@ class GaussianStats:
         """(P, D, D) float64 unbiased covariance plus ``eps`` * I.
 
         Raises:
-            ValueError: with fewer than two samples (the unbiased estimate is undefined).
+            DataError: with fewer than two samples (the unbiased estimate is undefined).
         """
         if self.count < 2:
-            raise ValueError(f"a covariance needs at least 2 images, got {self.count}")
+            raise DataError(f"fitting needs at least 2 good images, got {self.count}")
         cov = self.m2.to(torch.float64) / (self.count - 1)
         cov.diagonal(dim1=1, dim2=2).add_(eps)
         return cov

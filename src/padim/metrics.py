@@ -16,7 +16,7 @@ point one way: higher means more anomalous, and a sample is called defective whe
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -66,14 +66,10 @@ def _check_pair(labels: np.ndarray, scores: np.ndarray, labels_name: str, scores
 def _check_both_classes(labels: np.ndarray, name: str) -> None:
     n_pos = int(labels.sum())
     if n_pos == 0:
-        raise ValueError(
-            f"{name} has only the negative class (0, good; {labels.size} samples): "
-            "ROC needs both classes"
-        )
+        raise ValueError(f"{name} has only the negative class (0, good; {labels.size} samples): ROC needs both classes")
     if n_pos == labels.size:
         raise ValueError(
-            f"{name} has only the positive class (1, defective; {labels.size} samples): "
-            "ROC needs both classes"
+            f"{name} has only the positive class (1, defective; {labels.size} samples): ROC needs both classes"
         )
 
 
@@ -364,153 +360,3 @@ def f1_max(labels: Any, scores: Any) -> tuple[float, float]:
     f1 = 2.0 * tps / (counts + n_pos)
     best = int(np.argmax(f1))
     return float(f1[best]), float(thresholds[best])
-
-
-# The keys of every summary in evaluate()'s result, in the order a report shows them.
-SUMMARY_KEYS = (
-    "n_images",
-    "n_good",
-    "n_defective",
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "image_f1_max",
-    "f1_threshold",
-    "threshold",
-    "image_accuracy",
-    "image_precision",
-    "image_recall",
-    "image_f1",
-)
-
-
-def _pixel_inputs(
-    maps: Any, masks: Any, n_images: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Stack maps (N, H, W) float32 and masks (N, H, W) bool; say which images had a mask.
-
-    A missing mask (None) becomes all-False, and is recorded as missing so that a defect
-    image without one can disable pixel metrics.
-    """
-    if maps is None or masks is None:
-        return None
-    maps = _as_scores(maps, "maps", dtype=np.float32)
-    if maps.ndim != 3 or maps.shape[0] != n_images:
-        raise ValueError(f"maps must have shape (N, H, W) with N = {n_images}, got shape {maps.shape}")
-    if len(masks) != n_images:
-        raise ValueError(f"masks must have N = {n_images} entries, got {len(masks)}")
-    stacked = np.zeros(maps.shape, dtype=bool)
-    has_mask = np.zeros(n_images, dtype=bool)
-    for i, mask in enumerate(masks):
-        if mask is None:
-            continue
-        mask = _as_labels(mask, f"masks[{i}]")
-        if mask.shape != maps.shape[1:]:
-            raise ValueError(f"masks[{i}] must have the map size {maps.shape[1:]}, got shape {mask.shape}")
-        stacked[i] = mask
-        has_mask[i] = True
-    return maps, stacked, has_mask
-
-
-def _summary(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    pixels: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-    threshold: float | None,
-) -> dict[str, Any]:
-    n_defective = int(labels.sum())
-    n_good = int(labels.size - n_defective)
-    out: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
-    out.update(n_images=int(labels.size), n_good=n_good, n_defective=n_defective, threshold=threshold)
-    if n_good and n_defective:
-        out["image_auroc"] = image_auroc(labels, scores)
-    if n_defective:
-        out["image_f1_max"], out["f1_threshold"] = f1_max(labels, scores)
-    if pixels is not None and pixels[2][labels].all():
-        maps, masks, _ = pixels
-        n_defect_pixels = int(masks.sum())
-        if 0 < n_defect_pixels < masks.size:
-            out["pixel_auroc"] = pixel_auroc(masks, maps)
-            out["aupro"] = aupro(masks, maps)
-    if threshold is not None:
-        predicted = scores >= threshold
-        tp = int((predicted & labels).sum())
-        fp = int((predicted & ~labels).sum())
-        fn = n_defective - tp
-        out["image_accuracy"] = (labels.size - fp - fn) / labels.size
-        out["image_precision"] = tp / (tp + fp) if tp + fp else None
-        out["image_recall"] = tp / n_defective if n_defective else None
-        out["image_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
-    return out
-
-
-def evaluate(
-    labels: Any,
-    scores: Any,
-    defect_types: Sequence[str],
-    maps: Any = None,
-    masks: Sequence[Any] | np.ndarray | None = None,
-    threshold: float | None = None,
-) -> dict[str, Any]:
-    """All metrics, overall and per defect type, as a JSON-ready dict.
-
-    Each defect type is scored on its own defect images together with all good images,
-    the usual MVTec AD breakdown. A metric that is undefined is None: AUROC with a single
-    class, pixel metrics without maps or masks, or when any defect image in the group has
-    no mask, and the at-threshold metrics when ``threshold`` is None.
-
-    Args:
-        labels: (N,) 1/True for defective images, 0/False for good.
-        scores: (N,) image anomaly scores.
-        defect_types: N names; ``"good"`` exactly for the good images.
-        maps: optional (N, H, W) anomaly maps (an array or a list of (H, W) arrays).
-        masks: optional N ground-truth masks, each (H, W) bool/0-1 or None where there is
-            none; a good image with None counts as all-normal.
-        threshold: optional decision threshold; ``score >= threshold`` is called defective.
-
-    Returns:
-        ``{"overall": summary, "per_defect": {defect_type: summary}}``, defect types sorted by
-        name, where each summary has the keys of ``SUMMARY_KEYS``: n_images, n_good,
-        n_defective, image_auroc, pixel_auroc, aupro, image_f1_max, f1_threshold, threshold,
-        image_accuracy, image_precision, image_recall, image_f1 (Python floats, ints or None).
-
-    Raises:
-        ValueError: if lengths or shapes disagree, values are not finite or not 0/1, or a
-            defect type contradicts its label (``"good"`` must go with label 0 and only).
-
-    >>> result = evaluate([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], ["good", "good", "crack", "hole"])
-    >>> result["overall"]["image_auroc"], result["per_defect"]["hole"]["image_auroc"]
-    (0.75, 1.0)
-    >>> sorted(result["per_defect"])
-    ['crack', 'hole']
-    """
-    labels = _as_labels(labels)
-    scores = _as_scores(scores)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must have shape (N,), got shape {labels.shape}")
-    _check_pair(labels, scores, "labels", "scores")
-    defect_types = [str(t) for t in defect_types]
-    if len(defect_types) != labels.size:
-        raise ValueError(f"defect_types must have N = {labels.size} entries, got {len(defect_types)}")
-    types = np.array(defect_types, dtype=object)
-    contradict = np.flatnonzero(labels == (types == "good"))
-    if contradict.size:
-        i = int(contradict[0])
-        raise ValueError(
-            f"defect_types[{i}] must be 'good' exactly when labels[{i}] is 0, "
-            f"got {defect_types[i]!r} with label {int(labels[i])}"
-        )
-    if threshold is not None:
-        if not isinstance(threshold, (int, float, np.integer, np.floating)) or not np.isfinite(threshold):
-            raise ValueError(f"threshold must be a finite number or None, got {threshold!r}")
-        threshold = float(threshold)
-    pixels = _pixel_inputs(maps, masks, labels.size)
-
-    def subset(select: np.ndarray) -> dict[str, Any]:
-        part = None if pixels is None else tuple(array[select] for array in pixels)
-        return _summary(labels[select], scores[select], part, threshold)
-
-    result: dict[str, Any] = {"overall": _summary(labels, scores, pixels, threshold), "per_defect": {}}
-    for defect in sorted(set(types[labels].tolist())):
-        result["per_defect"][defect] = subset(~labels | (types == defect))
-    return result

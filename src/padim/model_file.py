@@ -2,24 +2,33 @@
 
 Loading a pickle can execute arbitrary code (anomalib and PatchCore load models that way);
 safetensors holds only a JSON header and raw tensor bytes. The metadata entry ``padim``
-carries the format version and the configuration needed to rebuild the model. Writes are
-atomic: a temporary file in the same folder, renamed into place.
+carries the format version and the configuration needed to rebuild the model; the file also
+holds the backbone weights the model uses, so it loads on a machine without torchvision's
+cache. Writes are atomic: a temporary file in the same folder, renamed into place.
+
+Tensors: ``mean`` (P, D) float32, ``precision`` (P, D, D) float32, ``channel_idx`` (D,) int64,
+``backbone.<name>`` for each weight of the cut backbone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from padim import __version__
+from padim.errors import ModelFileError
 from padim.files import atomic_path
+
+if TYPE_CHECKING:
+    from padim.model import Padim
 
 FORMAT_VERSION = 1
 _KEY = "padim"
-
-
-class ModelFileError(ValueError):
-    """A file that is not a readable padim model; the message names the file and why."""
+#: Constructor arguments of :class:`padim.model.Padim` stored in the metadata.
+PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
 
 
 def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None:
@@ -53,18 +62,106 @@ def read_model_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict,
         if header is None:
             raise ModelFileError(f"{path}: a safetensors file, but not a padim model (no '{_KEY}' metadata)")
         meta = json.loads(header)
-        version = int(meta.get("format_version", -1))
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{path}: malformed padim metadata (a {type(meta).__name__}, not an object)")
+        version = meta.get("format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelFileError(f"{path}: unknown model format version {version!r}")
         if version > FORMAT_VERSION:
             raise ModelFileError(
                 f"{path}: written in model format {version} by a newer padim-toolkit; this one reads "
                 f"format {FORMAT_VERSION} and older: upgrade padim-toolkit"
             )
-        if version < 1:
-            raise ModelFileError(f"{path}: unknown model format version {meta.get('format_version')!r}")
         tensors = load_file(str(path), device=device)
     except ModelFileError:
         raise
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
+    except (SafetensorError, OSError, ValueError, RecursionError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt ({reason})") from None
     return tensors, meta
+
+
+def save(model: Padim, path: str | os.PathLike) -> Path:
+    """Write a fitted model to ``path`` (atomic); returns the path."""
+    from padim.model import check_fitted
+
+    check_fitted(model)
+    tensors = {"mean": model.mean_, "precision": model.precision_, "channel_idx": model.channel_idx_}
+    tensors.update({f"backbone.{k}": v for k, v in model.extractor_.body.state_dict().items()})
+    meta = {
+        **model.config(),
+        "feature_size": list(model.feature_size_),
+        "n_images": model.n_images_,
+        "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
+        "padim_toolkit_version": __version__,
+    }
+    write_model_file(path, tensors, meta)
+    return Path(path)
+
+
+def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") -> Padim:
+    """Read a model written by :func:`save`. Runs no code from the file.
+
+    Raises:
+        ModelFileError: for a missing, corrupt, truncated, foreign, newer or inconsistent file.
+    """
+    import torch
+
+    from padim.backbones import FeatureExtractor
+    from padim.errors import PadimError
+    from padim.model import Padim
+    from padim.scoring import Calibration
+
+    tensors, meta = read_model_file(path)
+    try:
+        params = {key: meta[key] for key in PARAMS}
+        params["image_size"] = tuple(params["image_size"])
+        model = Padim(**params, device=device, backend=backend)
+        resolved = model.resolved_params()
+        p = math.prod(_pair(meta["feature_size"]))
+        d = resolved["n_features"]
+        _expect(tensors, "mean", (p, d))
+        _expect(tensors, "precision", (p, d, d))
+        _expect(tensors, "channel_idx", (d,))
+        channel_idx = tensors["channel_idx"].long()
+        total = sum(info.channels for info in resolved["layer_info"])
+        if channel_idx.min() < 0 or channel_idx.max() >= total or channel_idx.unique().numel() != d:
+            raise ValueError(f"channel_idx must be {d} distinct indices in 0..{total - 1}")
+        body = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
+        extractor = FeatureExtractor(model.backbone, resolved["layers"], state_dict=body)
+        calibration = meta.get("calibration")
+        fitted = dict(
+            layers_=resolved["layers"],
+            image_size_=resolved["image_size"],
+            extractor_=extractor,
+            channel_idx_=channel_idx,
+            feature_size_=_pair(meta["feature_size"]),
+            mean_=tensors["mean"].float().to(model.device),
+            precision_=tensors["precision"].float().to(model.device),
+            n_images_=int(meta["n_images"]),
+            calibration_=None if calibration is None else Calibration(**calibration),
+        )
+        for value in (fitted["mean_"], fitted["precision_"]):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError("the Gaussians hold NaN or infinite values")
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        if isinstance(error, PadimError) and not isinstance(error, ModelFileError):
+            reason = str(error)
+        else:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelFileError(f"{path}: inconsistent padim model file ({reason})") from None
+    model.__dict__.update(fitted)
+    return model
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+        raise ValueError(f"expected [height, width], got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _expect(tensors: dict, name: str, shape: tuple) -> None:
+    if name not in tensors:
+        raise ValueError(f"tensor {name!r} is missing")
+    if tuple(tensors[name].shape) != shape:
+        raise ValueError(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")

@@ -1,165 +1,242 @@
-"""Run a trained model from a ``.padim`` or an exported ``.onnx`` file behind one interface.
+"""Running a trained model: one predictor interface for ``.padim`` and ``.onnx`` files.
 
-:func:`open_model` returns an object with ``image_size``, ``calibration`` and ``predict(images)``
-that gives a :class:`padim.prediction.Prediction`, whichever the file. The ONNX path needs only
-onnxruntime, NumPy and Pillow: this module imports torch solely inside the ``.padim`` branch,
-so a line PC without torch runs models exported by :func:`padim.export.export_onnx`.
+:func:`open_model` gives a :class:`Predictor` whichever the file: ``predict``, ``evaluate`` and
+``serve`` all use it. A ``.onnx`` file (from ``padim export``) runs in onnxruntime with NumPy
+and Pillow alone; this module imports torch only to open a ``.padim`` file, so a line PC
+without torch runs exported models. Both run the same graph (:mod:`padim.pipeline`), which
+computes the maps, scores, normalised scores and labels; nothing here recomputes them.
 
-Both paths pre-process with :func:`padim.transforms.preprocess` and derive scores, normalised
-scores, labels and regions from the anomaly maps with :func:`padim.prediction.make_prediction`,
-so for the same maps they give the same labels. The ONNX graph's own ``score``,
-``normalized_score`` and ``label`` outputs serve callers without Python; here only its
-``anomaly_map`` is used.
+onnxruntime's telemetry is switched off before any session is made.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from padim.calibration import Calibration
-from padim.model_file import ModelFileError
-from padim.prediction import Prediction, make_prediction
-from padim.transforms import as_size, list_images, load_image, preprocess
+from padim.errors import ModelFileError, OptionError
+from padim.images import as_size
+from padim.scoring import Calibration, label
 
 PathLike = str | os.PathLike
 
 #: The newest ONNX metadata layout this module reads (see :data:`padim.export.FORMAT_VERSION`).
-ONNX_FORMAT_VERSION = 1
+ONNX_FORMAT_VERSION = 2
 
 
-def load_images(images: Any) -> list[Image.Image]:
-    """Decode images given as a path, a folder, a PIL image, or a list of paths and PIL images.
-
-    Returns:
-        RGB PIL images, in order (a folder's images sorted by name).
-
-    Raises:
-        padim.transforms.ImageError: naming a file that cannot be decoded.
-        ValueError: for a missing folder, a folder without images or an empty list.
-        TypeError: for anything else.
-    """
-    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        images = list_images(images)
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        images = [images]
-    if not isinstance(images, (list, tuple)) or not all(isinstance(x, (str, os.PathLike, Image.Image)) for x in images):
-        raise TypeError(
-            f"images must be a path, a folder, a PIL image or a list of paths and PIL images, got {type(images).__name__}"
-        )
-    if not images:
-        raise ValueError("expected at least one image, got an empty list")
-    return [load_image(image) for image in images]
+def cpu_threads() -> int:
+    """CPUs this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def predict_batches(
-    anomaly_maps: Callable[[np.ndarray], np.ndarray],
-    images: Any,
-    image_size: tuple[int, int],
-    calibration: Calibration | None,
-    batch_size: int = 32,
-) -> Prediction:
-    """Pre-process images in batches, compute their maps, and derive the prediction.
+class OrtRunner:
+    """An onnxruntime session with some inputs bound once.
 
     Args:
-        anomaly_maps: pre-processed (n, 3, H, W) float32 -> (n, H, W) float32 maps.
-        images: as :func:`load_images`, or a pre-processed float array (N, 3, H, W).
-        image_size: (H, W) the model expects.
-        calibration: the model's calibration, or None.
-        batch_size: images per call of ``anomaly_maps`` (bounds memory).
-
-    Returns:
-        :class:`~padim.prediction.Prediction` of N images.
-
-    Raises:
-        ValueError: for a batch of the wrong shape or a batch size below 1; see also :func:`load_images`.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(images, np.ndarray):
-        batch = images[None] if images.ndim == 3 else images
-        if batch.ndim != 4 or batch.shape[1:] != (3, *image_size) or not np.issubdtype(batch.dtype, np.floating):
-            raise ValueError(
-                f"a pre-processed batch must be float of shape (N, 3, {image_size[0]}, {image_size[1]}), "
-                f"got {batch.dtype} {batch.shape}"
-            )
-        chunks: Iterable[np.ndarray] = (
-            np.ascontiguousarray(batch[i : i + batch_size], dtype=np.float32) for i in range(0, len(batch), batch_size)
-        )
-    else:
-        decoded = load_images(images)
-        chunks = (preprocess(decoded[i : i + batch_size], image_size) for i in range(0, len(decoded), batch_size))
-    maps = [anomaly_maps(chunk) for chunk in chunks]
-    if not maps:
-        raise ValueError("expected at least one image, got none")
-    return make_prediction(np.concatenate(maps), calibration)
-
-
-class OnnxModel:
-    """A model exported by :func:`padim.export.export_onnx`, run by onnxruntime (no torch).
-
-    Args:
-        path: the ``.onnx`` file (with its ``.data`` file beside it, if it has one).
+        model: ONNX bytes, or the path of a ``.onnx`` file (its external data beside it).
+        bound: input name -> array passed on every call (shared with onnxruntime, not copied).
         device: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu).
+        threads: intra-op threads; None: the CPUs this process may use.
 
-    Attributes:
-        image_size: (H, W) the images are resized to. calibration: Calibration or None.
-        config: the exported model's configuration (dict). session: the InferenceSession, whose
-        ``run`` is thread-safe, so ``predict`` may be called from several threads at once.
-
-    Raises:
-        padim.model_file.ModelFileError: for a missing or unreadable file, or an ONNX model that
-            was not written by padim (or by a newer version).
-        ValueError: for an unknown device or one onnxruntime cannot use here.
+    ``runner(**inputs)`` takes the remaining inputs and returns output name -> array. Inputs the
+    graph does not have are ignored (older exported files have fewer).
     """
 
-    kind = "onnx"
-
-    def __init__(self, path: PathLike, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: bytes | PathLike,
+        bound: dict[str, np.ndarray] | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: model file not found")
+        ort.disable_telemetry_events()
         providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
         if str(device) not in providers:
-            raise ValueError(f"device must be 'cpu' or 'cuda' for an ONNX model, got {device!r}")
+            raise OptionError(f"--device must be 'cpu' or 'cuda' for an ONNX model, got {device!r}")
         if providers[str(device)][0] not in ort.get_available_providers():
-            raise ValueError(f"device {device!r} needs onnxruntime's {providers[str(device)][0]}, which this install lacks")
-        try:
-            # Default session options: intra-op threads = the machine's physical cores.
-            self.session = ort.InferenceSession(str(self.path), providers=providers[str(device)])
-        except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise ModelFileError(f"{self.path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
-        self.image_size, self.calibration, self.config = read_metadata(
-            self.session.get_modelmeta().custom_metadata_map, self.path
+            raise OptionError(f"--device {device}: this onnxruntime lacks {providers[str(device)][0]}")
+        options = ort.SessionOptions()
+        # Errors only: an exported graph keeps its threshold as an overridable input on
+        # purpose, which onnxruntime would warn about on every load.
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads or cpu_threads()
+        options.inter_op_num_threads = 1
+        # The memory pattern pre-plans one block per input shape on top of the arena: it
+        # doubled peak memory (+620 MB instead of +330 MB, batch 32 at 256 px) for no speed.
+        options.enable_mem_pattern = False
+        # Idle workers that spin steal the cores from the image decoding threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=providers[str(device)])
+        # Initializers that are also graph inputs (an exported threshold) are inputs too.
+        overridable = self.session.get_overridable_initializers()
+        self.input_names = {i.name for i in [*self.session.get_inputs(), *overridable]}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.bound = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (bound or {}).items()}
+
+    def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in {**self.bound, **inputs}.items()}
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+@dataclass
+class Prediction:
+    """Per-image results for N images at the model's working size (H, W).
+
+    Attributes:
+        anomaly_map: (N, H, W) float32 maps (Mahalanobis distances, up-sampled and blurred).
+        score: (N,) float32 image scores, the maximum of each map; higher is more anomalous.
+        normalized_score: (N,) in [0, 1], 0.5 at the threshold; None for an uncalibrated model.
+        label: (N,) bool, True = anomalous; None for an uncalibrated model.
+        threshold: the threshold the labels used, or None.
+    """
+
+    anomaly_map: np.ndarray
+    score: np.ndarray
+    normalized_score: np.ndarray | None = None
+    label: np.ndarray | None = None
+    threshold: float | None = None
+
+    @property
+    def region(self) -> np.ndarray | None:
+        """(N, H, W) bool predicted defect region (map at or above the threshold), or None."""
+        return None if self.threshold is None else label(self.anomaly_map, self.threshold)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @classmethod
+    def concatenate(cls, parts: list[Prediction]) -> Prediction:
+        """One prediction from the predictions of consecutive batches."""
+        if not parts:
+            raise ValueError("expected at least one image, got none")
+
+        def cat(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            return None if arrays[0] is None else np.concatenate(arrays)
+
+        return cls(*(cat(name) for name in ("anomaly_map", "score", "normalized_score", "label")), parts[0].threshold)
+
+
+def _numpy(array: Any) -> np.ndarray:
+    """An output as a NumPy array (torch tensors are moved to the CPU first)."""
+    return np.asarray(array.detach().cpu() if hasattr(array, "detach") else array)
+
+
+class Predictor:
+    """A model ready to predict, whatever ran it.
+
+    Args:
+        run: ``run(images=..., threshold=..., scale=...)`` -> dict with the outputs of
+            :class:`padim.pipeline.Pipeline` (an :class:`OrtRunner` or a
+            :class:`padim.pipeline.TorchRunner`).
+        image_size: (H, W) the images are resized to.
+        calibration: the threshold and score scale, or None.
+        config: the model's configuration (backbone, layers, ...).
+        kind: what runs it: ``"onnxruntime"`` or ``"torch"``.
+        threshold_input: whether ``run`` takes the threshold (files exported by padim-toolkit
+            0.1 do not: their threshold cannot be changed at prediction time).
+    """
+
+    def __init__(
+        self,
+        run: Callable[..., dict[str, Any]],
+        *,
+        image_size: tuple[int, int],
+        calibration: Calibration | None,
+        config: dict,
+        kind: str,
+        threshold_input: bool = True,
+    ) -> None:
+        self.run = run
+        self.image_size = tuple(image_size)
+        self.calibration = calibration
+        self.config = config
+        self.kind = kind
+        self.threshold_input = threshold_input
+
+    def with_threshold(self, threshold: float) -> Predictor:
+        """The same model with the threshold set by hand (the model file is not changed).
+
+        Raises:
+            OptionError: for a non-finite threshold, an uncalibrated model, or an old export.
+        """
+        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+            raise OptionError(f"--threshold must be a finite number, got {threshold!r}")
+        if self.calibration is None:
+            raise OptionError("--threshold needs a calibrated model (one fitted with held-out good images)")
+        if not self.threshold_input:
+            raise OptionError("--threshold: this ONNX file was exported by padim-toolkit 0.1; export it again")
+        new = replace(self.calibration, threshold=float(threshold), quantile=None, source="manual")
+        return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind)
+
+    def predict_batch(self, images: np.ndarray) -> Prediction:
+        """Prediction for a pre-processed batch (N, 3, H, W) float32 (:func:`padim.images.preprocess`)."""
+        images = np.asarray(images) if not hasattr(images, "detach") else images
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, *self.image_size):
+            raise OptionError(
+                f"expected pre-processed images (N, 3, {self.image_size[0]}, {self.image_size[1]}), "
+                f"got shape {tuple(images.shape)}"
+            )
+        calibration = self.calibration
+        threshold = math.nan if calibration is None else calibration.threshold
+        scale = 1.0 if calibration is None else calibration.scale
+        out = {
+            k: _numpy(v)
+            for k, v in self.run(images=images, threshold=np.float32(threshold), scale=np.float32(scale)).items()
+        }
+        if calibration is None:
+            return Prediction(out["anomaly_map"], out["score"])
+        return Prediction(
+            out["anomaly_map"], out["score"], out["normalized_score"], out["label"].astype(bool), threshold
         )
-        self.input_name = self.session.get_inputs()[0].name
 
-    def anomaly_maps(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) float32 pre-processed images -> (N, H, W) float32 anomaly maps."""
-        (maps,) = self.session.run(["anomaly_map"], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return maps
+    def predict(
+        self,
+        images: Any,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        quiet: bool = True,
+        skip_bad: bool = False,
+    ) -> Prediction:
+        """Prediction for images in any form :func:`padim.loading.as_batches` takes (a folder: its images)."""
+        from padim.loading import as_batches
 
-    def predict(self, images: Any, *, batch_size: int = 32) -> Prediction:
-        """Prediction for images given as in :func:`predict_batches`."""
-        return predict_batches(self.anomaly_maps, images, self.image_size, self.calibration, batch_size)
+        batches = as_batches(
+            images,
+            self.image_size,
+            folder="images",
+            batch_size=batch_size,
+            workers=workers,
+            quiet=quiet,
+            skip_bad=skip_bad,
+            desc="predict",
+        )
+        return Prediction.concatenate([self.predict_batch(batch) for batch in batches])
 
     def __repr__(self) -> str:
-        return f"OnnxModel({str(self.path)!r}, image_size={self.image_size})"
+        return f"Predictor(kind={self.kind!r}, image_size={self.image_size}, calibrated={self.calibration is not None})"
 
 
 def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tuple[int, int], Calibration | None, dict]:
     """Image size, calibration and configuration from an exported model's ``metadata_props``.
 
     Raises:
-        padim.model_file.ModelFileError: if the keys are missing, malformed or from a newer format.
+        ModelFileError: if the keys are missing, malformed or from a newer format.
     """
     if "padim.format_version" not in props:
         raise ModelFileError(f"{path}: an ONNX model, but not one exported by padim (no padim metadata)")
@@ -174,6 +251,8 @@ def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tupl
         stored = json.loads(props["padim.calibration"])
         calibration = None if stored is None else Calibration(**stored)
         config = json.loads(props.get("padim.config", "{}"))
+        if not isinstance(config, dict):
+            raise TypeError(f"padim.config is a {type(config).__name__}")
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, ModelFileError):
             raise
@@ -181,59 +260,52 @@ def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tupl
     return image_size, calibration, config
 
 
-class TorchModel:
-    """A ``.padim`` model file behind the same interface as :class:`OnnxModel`.
+def open_onnx(path: PathLike, device: str = "cpu") -> Predictor:
+    """A :class:`Predictor` for an exported ``.onnx`` file (no torch).
 
-    ``predict`` holds a lock, so concurrent callers (the web service's threads) run one at a
-    time instead of competing for the same intra-op threads.
+    Raises:
+        ModelFileError: for a missing or unreadable file, or one not exported by padim.
     """
-
-    kind = "torch"
-
-    def __init__(self, path: PathLike, device: str = "cpu") -> None:
-        from padim.model import Padim  # the only torch import on any path of this module
-
-        self.path = Path(path)
-        self.model = Padim.load(self.path, device=device)
-        self.image_size = tuple(self.model.image_size)
-        self.calibration = self.model.calibration_
-        self.config = {**self.model.config(), "pretrained": self.model.pretrained}
-        self._lock = threading.Lock()
-
-    def anomaly_maps(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) float32 pre-processed images -> (N, H, W) float32 anomaly maps."""
-        import torch
-
-        with self._lock:
-            return self.model.anomaly_maps(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).cpu().numpy()
-
-    def predict(self, images: Any, *, batch_size: int = 32) -> Prediction:
-        """Prediction for images given as in :func:`predict_batches`."""
-        return predict_batches(self.anomaly_maps, images, self.image_size, self.calibration, batch_size)
-
-    def __repr__(self) -> str:
-        return f"TorchModel({str(self.path)!r}, image_size={self.image_size})"
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        runner = OrtRunner(path, device=device)
+    except OptionError:
+        raise
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise ModelFileError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
+    image_size, calibration, config = read_metadata(runner.session.get_modelmeta().custom_metadata_map, path)
+    return Predictor(
+        runner,
+        image_size=image_size,
+        calibration=calibration,
+        config=config,
+        kind="onnxruntime",
+        threshold_input="threshold" in runner.input_names,
+    )
 
 
-def open_model(path: PathLike, device: str = "cpu") -> OnnxModel | TorchModel:
+def open_model(path: PathLike, device: str = "cpu", backend: str = "auto") -> Predictor:
     """Open a model file for prediction: ``.onnx`` with onnxruntime, anything else as a ``.padim`` file.
 
     Args:
         path: a ``.onnx`` file from ``padim export`` or a ``.padim`` file from ``padim fit``.
         device: ``"cpu"``, ``"cuda"``, ...
-
-    Returns:
-        An object with ``image_size`` (H, W), ``calibration`` (Calibration or None), ``kind``
-        (``"onnx"`` or ``"torch"``) and ``predict(images) -> Prediction``.
+        backend: for a ``.padim`` file, what runs it (see :class:`padim.model.Padim`).
 
     Raises:
-        padim.model_file.ModelFileError: for a missing, unreadable or foreign file.
+        ModelFileError: for a missing, unreadable or foreign file.
 
     >>> open_model("missing.onnx")
     Traceback (most recent call last):
     ...
-    padim.model_file.ModelFileError: missing.onnx: model file not found
+    padim.errors.ModelFileError: missing.onnx: model file not found
     """
     if Path(path).suffix.lower() == ".onnx":
-        return OnnxModel(path, device=device)
-    return TorchModel(path, device=device)
+        return open_onnx(path, device=device)
+    if not Path(path).is_file():  # say so before importing torch
+        raise ModelFileError(f"{path}: model file not found")
+    from padim.model import Padim  # the only torch import on any path of this module
+
+    return Padim.load(path, device=device, backend=backend).predictor()

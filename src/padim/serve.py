@@ -41,9 +41,9 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from padim import __version__
-from padim.model_file import ModelFileError
+from padim.errors import ImageError, ModelFileError
+from padim.images import load_image
 from padim.runtime import open_model
-from padim.transforms import ImageError, load_image
 
 PathLike = str | os.PathLike
 
@@ -193,7 +193,7 @@ async def read_body(request: Request, limit: int, too_large: str) -> bytes:
     return bytes(body)
 
 
-def create_app(model_path: PathLike, *, max_upload_mb: float = 20) -> "FastAPI":
+def create_app(model_path: PathLike, *, max_upload_mb: float = 20) -> FastAPI:
     """The web application for one model (loaded now, once).
 
     Args:
@@ -260,7 +260,9 @@ def create_app(model_path: PathLike, *, max_upload_mb: float = 20) -> "FastAPI":
             data = multipart_field(request.headers.get("content-type"), body)
             del body
             if len(data) > limit:
-                raise UploadError(413, f"upload too large: {len(data) / MIB:.1f} MiB, the limit is {max_upload_mb:g} MiB")
+                raise UploadError(
+                    413, f"upload too large: {len(data) / MIB:.1f} MiB, the limit is {max_upload_mb:g} MiB"
+                )
             # Decoding and inference block: run them in the thread pool, not on the event loop.
             answer = await run_in_threadpool(predict_upload, model, data, heatmap)
         except UploadError as error:
@@ -271,7 +273,7 @@ def create_app(model_path: PathLike, *, max_upload_mb: float = 20) -> "FastAPI":
     return app
 
 
-def app_from_environment() -> "FastAPI":
+def app_from_environment() -> FastAPI:
     """:func:`create_app` from the environment variables that :func:`run` sets (for uvicorn's workers)."""
     model = os.environ.get(ENV_MODEL)
     if not model:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from .files import write_bytes
-from .transforms import as_size
+from .images import as_size
 
 DEFECT_TYPES = ("scratch", "spot")
 
@@ -69,9 +69,7 @@ def weave_texture(rng: np.random.Generator, image_size: int | Sequence[int]) -> 
     return np.clip(image, 0.0, 1.0)
 
 
-def add_defect(
-    image: np.ndarray, defect_type: str, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Paint one defect onto an image.
 
     Args:
@@ -113,9 +111,7 @@ def add_defect(
         centre = rng.uniform([margin, margin], [height - margin, width - margin])
         # An irregular outline: the radius wobbles with a few low harmonics of the angle.
         theta = np.arctan2(y - centre[0], x - centre[1])
-        wobble = sum(
-            rng.uniform(0.04, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
-        )
+        wobble = sum(rng.uniform(0.04, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
         mask = np.hypot(y - centre[0], x - centre[1]) <= radius * (1.0 + wobble)
         colour = _STAIN_RGB * rng.uniform(0.8, 1.2)
         alpha = 0.85  # a stain lets a little of the weave show through
@@ -175,9 +171,7 @@ def make_demo_dataset(
     category = Path(root) / name
     if category.exists() and any(category.iterdir()):
         if not overwrite:
-            raise FileExistsError(
-                f"{category}: folder exists and is not empty; pass overwrite=True to replace it"
-            )
+            raise FileExistsError(f"{category}: folder exists and is not empty; pass overwrite=True to replace it")
         shutil.rmtree(category)
 
     def rng_for(stream: str, index: int) -> np.random.Generator:

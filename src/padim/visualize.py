@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -210,11 +211,11 @@ def save_png(path: str | os.PathLike, array: Any) -> None:
 def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
     """(vmin, vmax) for :func:`overlay`, the same rule for the command line and the web service.
 
-    With a calibration (:class:`padim.calibration.Calibration`) the colours span normalised
+    With a calibration (:class:`padim.scoring.Calibration`) the colours span normalised
     scores 0 to 1 (threshold -/+ its scale), so one colour means one score in every image;
     without one, the map's own range.
 
-    >>> from padim.calibration import Calibration
+    >>> from padim.scoring import Calibration
     >>> heatmap_range(Calibration(threshold=10.0, center=6.0), np.zeros((2, 2)))
     (6.0, 14.0)
     """
@@ -222,3 +223,30 @@ def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
         return calibration.threshold - calibration.scale, calibration.threshold + calibration.scale
     low, high = float(np.min(anomaly_map)), float(np.max(anomaly_map))
     return low, (high if high > low else low + 1.0)
+
+
+def overlay_at_image_size(
+    image: Any, anomaly_map: Any, calibration: Any, vmin: float, vmax: float, max_side: int = 1024
+) -> np.ndarray:
+    """Heatmap over the original image (its aspect ratio kept, longest side at most ``max_side``).
+
+    The map is resized bilinearly to the picture; the predicted region is the resized map at
+    or above the threshold, the same rule as the image label.
+
+    Args:
+        image: the decoded PIL image at its own size.
+        anomaly_map: (H, W) map at the model's working size.
+        calibration: :class:`padim.scoring.Calibration` or None (no region drawn).
+        vmin, vmax: the colour range (:func:`heatmap_range`).
+        max_side: the picture's longest side at most.
+
+    Returns:
+        (H', W', 3) uint8 RGB.
+    """
+    width, height = image.size
+    scale = min(1.0, max_side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    picture = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(np.asarray(anomaly_map, np.float32), mode="F").resize(size, Image.BILINEAR))
+    region = None if calibration is None else calibration.label(resized)
+    return overlay(picture, resized, vmin, vmax, region=region)

@@ -1,4 +1,4 @@
-"""Image decoding and pre-processing, shared by the PyTorch, ONNX and web paths.
+"""Images: decoding any file Pillow reads into RGB, and pre-processing into a normalised batch.
 
 One definition, NumPy and Pillow only (no torch import), so that a line PC running the
 exported ONNX model pre-processes exactly as the Python model did. It follows anomalib's
@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from padim.errors import DataError, ImageError, OptionError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-PathLike = Union[str, os.PathLike]
-
-
-class ImageError(ValueError):
-    """An image file that cannot be decoded; the message names the file."""
+PathLike = str | os.PathLike
 
 
 def as_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
@@ -38,7 +36,7 @@ def as_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[
         name: the argument's name, for the error message.
 
     Raises:
-        ValueError: if it is not one or two positive integers.
+        OptionError: if it is not one or two positive integers.
 
     >>> as_size(256), as_size([224, 320])
     ((256, 256), (224, 320))
@@ -49,11 +47,11 @@ def as_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[
         try:
             size = tuple(int(s) for s in image_size)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an int or (height, width), got {image_size!r}") from None
+            raise OptionError(f"{name} must be an int or (height, width), got {image_size!r}") from None
         if len(size) != 2:
-            raise ValueError(f"{name} must be an int or (height, width), got {image_size!r}")
+            raise OptionError(f"{name} must be an int or (height, width), got {image_size!r}")
     if min(size) < 1:
-        raise ValueError(f"{name} must be positive, got {image_size!r}")
+        raise OptionError(f"{name} must be positive, got {image_size!r}")
     return size
 
 
@@ -96,6 +94,10 @@ def decode(source: PathLike | bytes, what: str = "image") -> Image.Image:
             return image
     except FileNotFoundError:
         raise ImageError(f"{name}: {what} file not found") from None
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: a folder, not an {what} file") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -130,15 +132,43 @@ def preprocess(images: Image.Image | Iterable[Image.Image], image_size: int | Se
     height, width = as_size(image_size)
     if isinstance(images, Image.Image):
         images = [images]
-    arrays = [
-        np.asarray(to_rgb(image).resize((width, height), Image.BILINEAR), dtype=np.float32)
-        for image in images
-    ]
+    arrays = [np.asarray(to_rgb(image).resize((width, height), Image.BILINEAR), dtype=np.float32) for image in images]
     if not arrays:
         raise ValueError("preprocess needs at least one image, got none")
     batch = np.stack(arrays) / np.float32(255.0)
     batch = (batch - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def load_mask(path: PathLike, image_size: int | Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read a mask of any mode (1, L, P, RGB, RGBA, 16-bit), binarise it and resize it.
+
+    Any non-zero pixel is defective; the colour channels count and alpha is ignored. The
+    mask is binarised before the nearest-neighbour resize, so no value is lost to scaling.
+
+    Args:
+        path: the mask file.
+        image_size: int or (height, width) to resize to.
+
+    Returns:
+        (uint8 array (H, W) of 0 and 1, the file's own (width, height)).
+
+    Raises:
+        ImageError: naming the file, when it cannot be decoded.
+    """
+    height, width = as_size(image_size)
+    image = decode(path, "mask")
+    if image.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "RGB", "RGBA"):
+        # Palette indices and CMYK say nothing about darkness until converted.
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    pixels, original_size = np.asarray(image), image.size
+    if pixels.ndim == 3:
+        pixels = pixels[..., : 3 if pixels.shape[-1] >= 3 else 1]  # drop alpha
+        pixels = pixels.max(axis=-1)
+    binary = Image.fromarray((pixels > 0).astype(np.uint8))
+    if binary.size != (width, height):
+        binary = binary.resize((width, height), Image.NEAREST)
+    return np.array(binary, dtype=np.uint8), original_size
 
 
 def denormalize(batch: np.ndarray) -> np.ndarray:
@@ -151,12 +181,12 @@ def list_images(folder: PathLike) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name.
 
     Raises:
-        ValueError: if the folder is missing or holds no image files.
+        DataError: if the folder is missing or holds no image files.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: expected a folder of images, but it does not exist")
+        raise DataError(f"{folder}: expected a folder of images, but it does not exist")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise ValueError(f"{folder}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found none")
+        raise DataError(f"{folder}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found none")
     return paths

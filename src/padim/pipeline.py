@@ -1,0 +1,206 @@
+"""PaDiM inference, defined once as a traceable module, and the executors that run it.
+
+One forward pass (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3):
+
+    images (N, 3, H_img, W_img)                      pre-processed (padim.images.preprocess)
+      -> backbone layers                              padim.backbones.FeatureExtractor
+      -> channel selection, nearest resize (P, N, D)  padim.embedding.embed          [Embedder]
+      -> Mahalanobis distance (P, N)                  padim.anomaly_map.mahalanobis
+      -> up-sampling + blur (N, H_img, W_img)         padim.anomaly_map.resize_blur
+      -> score (N,)                                   padim.scoring.image_score
+      -> normalised score, label (N,)                 padim.scoring.normalize, label  [Scorer]
+
+:class:`Pipeline` chains :class:`Embedder` and :class:`Scorer`. The Gaussians (``mean``,
+``precision``) and the calibration (``threshold``, ``scale``) are inputs of the graph, not
+constants: the executor binds them once, so exporting the graph costs no copy of a precision
+that can pass 2 GB, and a threshold changed after fitting needs no new graph.
+
+Executors differ only in who runs the module: :class:`TorchRunner` runs it eagerly (CPU or
+CUDA, ``backend="torch"``); :func:`onnx_bytes` traces it to ONNX, which
+:class:`padim.runtime.OrtRunner` runs in memory for a ``.padim`` model on the CPU, and which
+:func:`padim.export.export_onnx` writes to disk with the statistics as initializers.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from padim.anomaly_map import mahalanobis, resize_blur, resize_blur_matrix
+from padim.backbones import FeatureExtractor
+from padim.embedding import embed, split_channels
+from padim.scoring import image_score, label, normalize
+
+#: Graph inputs besides ``images``, bound by the executor.
+STATE_INPUTS = ("mean", "precision", "threshold", "scale")
+#: Graph outputs of :class:`Pipeline`.
+OUTPUTS = ("anomaly_map", "score", "normalized_score", "label")
+OPSET = 17
+
+
+class Embedder(nn.Module):
+    """Backbone and channel selection: images (N, 3, H_img, W_img) -> patch-first (P, N, D).
+
+    Args:
+        extractor: the cut backbone.
+        channel_idx: (D,) sorted indices into the concatenated channels of its layers.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, channel_idx: Tensor) -> None:
+        super().__init__()
+        self.extractor = extractor
+        # A plain list, not buffers: the tracer records the indices as constants.
+        self.layer_idx = split_channels(channel_idx, [info.channels for info in extractor.layer_info])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return embed(self.extractor(images), self.layer_idx)
+
+
+class Scorer(nn.Module):
+    """Patch embeddings and Gaussians -> anomaly maps, scores, normalised scores and labels.
+
+    Args:
+        grid: (H, W) feature grid of the embedding.
+        image_size: (H_img, W_img) of the maps.
+        sigma: standard deviation of the blur, in map pixels.
+
+    Shape:
+        patches (P, N, D), mean (P, D), precision (P, D, D), threshold (), scale () ->
+        anomaly_map (N, H_img, W_img), score (N,), normalized_score (N,), label (N,) bool.
+        An uncalibrated model passes threshold NaN: its normalised scores are NaN and every
+        label is True (never a silent "normal").
+    """
+
+    def __init__(self, grid: Sequence[int], image_size: Sequence[int], sigma: float) -> None:
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        for name, size, out in (("a_h", self.grid[0], image_size[0]), ("a_w", self.grid[1], image_size[1])):
+            self.register_buffer(name, torch.from_numpy(resize_blur_matrix(size, out, sigma)).float(), persistent=False)
+
+    def forward(
+        self, patches: Tensor, mean: Tensor, precision: Tensor, threshold: Tensor, scale: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        distance = mahalanobis(patches, mean, precision)  # (P, N)
+        maps = resize_blur(distance.T.reshape(-1, *self.grid), self.a_h, self.a_w)
+        score = image_score(maps)
+        return maps, score, normalize(score, threshold, scale), label(score, threshold)
+
+
+class Pipeline(nn.Module):
+    """:class:`Embedder` then :class:`Scorer`: the whole inference, images to labels."""
+
+    def __init__(self, embedder: Embedder, scorer: Scorer) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.scorer = scorer
+
+    def forward(
+        self, images: Tensor, mean: Tensor, precision: Tensor, threshold: Tensor, scale: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.scorer(self.embedder(images), mean, precision, threshold, scale)
+
+
+def onnx_bytes(
+    module: nn.Module,
+    example: dict[str, Tensor],
+    output_names: Sequence[str],
+    batch_axes: dict[str, int],
+    *,
+    opset: int = OPSET,
+) -> bytes:
+    """Trace ``module`` to a serialised ONNX model in memory; nothing is written to disk.
+
+    Args:
+        module: called with the tensors of ``example`` as positional arguments, in order.
+        example: input name -> example tensor (the batch size may differ at run time).
+        output_names: names for the module's outputs.
+        batch_axes: input or output name -> its batch axis (dynamic in the graph).
+        opset: ONNX opset version.
+
+    Returns:
+        ONNX ``ModelProto`` bytes.
+    """
+    buffer = io.BytesIO()
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):
+        module = copy.deepcopy(module).cpu()  # the graph's constants live on the CPU
+    module.eval()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        # The legacy exporter warns that it is deprecated, and the tracer that shape arithmetic
+        # becomes constants: both are expected here (the working size is fixed per model).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            tuple(_traceable(t) for t in example.values()),
+            buffer,
+            input_names=list(example),
+            output_names=list(output_names),
+            dynamic_axes={name: {axis: "N"} for name, axis in batch_axes.items()},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def _traceable(tensor: Tensor) -> Tensor:
+    """A CPU tensor the tracer accepts (inference tensors are copied to plain ones)."""
+    tensor = tensor.detach().to("cpu")
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
+def pipeline_onnx(pipeline: Pipeline, image_size: Sequence[int], state: dict[str, Tensor]) -> bytes:
+    """The whole pipeline as ONNX bytes, with the inputs ``images`` and :data:`STATE_INPUTS`."""
+    example = {"images": torch.zeros(2, 3, *image_size), **{k: state[k] for k in STATE_INPUTS}}
+    return onnx_bytes(pipeline, example, OUTPUTS, {"images": 0, **{name: 0 for name in OUTPUTS}})
+
+
+def embedder_onnx(embedder: Embedder, image_size: Sequence[int]) -> bytes:
+    """The embedding step as ONNX bytes: ``images`` (N, 3, H, W) -> ``patches`` (P, N, D)."""
+    return onnx_bytes(embedder, {"images": torch.zeros(2, 3, *image_size)}, ["patches"], {"images": 0, "patches": 1})
+
+
+class TorchRunner:
+    """Runs a module eagerly in PyTorch, with some inputs bound once.
+
+    Args:
+        module: the module to run (moved to ``device``).
+        input_names: the names of its positional inputs, in order.
+        output_names: names for its outputs.
+        bound: input name -> tensor, passed on every call (moved to ``device`` once).
+        device: where to run.
+
+    ``runner(**inputs)`` takes the remaining inputs (arrays or tensors) and returns output
+    name -> tensor on ``device``. Calls from several threads run one at a time: they would
+    otherwise compete for the same intra-op threads.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        bound: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.input_names = tuple(input_names)
+        self.output_names = tuple(output_names)
+        self.bound = {k: torch.as_tensor(v).to(self.device) for k, v in (bound or {}).items()}
+        self._lock = threading.Lock()
+
+    def __call__(self, **inputs: Any) -> dict[str, Tensor]:
+        feeds = {**self.bound, **inputs}
+        args = [torch.as_tensor(feeds[name]).to(self.device, torch.float32) for name in self.input_names]
+        with self._lock, torch.inference_mode():
+            outputs = self.module(*args)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return dict(zip(self.output_names, outputs))
