@@ -14,7 +14,7 @@ from padim.anomaly_map import AnomalyMapGenerator
 from padim.embedding import embed, select_channels, split_channels, to_image_layout, to_patch_layout
 from padim.errors import DataError, ModelFileError, NotFittedError, OptionError
 from padim.images import preprocess
-from padim.model import Padim
+from padim.model import Padim, resolve_params
 from padim.model_file import FORMAT_VERSION
 
 from support import TINY
@@ -271,9 +271,9 @@ def test_bad_inputs_are_named():
 
 
 def test_n_features_defaults_follow_the_backbone():
-    assert Padim(pretrained=False).resolved_params()["n_features"] == 100
-    assert Padim(backbone="wide_resnet50_2").resolved_params()["n_features"] == 550
-    assert Padim(backbone="resnet18", layers=["layer1"]).resolved_params()["n_features"] == 64
+    assert resolve_params(Padim(pretrained=False))["n_features"] == 100
+    assert resolve_params(Padim(backbone="wide_resnet50_2"))["n_features"] == 550
+    assert resolve_params(Padim(backbone="resnet18", layers=["layer1"]))["n_features"] == 64
 
 
 def test_predict_before_fit_says_call_fit():

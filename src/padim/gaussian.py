@@ -133,3 +133,10 @@ def precision_from_stats(
         inv_chol = torch.linalg.solve_triangular(torch.linalg.cholesky(part.covariance(eps)), eye, upper=False)
         out[start : start + step] = torch.bmm(inv_chol.transpose(1, 2), inv_chol)
     return out
+
+
+def accumulate(stats: GaussianStats | None, patches: Tensor, dtype: torch.dtype = torch.float32) -> GaussianStats:
+    """Add a (P, N, D) batch of patch embeddings to ``stats`` (started with ``dtype`` scatter matrices if None)."""
+    if stats is None:
+        stats = GaussianStats.empty(patches.shape[0], patches.shape[2], patches.device, dtype)
+    return stats.update(patches)

@@ -22,21 +22,12 @@ from padim.anomaly_map import check_blur
 from padim.backbones import FeatureExtractor, get_spec, resolve_layers
 from padim.datasets import split_holdout
 from padim.embedding import select_channels
-from padim.errors import NotFittedError, OptionError
-from padim.gaussian import GaussianStats, precision_from_stats
+from padim.errors import DataError, NotFittedError, OptionError
+from padim.gaussian import accumulate, precision_from_stats
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
-from padim.pipeline import (
-    OUTPUTS,
-    STATE_INPUTS,
-    Embedder,
-    Pipeline,
-    Scorer,
-    TorchRunner,
-    embedder_onnx,
-    pipeline_onnx,
-)
-from padim.runtime import OrtRunner, Predictor
+from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
+from padim.runtime import Prediction, Predictor
 from padim.scoring import from_labelled_scores, from_normal_scores
 
 PathLike = str | os.PathLike
@@ -47,6 +38,41 @@ def check_fitted(model: Padim) -> None:
     """Raise :class:`NotFittedError` unless ``model`` has been fitted or loaded."""
     if not hasattr(model, "precision_"):
         raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
+
+
+def resolve_params(model: Padim) -> dict[str, Any]:
+    """Check a model's arguments; return its ``layer_info``, ``layers``, ``n_features`` and ``image_size``.
+
+    Raises:
+        OptionError: naming the argument, what it accepts and the value received.
+    """
+    spec, layer_info = get_spec(model.backbone), resolve_layers(model.backbone, model.layers)
+    total = sum(info.channels for info in layer_info)
+    n_features = min(spec.default_n_features, total) if model.n_features is None else model.n_features
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or not 1 <= n_features <= total:
+        names = [info.name for info in layer_info]
+        raise OptionError(f"n_features must be an int from 1 to {total} (the channels of layers {names}), "
+                          f"got {n_features!r}")  # fmt: skip
+    image_size = as_size(model.image_size)
+    check_blur(image_size, model.sigma)
+    if min(image_size) <= layer_info[-1].stride:
+        raise OptionError(f"image_size must exceed {layer_info[-1].stride} pixels per side for layer "
+                          f"{layer_info[-1].name}, got {image_size}")  # fmt: skip
+    number = (int, float, np.integer, np.floating)
+    for name, ok, expected in (
+        ("eps", isinstance(model.eps, number) and 0 <= model.eps < math.inf, "a number >= 0"),
+        ("holdout", isinstance(model.holdout, number) and 0 <= model.holdout < 1, "a number in [0, 1)"),
+        ("quantile", isinstance(model.quantile, number) and 0 < model.quantile <= 1, "a number in (0, 1]"),
+        ("seed", isinstance(model.seed, (int, np.integer)) and 0 <= model.seed < 2**63, "an int in [0, 2**63)"),
+        ("backend", model.backend in BACKENDS, f"one of {BACKENDS}"),
+        ("stats_dtype", model.stats_dtype in ("float32", "float64"), "'float32' or 'float64'"),
+    ):
+        if not ok:
+            raise OptionError(f"{name} must be {expected}, got {getattr(model, name)!r}")
+    if model.backend == "onnxruntime" and torch.device(model.device).type != "cpu":
+        raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
+    layers = tuple(info.name for info in layer_info)
+    return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size)
 
 
 class Padim:
@@ -66,7 +92,7 @@ class Padim:
         device: ``"cpu"``, ``"cuda"``, ...
         holdout: fraction of good images (given as files) kept out of the Gaussians for the threshold.
         quantile: the threshold is this quantile of the held-out good images' scores.
-        backend: ``"torch"`` (eager), ``"onnxruntime"`` (CPU; the pipeline exported in memory,
+        backend: ``"torch"`` (eager), ``"onnxruntime"`` (CPU; the pipeline traced in memory,
             several times faster) or ``"auto"`` (onnxruntime on the CPU, torch elsewhere).
         stats_dtype: ``"float32"`` (default) or ``"float64"`` scatter matrices while fitting.
 
@@ -86,82 +112,18 @@ class Padim:
     #: 256 px for efficientnet_lite0) at a few percent of speed.
     fit_chunk = 8
 
-    def __init__(
-        self,
-        *,
-        backbone: str = "efficientnet_lite0",
-        layers: Sequence[str] | None = None,
-        n_features: int | None = None,
-        image_size: int | Sequence[int] = 256,
-        seed: int = 0,
-        eps: float = 0.01,
-        sigma: float = 4,
-        pretrained: bool = True,
-        weights: PathLike | None = None,
-        device: str | torch.device = "cpu",
-        holdout: float = 0.1,
-        quantile: float = 0.99,
-        backend: str = "auto",
-        stats_dtype: str = "float32",
-    ) -> None:
+    def __init__(self, *, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
+                 n_features: int | None = None, image_size: int | Sequence[int] = 256, seed: int = 0,
+                 eps: float = 0.01, sigma: float = 4, pretrained: bool = True, weights: PathLike | None = None,
+                 device: str | torch.device = "cpu", holdout: float = 0.1, quantile: float = 0.99,
+                 backend: str = "auto", stats_dtype: str = "float32") -> None:  # fmt: skip
         self.backbone, self.layers, self.n_features, self.image_size = backbone, layers, n_features, image_size
         self.seed, self.eps, self.sigma, self.pretrained, self.weights = seed, eps, sigma, pretrained, weights
         self.device, self.holdout, self.quantile, self.backend = device, holdout, quantile, backend
         self.stats_dtype = stats_dtype
 
-    def resolved_params(self) -> dict[str, Any]:
-        """Check the arguments; return the resolved ``layer_info``, ``layers``, ``n_features``, ``image_size``.
-
-        Raises:
-            OptionError: naming the argument, what it accepts and the value received.
-        """
-        spec, layer_info = get_spec(self.backbone), resolve_layers(self.backbone, self.layers)
-        total = sum(info.channels for info in layer_info)
-        n_features = min(spec.default_n_features, total) if self.n_features is None else self.n_features
-        if (
-            isinstance(n_features, bool)
-            or not isinstance(n_features, (int, np.integer))
-            or not 1 <= n_features <= total
-        ):
-            raise OptionError(
-                f"n_features must be an int from 1 to {total} (the channels of layers "
-                f"{[info.name for info in layer_info]}), got {n_features!r}"
-            )
-        image_size = as_size(self.image_size)
-        check_blur(image_size, self.sigma)
-        if min(image_size) <= layer_info[-1].stride:
-            raise OptionError(
-                f"image_size must exceed {layer_info[-1].stride} pixels per side for layer "
-                f"{layer_info[-1].name}, got {image_size}"
-            )
-        for name, ok, expected in (
-            ("eps", isinstance(self.eps, (int, float)) and 0 <= self.eps < math.inf, "a number >= 0"),
-            ("holdout", isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1, "a number in [0, 1)"),
-            ("quantile", isinstance(self.quantile, (int, float)) and 0 < self.quantile <= 1, "a number in (0, 1]"),
-            ("seed", isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63, "an int in [0, 2**63)"),
-            ("backend", self.backend in BACKENDS, f"one of {BACKENDS}"),
-            ("stats_dtype", self.stats_dtype in ("float32", "float64"), "'float32' or 'float64'"),
-        ):
-            if not ok:
-                raise OptionError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-        if self.backend == "onnxruntime" and torch.device(self.device).type != "cpu":
-            raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(self.device)!r}")
-        layers = tuple(info.name for info in layer_info)
-        return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size)
-
-    # --- fitting ------------------------------------------------------------------------------
-
-    def fit(
-        self,
-        data: Any,
-        *,
-        validation: Any = None,
-        batch_size: int = 32,
-        workers: int | None = None,
-        quiet: bool = True,
-        skip_bad: bool = False,
-        keep_stats: bool = False,
-    ) -> Padim:
+    def fit(self, data: Any, *, validation: Any = None, batch_size: int = 32, workers: int | None = None,
+            quiet: bool = True, skip_bad: bool = False, keep_stats: bool = False) -> Padim:  # fmt: skip
         """Fit the per-patch Gaussians on good images, streaming; returns self.
 
         Args:
@@ -178,19 +140,16 @@ class Padim:
             OptionError: for a bad argument. DataError: for a missing or empty folder, fewer
             than 2 images, or (unless ``skip_bad``) an unreadable image.
         """
-        resolved = self.resolved_params()
-        self.__dict__.update(
-            layers_=resolved["layers"], image_size_=resolved["image_size"], skipped_={}, calibration_=None
-        )
-        for name in ("stats_", "mean_", "precision_"):
+        resolved = resolve_params(self)
+        for name in ("stats_", "mean_", "precision_", "_runners"):
             self.__dict__.pop(name, None)
-        self.extractor_ = FeatureExtractor(
-            self.backbone, self.layers_, pretrained=self.pretrained, weights=self.weights, seed=self.seed
-        ).to(self.device)
-        self.channel_idx_ = select_channels(
-            sum(i.channels for i in resolved["layer_info"]), resolved["n_features"], self.seed
-        )
-        self.feature_size_ = get_spec(self.backbone).grid(self.image_size_, resolved["layer_info"][0].stride)
+        layer_info, self.layers_, self.image_size_ = resolved["layer_info"], resolved["layers"], resolved["image_size"]
+        self.skipped_, self.calibration_ = {}, None
+        self.extractor_ = FeatureExtractor(self.backbone, self.layers_, pretrained=self.pretrained,
+                                           weights=self.weights, seed=self.seed).to(self.device)  # fmt: skip
+        total = sum(info.channels for info in layer_info)
+        self.channel_idx_ = select_channels(total, resolved["n_features"], self.seed)
+        self.feature_size_ = get_spec(self.backbone).grid(self.image_size_, layer_info[0].stride)
         samples = to_samples(data, folder="good")
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
@@ -209,30 +168,30 @@ class Padim:
         the precision again, so pass large batches (or use ``fit`` with an iterable of them).
         """
         if not hasattr(self, "stats_"):
-            self.fit(images, keep_stats=True)
-            return self
+            return self.fit(images, keep_stats=True)
         self._accumulate(images, desc="")
         self._finish(keep_stats=True)
         return self
 
     def _accumulate(self, data: Any, desc: str, **options: Any) -> None:
-        embed, skipped = self._runner("embed"), self.__dict__.setdefault("skipped_", {})
+        dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
+        skipped = self.__dict__.setdefault("skipped_", {})
         for batch in as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options):
             for start in range(0, len(batch), self.fit_chunk):
-                patches = torch.as_tensor(embed(images=batch[start : start + self.fit_chunk])["patches"])
-                if patches.shape[0] != math.prod(self.feature_size_):  # the backbone's declared grid is wrong
-                    raise RuntimeError(f"embedding of {patches.shape[0]} patches, expected grid {self.feature_size_}")
-                if not hasattr(self, "stats_"):
-                    dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
-                    self.stats_ = GaussianStats.empty(patches.shape[0], patches.shape[2], self.device, dtype)
-                self.stats_.update(patches.to(self.device))
+                patches = self.embed(batch[start : start + self.fit_chunk]).to(self.device)
+                if patches.shape[0] != math.prod(self.feature_size_):  # a backbone declared a wrong grid
+                    raise RuntimeError(f"{patches.shape[0]} patches, expected the grid {self.feature_size_}")
+                self.stats_ = accumulate(self.__dict__.get("stats_"), patches, dtype)
 
     def _finish(self, keep_stats: bool) -> None:
         """Means and precisions from the streamed statistics (Sec. 3.2)."""
-        stats = self.__dict__.get("stats_") or GaussianStats.empty(0, 1)
+        stats = self.__dict__.get("stats_")
+        if stats is None:
+            raise DataError("fitting needs at least 2 good images, got none")
         self.n_images_, self.mean_ = stats.count, stats.mean.float()
-        in_place = not keep_stats and stats.m2.dtype == torch.float32
-        self.precision_ = precision_from_stats(stats, self.eps, in_place=in_place)
+        self.precision_ = precision_from_stats(
+            stats, self.eps, in_place=not keep_stats and stats.m2.dtype == torch.float32
+        )
         self.__dict__.get("_runners", {}).pop("pipeline", None)  # the Gaussians changed
         if not keep_stats:
             del self.stats_
@@ -243,93 +202,60 @@ class Padim:
         ``good`` is read as fit's ``data`` (a folder: an MVTec category's ``train/good`` or its
         images); ``defective`` as images (a folder: the images inside). Returns self.
         """
-        check_fitted(self)
         good_scores = self.predictor().predict(good, **options).score
         if defective is None:
             self.calibration_ = from_normal_scores(good_scores, self.quantile)
         else:
-            self.calibration_ = from_labelled_scores(good_scores, self.predictor().predict(defective, **options).score)
+            self.calibration_ = from_labelled_scores(good_scores, self.predict(defective, **options).score)
         return self
 
-    # --- prediction ---------------------------------------------------------------------------
+    def embed(self, images: Any) -> torch.Tensor:
+        """Patch-first embeddings (P, N, D) of a pre-processed batch (N, 3, H, W) (:mod:`padim.embedding`)."""
+        if not hasattr(self, "channel_idx_"):
+            raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
+        return torch.as_tensor(self._runner("embed")(images=images)["patches"])
+
+    def predict(self, images: Any, **options: Any) -> Prediction:
+        """:class:`padim.runtime.Prediction` of images in any form of :func:`padim.loading.as_batches`."""
+        return self.predictor().predict(images, **options)
 
     def predictor(self) -> Predictor:
         """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives)."""
         check_fitted(self)
-        kind = "onnxruntime" if self._uses_onnxruntime() else "torch"
-        return Predictor(
-            self._runner("pipeline"),
-            image_size=self.image_size_,
-            calibration=self.calibration_,
-            config=self.config(),
-            kind=kind,
-        )
-
-    def embed(self, images: Any) -> torch.Tensor:
-        """Patch-first embeddings (P, N, D) of a pre-processed batch (N, 3, H, W) (:mod:`padim.embedding`)."""
-        check_fitted(self)
-        return torch.as_tensor(self._runner("embed")(images=images)["patches"])
-
-    def predict(self, images: Any, **options: Any) -> Any:
-        """:class:`padim.runtime.Prediction` of images in any form of :func:`padim.loading.as_batches`."""
-        return self.predictor().predict(images, **options)
-
-    def _uses_onnxruntime(self) -> bool:
-        if self.backend == "torch" or torch.device(self.device).type != "cpu":
-            return False
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            if self.backend == "onnxruntime":
-                raise OptionError("backend='onnxruntime' needs the onnxruntime package") from None
-            return False
-        return True
+        kind = "onnxruntime" if use_onnxruntime(self.backend, self.device) else "torch"
+        return Predictor(self._runner("pipeline"), image_size=self.image_size_, calibration=self.calibration_,
+                         config=self.config(), kind=kind)  # fmt: skip
 
     def pipeline(self) -> Pipeline:
         """The inference module of this fitted model (:mod:`padim.pipeline`); its state is passed as inputs."""
         check_fitted(self)
-        return Pipeline(
-            Embedder(self.extractor_, self.channel_idx_), Scorer(self.feature_size_, self.image_size_, self.sigma)
-        )
+        scorer = Scorer(self.feature_size_, self.image_size_, self.sigma)
+        return Pipeline(Embedder(self.extractor_, self.channel_idx_), scorer)
 
     def _runner(self, kind: str) -> Any:
         """The executor of the embedding (while fitting) or of the whole pipeline; built once, then reused."""
         runners = self.__dict__.setdefault("_runners", {})
         if kind not in runners:
-            embedder = Embedder(self.extractor_, self.channel_idx_)
+            images = torch.zeros(2, 3, *self.image_size_)
+            options = dict(device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device))
             if kind == "embed":
-                module, inputs, outputs, bound = embedder, ("images",), ("patches",), {}
+                module = Embedder(self.extractor_, self.channel_idx_)
+                runners[kind] = make_runner(module, {"images": images}, ["patches"], {"images": 0, "patches": 1},
+                                            **options)  # fmt: skip
             else:
-                module, inputs, outputs = self.pipeline(), ("images", *STATE_INPUTS), OUTPUTS
-                bound = {"mean": self.mean_, "precision": self.precision_}
-            if not self._uses_onnxruntime():
-                runners[kind] = TorchRunner(module, inputs, outputs, bound, self.device)
-            elif kind == "embed":
-                runners[kind] = OrtRunner(embedder_onnx(embedder, self.image_size_))
-            else:
-                state = {**bound, "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}
-                runners[kind] = OrtRunner(
-                    pipeline_onnx(module, self.image_size_, state), {k: v.cpu().numpy() for k, v in bound.items()}
-                )
+                example = {"images": images, "mean": self.mean_, "precision": self.precision_,
+                           "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
+                axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
+                runners[kind] = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision"),
+                                            **options)  # fmt: skip
         return runners[kind]
-
-    # --- persistence --------------------------------------------------------------------------
 
     def config(self) -> dict:
         """What defines this fitted model (JSON-serialisable; stored in its files)."""
         check_fitted(self)
-        return {
-            "backbone": self.backbone,
-            "layers": list(self.layers_),
-            "n_features": len(self.channel_idx_),
-            "image_size": list(self.image_size_),
-            "seed": int(self.seed),
-            "eps": float(self.eps),
-            "sigma": self.sigma,
-            "holdout": float(self.holdout),
-            "quantile": float(self.quantile),
-            "pretrained": bool(self.pretrained),
-        }
+        return dict(backbone=self.backbone, layers=list(self.layers_), n_features=len(self.channel_idx_),
+                    image_size=list(self.image_size_), seed=int(self.seed), eps=float(self.eps), sigma=self.sigma,
+                    holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained))  # fmt: skip
 
     def save(self, path: PathLike) -> Any:
         """Write the model to one safetensors file (atomic); see :func:`padim.model_file.save`."""

@@ -109,7 +109,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
 
     from padim.backbones import FeatureExtractor
     from padim.errors import PadimError
-    from padim.model import Padim
+    from padim.model import Padim, resolve_params
     from padim.scoring import Calibration
 
     tensors, meta = read_model_file(path)
@@ -117,7 +117,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
         params = {key: meta[key] for key in PARAMS}
         params["image_size"] = tuple(params["image_size"])
         model = Padim(**params, device=device, backend=backend)
-        resolved = model.resolved_params()
+        resolved = resolve_params(model)
         p = math.prod(_pair(meta["feature_size"]))
         d = resolved["n_features"]
         _expect(tensors, "mean", (p, d))

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from padim.anomaly_map import mahalanobis, resize_blur, resize_blur_matrix
 from padim.backbones import FeatureExtractor
 from padim.embedding import embed, split_channels
+from padim.errors import OptionError
 from padim.scoring import image_score, label, normalize
 
 #: Graph inputs besides ``images``, bound by the executor.
@@ -162,9 +163,53 @@ def pipeline_onnx(pipeline: Pipeline, image_size: Sequence[int], state: dict[str
     return onnx_bytes(pipeline, example, OUTPUTS, {"images": 0, **{name: 0 for name in OUTPUTS}})
 
 
-def embedder_onnx(embedder: Embedder, image_size: Sequence[int]) -> bytes:
-    """The embedding step as ONNX bytes: ``images`` (N, 3, H, W) -> ``patches`` (P, N, D)."""
-    return onnx_bytes(embedder, {"images": torch.zeros(2, 3, *image_size)}, ["patches"], {"images": 0, "patches": 1})
+def use_onnxruntime(backend: str, device: str | torch.device) -> bool:
+    """Whether ``backend`` (``"auto"``, ``"torch"``, ``"onnxruntime"``) runs in onnxruntime on ``device``.
+
+    Raises:
+        OptionError: for ``"onnxruntime"`` where onnxruntime is not installed.
+    """
+    if backend == "torch" or torch.device(device).type != "cpu":
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if backend == "onnxruntime":
+            raise OptionError("backend='onnxruntime' needs the onnxruntime package") from None
+        return False
+    return True
+
+
+def make_runner(
+    module: nn.Module,
+    example: dict[str, Tensor],
+    output_names: Sequence[str],
+    batch_axes: dict[str, int],
+    *,
+    bound: Sequence[str] = (),
+    device: str | torch.device = "cpu",
+    onnxruntime: bool = False,
+) -> Any:
+    """An executor of ``module``: onnxruntime on the graph traced in memory, or eager PyTorch.
+
+    Args:
+        module: called with the inputs named in ``example``, in order.
+        example: input name -> example tensor; the inputs named in ``bound`` are bound to
+            these tensors once, the others are passed at each call.
+        output_names, batch_axes: as for :func:`onnx_bytes`.
+        device: where eager PyTorch runs.
+        onnxruntime: run the traced graph in :class:`padim.runtime.OrtRunner` (CPU).
+
+    Returns:
+        A callable: ``runner(**inputs)`` -> output name -> array or tensor.
+    """
+    state = {name: example[name] for name in bound}
+    if not onnxruntime:
+        return TorchRunner(module, list(example), output_names, state, device)
+    from padim.runtime import OrtRunner
+
+    graph = onnx_bytes(module, example, output_names, batch_axes)
+    return OrtRunner(graph, {name: t.detach().cpu().numpy() for name, t in state.items()})
 
 
 class TorchRunner:
