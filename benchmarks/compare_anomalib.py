@@ -5,7 +5,7 @@ repository root:
 
     python benchmarks/compare_anomalib.py --data ../shared/data/mvtec_ad/bottle --out benchmarks/results/speed
 
-Images are decoded and pre-processed (``padim.transforms.preprocess``) once, before any
+Images are decoded and pre-processed (``padim.images.preprocess``) once, before any
 timing, into a cache; every measurement then runs in its own subprocess, which reports its
 wall time and its peak resident memory (``VmHWM`` of /proc/self/status, i.e. the process's
 own high-water mark, so measurements do not leak into each other). Parts:
@@ -31,7 +31,6 @@ Results: ``<out>.md`` and ``<out>.json``. The machine is usually shared: compare
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -117,8 +116,8 @@ def bottle_cache(data: Path, size: int, cache: Path, chunk: int = 32) -> str:
     prefix = str(cache / f"{data.name}_{size}")
     if Path(prefix + ".npz").exists():
         return prefix
-    from padim.data import load_mask, mvtec_samples
-    from padim.transforms import load_image, preprocess
+    from padim.datasets import mvtec_samples
+    from padim.images import load_image, load_mask, preprocess
 
     train = mvtec_samples(data, "train")
     test = mvtec_samples(data, "test")
@@ -142,20 +141,16 @@ def bottle_cache(data: Path, size: int, cache: Path, chunk: int = 32) -> str:
 
 def channel_indices(backbone: str, layers: list[str], n_features: int, seed: int):
     from padim.backbones import resolve_layers
-    from padim.model import select_channels
+    from padim.embedding import select_channels
 
     return select_channels(sum(info.channels for info in resolve_layers(backbone, layers)), n_features, seed)
 
 
 def make_padim(cfg: dict, backend: str, eps: float = 0.01):
-    """A padim model for ``cfg`` running its embedding on ``backend`` ("torch" or "onnxruntime").
-
-    Uses ``Padim(backend=...)`` where the package has it; otherwise swaps in
-    :class:`padim.onnx_backbone.OnnxEmbedder` for ``Padim.embed``.
-    """
+    """A padim model for ``cfg`` run by ``backend`` ("torch" or "onnxruntime")."""
     from padim.model import Padim
 
-    kwargs = dict(
+    return Padim(
         backbone=cfg["backbone"],
         layers=cfg["layers"],
         n_features=cfg["n_features"],
@@ -163,41 +158,14 @@ def make_padim(cfg: dict, backend: str, eps: float = 0.01):
         pretrained=cfg["pretrained"],
         seed=0,
         eps=eps,
+        backend=backend,
     )
-    if "backend" in inspect.signature(Padim).parameters:
-        return Padim(**kwargs, backend=backend)
-    return use_backend(Padim(**kwargs), backend)
 
 
 def load_padim(path: Path, backend: str):
     from padim.model import Padim
 
-    if "backend" in inspect.signature(Padim.load).parameters:
-        return Padim.load(path, backend=backend)
-    return use_backend(Padim.load(path), backend)
-
-
-def use_backend(model, backend: str):
-    if backend == "torch":
-        return model
-    if backend != "onnxruntime":
-        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    from padim.model import select_channels
-    from padim.onnx_backbone import OnnxEmbedder
-
-    channels = [info.channels for info in model.layer_info]
-    idx = getattr(model, "channel_idx_", None)
-    if idx is None:
-        idx = select_channels(sum(channels), model.n_features, model.seed)
-    embedder = OnnxEmbedder(model.extractor, idx, channels, example_size=model.image_size)
-
-    def embed(images):
-        if not hasattr(model, "channel_idx_"):  # fit() clears it; the same seed gives the same indices
-            model.channel_idx_ = select_channels(sum(channels), model.n_features, model.seed)
-        return embedder(images)
-
-    model.embed = embed
-    return model
+    return Padim.load(path, backend=backend)
 
 
 def full_backbone(cfg: dict):
@@ -443,6 +411,17 @@ def spawn(name: str, cfg: dict, job: dict, log: list) -> dict:
     return result
 
 
+def medians(results: list[dict]) -> dict:
+    """Key by key, the median of the numbers over several runs (the first run's value otherwise)."""
+    good = [r for r in results if "error" not in r] or results[:1]
+    out = dict(good[0])
+    for key, value in good[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in good if key in r)
+    out["runs"] = len(good)
+    return out
+
+
 def map_difference(reference: np.ndarray | str, other: np.ndarray | str) -> dict:
     """Largest differences of ``other`` from ``reference`` (arrays or .npy paths; an error entry if one is missing)."""
     try:
@@ -471,6 +450,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/padim_bench_cache"))
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
     parser.add_argument("--rounds", type=int, default=3, help="timed predict passes over the test set (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating fit+predict runs per library (median)")
     parser.add_argument("--wrn-size", type=int, default=128, help="image size for wide_resnet50_2 (memory: P * d^2)")
     parser.add_argument("--synthetic", type=int, nargs=2, default=[200, 2000], metavar=("N_SMALL", "N_LARGE"))
     parser.add_argument("--skip", nargs="*", default=[], choices=["lite0", "memory", "wrn", "anomalib-2000", "sweep"])
@@ -495,20 +475,32 @@ def main() -> None:
         data = str(bottle_cache(args.data, 256, args.cache))
         c = str(args.cache)
         part: dict = {"anomalib": {}, "padim": {}}
-        part["anomalib"]["fit"] = spawn("anomalib_fit", lite0, dict(data=data, save=f"{c}/anomalib_lite0.pt"), log)
-        part["anomalib"]["predict"] = spawn(
-            "anomalib_predict",
-            lite0,
-            dict(data=data, stats=f"{c}/anomalib_lite0.pt", maps=f"{c}/maps_anomalib_lite0.npy", rounds=args.rounds),
-            log,
-        )
+        # Alternate the libraries, each measurement in its own process, and keep the medians:
+        # the machine is shared, and a slow minute then hits both sides alike.
+        runs: dict = {"anomalib": [], **{label: [] for label, _ in variants}}
+        for _ in range(args.repeats):
+            fit = spawn("anomalib_fit", lite0, dict(data=data, save=f"{c}/anomalib_lite0.pt"), log)
+            predict = spawn(
+                "anomalib_predict",
+                lite0,
+                dict(
+                    data=data, stats=f"{c}/anomalib_lite0.pt", maps=f"{c}/maps_anomalib_lite0.npy", rounds=args.rounds
+                ),
+                log,
+            )
+            runs["anomalib"].append((fit, predict))
+            for label, backend in variants:
+                model = f"{c}/padim_lite0_{backend}.safetensors"
+                job = dict(data=data, backend=backend)
+                fit = spawn("padim_fit", lite0, dict(job, save=model), log)
+                predict = spawn("padim_predict", lite0, dict(job, model=model, rounds=args.rounds, auroc=True), log)
+                runs[label].append((fit, predict))
+        part["anomalib"] = {"fit": medians([f for f, _ in runs["anomalib"]]),
+                            "predict": medians([p for _, p in runs["anomalib"]])}  # fmt: skip
+        for label, _ in variants:
+            part["padim"][label] = {"fit": medians([f for f, _ in runs[label]]),
+                                    "predict": medians([p for _, p in runs[label]])}  # fmt: skip
         anomalib_maps = f"{c}/maps_anomalib_lite0.npy"
-        for label, backend in variants:
-            model = f"{c}/padim_lite0_{backend}.safetensors"
-            job = dict(data=data, backend=backend)
-            fit = spawn("padim_fit", lite0, dict(job, save=model), log)
-            predict = spawn("padim_predict", lite0, dict(job, model=model, rounds=args.rounds, auroc=True), log)
-            part["padim"][label] = {"fit": fit, "predict": predict}
         # Same model as anomalib's (its covariance gets 0.01 + 1e-5): the map comparison.
         model = f"{c}/padim_lite0_eps.safetensors"
         spawn("padim_fit", lite0, dict(data=data, backend="onnxruntime", save=model, eps=ANOMALIB_EPS), log)

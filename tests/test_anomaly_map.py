@@ -93,7 +93,7 @@ def test_distance_at_the_mean_is_zero_not_nan():
 
 def test_patch_first_mahalanobis_matches_naive_loop(case):
     embedding, mean, inv_cov = case
-    got = mahalanobis(to_patch_layout(embedding), mean.T, inv_cov)  # (P, N)
+    got = mahalanobis(to_patch_layout(embedding), mean.T, torch.linalg.cholesky(inv_cov))  # (P, N)
     expected = naive_distance(embedding, mean, inv_cov)[:, 0].reshape(2, -1).T
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 

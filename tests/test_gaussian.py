@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from padim.gaussian import GaussianStats, precision_from_stats
+from padim.gaussian import GaussianStats, precision_cholesky_from_stats, precision_from_cholesky
 
 
 def numpy_cov(x, eps):
@@ -50,11 +50,13 @@ def test_merge_with_empty_is_identity(samples):
     np.testing.assert_allclose(merged.m2.numpy(), one.m2.numpy(), rtol=1e-12)
 
 
-def test_precision_is_the_inverse_covariance(samples):
+def test_precision_factor_gives_the_inverse_covariance(samples):
     stats = stream(samples, [37])
-    got = precision_from_stats(stats, eps=0.01, chunk_bytes=2 * 4 * 4 * 8)  # two patches a chunk
-    assert got.dtype == torch.float32 and got.shape == (5, 4, 4)
-    np.testing.assert_allclose(got.numpy(), np.linalg.inv(numpy_cov(samples.numpy(), 0.01)), rtol=1e-4)
+    factor = precision_cholesky_from_stats(stats, eps=0.01, chunk_bytes=2 * 4 * 4 * 8)  # two patches a chunk
+    assert factor.dtype == torch.float32 and factor.shape == (5, 4, 4)
+    assert torch.equal(factor, factor.triu())  # upper triangular
+    expected = np.linalg.inv(numpy_cov(samples.numpy(), 0.01))
+    np.testing.assert_allclose(precision_from_cholesky(factor).numpy(), expected, rtol=1e-4)
 
 
 def test_covariance_needs_two_samples():

@@ -88,7 +88,7 @@ def test_fit_matches_naive_per_patch_covariance(stats_dtype):
     model = Padim(**SMALL, stats_dtype=stats_dtype).fit(images)
     mean, precision = naive_fit(model, images)
     np.testing.assert_allclose(model.mean_.numpy(), mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.precision_.numpy(), precision, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(model.precision().numpy(), precision, rtol=1e-3, atol=1e-3)
 
 
 def test_streamed_fit_equals_one_shot_equals_merged_halves():
@@ -110,7 +110,7 @@ def test_predict_is_the_seed_generator_on_the_embedding(fitted):
     prediction = fitted.predict(images)
     generator = AnomalyMapGenerator(fitted.image_size_, sigma=fitted.sigma)
     embedding = to_image_layout(fitted.embed(images), fitted.feature_size_)
-    expected = generator(embedding=embedding, mean=fitted.mean_.T, inv_covariance=fitted.precision_)[:, 0].numpy()
+    expected = generator(embedding=embedding, mean=fitted.mean_.T, inv_covariance=fitted.precision())[:, 0].numpy()
     assert prediction.anomaly_map.shape == (3, 64, 64)
     assert np.abs(prediction.anomaly_map - expected).max() <= 1e-5 * np.abs(expected).max()
     np.testing.assert_array_equal(prediction.score, prediction.anomaly_map.reshape(3, -1).max(1))
@@ -303,7 +303,7 @@ def test_precision_in_place_equals_kept_statistics():
     kept = Padim(**SMALL).fit(images, keep_stats=True)
     spent = Padim(**SMALL).fit(images)
     assert not hasattr(spent, "stats_")
-    np.testing.assert_array_equal(spent.precision_.numpy(), kept.precision_.numpy())
+    np.testing.assert_array_equal(spent.precision_cholesky_.numpy(), kept.precision_cholesky_.numpy())
 
 
 def test_partial_fit_then_predict_works_and_stays_mergeable():
@@ -312,3 +312,19 @@ def test_partial_fit_then_predict_works_and_stays_mergeable():
     assert model.stats_.count == 5 and model.n_images_ == 5
     model.partial_fit(batches(3, seed=2)[0])
     assert model.stats_.count == model.n_images_ == 8
+
+
+def test_a_format_1_file_with_the_precision_loads_and_predicts_the_same(tmp_path, fitted):
+    """padim-toolkit 0.1 stored the precision itself; such files load into the factor form."""
+    from safetensors.torch import save_file
+
+    from padim.model_file import read_model_file
+
+    tensors, meta = read_model_file(fitted.save(tmp_path / "new.padim"))
+    tensors["precision"] = fitted.precision()
+    del tensors["precision_cholesky"]
+    save_file(tensors, str(tmp_path / "old.padim"), metadata={"padim": json.dumps({**meta, "format_version": 1})})
+    old = Padim.load(tmp_path / "old.padim")
+    images = batches(2, seed=6)[0]
+    expected = fitted.predict(images).anomaly_map
+    assert np.abs(old.predict(images).anomaly_map - expected).max() <= 1e-4 * np.abs(expected).max()

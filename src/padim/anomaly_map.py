@@ -14,7 +14,7 @@ small matrices (:func:`resize_blur_matrix`). The functions here are the only def
 top of them.
 
 Shapes: N images, D kept channels, H x W feature grid, P = H * W patches. Embeddings and
-statistics are patch-first: patches (P, N, D), mean (P, D), precision (P, D, D); anomalib's
+statistics are patch-first: patches (P, N, D), mean (P, D), precision factor (P, D, D); anomalib's
 layouts are (N, D, H, W) for the embedding and (D, P) for the mean.
 """
 
@@ -33,26 +33,28 @@ from padim.errors import OptionError
 from padim.images import as_size
 
 
-def mahalanobis(patches: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Tensor:
     """Mahalanobis distance of every patch embedding to its own Gaussian (PaDiM Eq. 2).
+
+    With the precision factored as C C^T, (x - mu)^T Sigma^-1 (x - mu) = ||(x - mu) C||^2: one
+    batched matmul over all patches and a norm (ONNX ``ReduceL2``), instead of a product with
+    the precision, an element-wise product and a sum.
 
     Args:
         patches: (P, N, D) patch-first embeddings of N images.
         mean: (P, D) per-patch means.
-        precision: (P, D, D) per-patch inverse covariances.
+        precision_cholesky: (P, D, D) per-patch factors C of the inverse covariances,
+            precision = C C^T (:func:`padim.gaussian.precision_cholesky_from_stats`; any C
+            with that product, e.g. ``torch.linalg.cholesky(precision)``).
 
     Returns:
-        (P, N) distances, the square root of the quadratic form clamped at 0 (rounding can
-        make it slightly negative for patches that sit on their mean).
+        (P, N) distances.
 
     >>> x = torch.tensor([[[3.0, 4.0]]])
     >>> mahalanobis(x, torch.zeros(1, 2), torch.eye(2)[None]).item()
     5.0
     """
-    delta = patches - mean[:, None, :]
-    # One batched matmul over all patches instead of a loop over positions.
-    squared = (torch.bmm(delta, precision) * delta).sum(dim=2)
-    return squared.clamp(min=0).sqrt()
+    return torch.linalg.vector_norm(torch.bmm(patches - mean[:, None, :], precision_cholesky), dim=2)
 
 
 def blur_radius(sigma: float) -> int:
@@ -189,7 +191,9 @@ class AnomalyMapGenerator(nn.Module):
                 f"and inv_covariance (H*W, D, D) = {(h * w, d, d)}; got {tuple(mean.shape)} "
                 f"and {tuple(inv_covariance.shape)}"
             )
-        distance = mahalanobis(to_patch_layout(embedding), mean.T, inv_covariance)  # (P, N)
+        # Any factor C with C C^T = inv_covariance gives the distance; Cholesky in float64.
+        factor = torch.linalg.cholesky(inv_covariance.double()).to(inv_covariance.dtype)
+        distance = mahalanobis(to_patch_layout(embedding), mean.T, factor)  # (P, N)
         return distance.T.reshape(n, 1, h, w)
 
     def up_sample(self, distance: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 The exported graph is exactly the one onnxruntime runs in memory for a ``.padim`` model
 (:func:`padim.pipeline.pipeline_onnx`); only its state changes form. The Gaussians ``mean``
-and ``precision`` become initializers (constants), and ``threshold`` and ``scale`` become
+and ``precision_cholesky`` become initializers (constants), and ``threshold`` and ``scale`` become
 initializers that stay graph inputs too, so a caller may override the threshold at run time
 (``padim predict model.onnx --threshold T``) and otherwise gets the calibrated one.
 
@@ -80,13 +80,13 @@ def model_proto(model: Padim):
     calibration = model.calibration_
     state = {
         "mean": model.mean_.detach().cpu().float().numpy(),
-        "precision": model.precision_.detach().cpu().float().numpy(),
+        "precision_cholesky": model.precision_cholesky_.detach().cpu().float().numpy(),
         "threshold": np.float32(math.nan if calibration is None else calibration.threshold),
         "scale": np.float32(1.0 if calibration is None else calibration.scale),
     }
     example = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
     proto = onnx.load_from_string(pipeline_onnx(model.pipeline(), model.image_size_, example))
-    constant = {"mean", "precision"}
+    constant = {"mean", "precision_cholesky"}
     kept = [value for value in proto.graph.input if value.name not in constant]
     del proto.graph.input[:]
     proto.graph.input.extend(kept)

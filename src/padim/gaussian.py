@@ -109,18 +109,20 @@ class GaussianStats:
         return cov
 
 
-def precision_from_stats(
+def precision_cholesky_from_stats(
     stats: GaussianStats, eps: float = 0.01, chunk_bytes: int = CHUNK_BYTES, *, in_place: bool = False
 ) -> Tensor:
-    """Inverse covariances (P, D, D) in float32, as W^T W with W = L^-1 and covariance = L L^T.
+    """Cholesky factors C (P, D, D) of the precisions, float32: precision = C C^T, C upper triangular.
 
-    The Cholesky factor and the triangular solve run in float64, a chunk of patches at a time
-    (each float64 temporary at most ``chunk_bytes``). ``cholesky_inverse`` and ``linalg.inv``
-    on batches of small matrices ran 20 to 60 times slower with 2 threads on a busy 2-core
-    machine (benchmarks/results/parts.json); the triangular solve and bmm do not.
+    With covariance = L L^T (Cholesky, L lower), C = (L^-1)^T, so the Mahalanobis distance is
+    ||(x - mu) C|| (:func:`padim.anomaly_map.mahalanobis`): one matmul and a norm, no product
+    with the full precision (scikit-learn's ``GaussianMixture.precisions_cholesky_`` is the same
+    factor). The Cholesky factor and the triangular solve run in float64, a chunk of patches at
+    a time (each float64 temporary at most ``chunk_bytes``); ``cholesky_inverse`` and
+    ``linalg.inv`` on batches of small matrices ran 20 to 60 times slower with 2 threads.
 
     With ``in_place`` (float32 statistics only) each chunk's result overwrites the scatter
-    matrices it came from, so the precision costs no memory beyond them; ``stats`` is then spent.
+    matrices it came from, so the factors cost no memory beyond them; ``stats`` is then spent.
     """
     n_patches, dim = stats.mean.shape
     step = max(1, chunk_bytes // (dim * dim * 8))
@@ -131,8 +133,13 @@ def precision_from_stats(
     for start in range(0, n_patches, step):
         part = GaussianStats(stats.count, stats.mean[start : start + step], stats.m2[start : start + step])
         inv_chol = torch.linalg.solve_triangular(torch.linalg.cholesky(part.covariance(eps)), eye, upper=False)
-        out[start : start + step] = torch.bmm(inv_chol.transpose(1, 2), inv_chol)
+        out[start : start + step] = inv_chol.transpose(1, 2)
     return out
+
+
+def precision_from_cholesky(precision_cholesky: Tensor) -> Tensor:
+    """The precisions C C^T (P, D, D) from their factors (:func:`precision_cholesky_from_stats`)."""
+    return torch.bmm(precision_cholesky, precision_cholesky.transpose(1, 2))
 
 
 def accumulate(stats: GaussianStats | None, patches: Tensor, dtype: torch.dtype = torch.float32) -> GaussianStats:

@@ -23,7 +23,7 @@ from padim.backbones import FeatureExtractor, get_spec, resolve_layers
 from padim.datasets import split_holdout
 from padim.embedding import select_channels
 from padim.errors import DataError, NotFittedError, OptionError
-from padim.gaussian import accumulate, precision_from_stats
+from padim.gaussian import accumulate, precision_cholesky_from_stats, precision_from_cholesky
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
 from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
@@ -36,7 +36,7 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 def check_fitted(model: Padim) -> None:
     """Raise :class:`NotFittedError` unless ``model`` has been fitted or loaded."""
-    if not hasattr(model, "precision_"):
+    if not hasattr(model, "precision_cholesky_"):
         raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
 
 
@@ -97,9 +97,10 @@ class Padim:
         stats_dtype: ``"float32"`` (default) or ``"float64"`` scatter matrices while fitting.
 
     Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``extractor_`` (the cut backbone),
-    ``channel_idx_`` (D,), ``feature_size_`` (H, W grid), ``mean_`` (P, D), ``precision_``
-    (P, D, D), ``n_images_``, ``calibration_`` (or None), ``skipped_`` (unreadable files left
-    out), ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``).
+    ``channel_idx_`` (D,), ``feature_size_`` (H, W grid), ``mean_`` (P, D),
+    ``precision_cholesky_`` (P, D, D; the precisions are C C^T, see :meth:`precision`),
+    ``n_images_``, ``calibration_`` (or None), ``skipped_`` (unreadable files left out),
+    ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``).
 
     Example:
         >>> model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=20, sigma=2)
@@ -141,7 +142,7 @@ class Padim:
             than 2 images, or (unless ``skip_bad``) an unreadable image.
         """
         resolved = resolve_params(self)
-        for name in ("stats_", "mean_", "precision_", "_runners"):
+        for name in ("stats_", "mean_", "precision_cholesky_", "_runners"):
             self.__dict__.pop(name, None)
         layer_info, self.layers_, self.image_size_ = resolved["layer_info"], resolved["layers"], resolved["image_size"]
         self.skipped_, self.calibration_ = {}, None
@@ -189,9 +190,8 @@ class Padim:
         if stats is None:
             raise DataError("fitting needs at least 2 good images, got none")
         self.n_images_, self.mean_ = stats.count, stats.mean.float()
-        self.precision_ = precision_from_stats(
-            stats, self.eps, in_place=not keep_stats and stats.m2.dtype == torch.float32
-        )
+        in_place = not keep_stats and stats.m2.dtype == torch.float32
+        self.precision_cholesky_ = precision_cholesky_from_stats(stats, self.eps, in_place=in_place)
         self.__dict__.get("_runners", {}).pop("pipeline", None)  # the Gaussians changed
         if not keep_stats:
             del self.stats_
@@ -214,6 +214,11 @@ class Padim:
         if not hasattr(self, "channel_idx_"):
             raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
         return torch.as_tensor(self._runner("embed")(images=images)["patches"])
+
+    def precision(self) -> torch.Tensor:
+        """The inverse covariances (P, D, D), computed from ``precision_cholesky_`` (for anomalib's API)."""
+        check_fitted(self)
+        return precision_from_cholesky(self.precision_cholesky_)
 
     def predict(self, images: Any, **options: Any) -> Prediction:
         """:class:`padim.runtime.Prediction` of images in any form of :func:`padim.loading.as_batches`."""
@@ -243,10 +248,10 @@ class Padim:
                 runners[kind] = make_runner(module, {"images": images}, ["patches"], {"images": 0, "patches": 1},
                                             **options)  # fmt: skip
             else:
-                example = {"images": images, "mean": self.mean_, "precision": self.precision_,
+                example = {"images": images, "mean": self.mean_, "precision_cholesky": self.precision_cholesky_,
                            "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
                 axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
-                runners[kind] = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision"),
+                runners[kind] = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
                                             **options)  # fmt: skip
         return runners[kind]
 

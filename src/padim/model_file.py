@@ -6,8 +6,9 @@ carries the format version and the configuration needed to rebuild the model; th
 holds the backbone weights the model uses, so it loads on a machine without torchvision's
 cache. Writes are atomic: a temporary file in the same folder, renamed into place.
 
-Tensors: ``mean`` (P, D) float32, ``precision`` (P, D, D) float32, ``channel_idx`` (D,) int64,
-``backbone.<name>`` for each weight of the cut backbone.
+Tensors: ``mean`` (P, D) float32, ``precision_cholesky`` (P, D, D) float32 (the precisions'
+factors, precision = C C^T), ``channel_idx`` (D,) int64, ``backbone.<name>`` for each weight of
+the cut backbone. Format 1 (padim-toolkit 0.1) stored ``precision`` itself; it is read too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from padim.files import atomic_path
 if TYPE_CHECKING:
     from padim.model import Padim
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _KEY = "padim"
 #: Constructor arguments of :class:`padim.model.Padim` stored in the metadata.
 PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
@@ -86,7 +87,7 @@ def save(model: Padim, path: str | os.PathLike) -> Path:
     from padim.model import check_fitted
 
     check_fitted(model)
-    tensors = {"mean": model.mean_, "precision": model.precision_, "channel_idx": model.channel_idx_}
+    tensors = {"mean": model.mean_, "precision_cholesky": model.precision_cholesky_, "channel_idx": model.channel_idx_}
     tensors.update({f"backbone.{k}": v for k, v in model.extractor_.body.state_dict().items()})
     meta = {
         **model.config(),
@@ -121,7 +122,10 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
         p = math.prod(_pair(meta["feature_size"]))
         d = resolved["n_features"]
         _expect(tensors, "mean", (p, d))
-        _expect(tensors, "precision", (p, d, d))
+        if meta["format_version"] == 1:  # the precision itself: any factor C with C C^T = precision serves
+            _expect(tensors, "precision", (p, d, d))
+            tensors["precision_cholesky"] = torch.linalg.cholesky(tensors.pop("precision").double()).float()
+        _expect(tensors, "precision_cholesky", (p, d, d))
         _expect(tensors, "channel_idx", (d,))
         channel_idx = tensors["channel_idx"].long()
         total = sum(info.channels for info in resolved["layer_info"])
@@ -137,11 +141,11 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             channel_idx_=channel_idx,
             feature_size_=_pair(meta["feature_size"]),
             mean_=tensors["mean"].float().to(model.device),
-            precision_=tensors["precision"].float().to(model.device),
+            precision_cholesky_=tensors["precision_cholesky"].float().to(model.device),
             n_images_=int(meta["n_images"]),
             calibration_=None if calibration is None else Calibration(**calibration),
         )
-        for value in (fitted["mean_"], fitted["precision_"]):
+        for value in (fitted["mean_"], fitted["precision_cholesky_"]):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError("the Gaussians hold NaN or infinite values")
     except (KeyError, TypeError, RuntimeError, ValueError) as error:

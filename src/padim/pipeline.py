@@ -11,9 +11,9 @@ One forward pass (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3):
       -> normalised score, label (N,)                 padim.scoring.normalize, label  [Scorer]
 
 :class:`Pipeline` chains :class:`Embedder` and :class:`Scorer`. The Gaussians (``mean``,
-``precision``) and the calibration (``threshold``, ``scale``) are inputs of the graph, not
+``precision_cholesky``) and the calibration (``threshold``, ``scale``) are inputs of the graph, not
 constants: the executor binds them once, so exporting the graph costs no copy of a precision
-that can pass 2 GB, and a threshold changed after fitting needs no new graph.
+factor that can pass 2 GB, and a threshold changed after fitting needs no new graph.
 
 Executors differ only in who runs the module: :class:`TorchRunner` runs it eagerly (CPU or
 CUDA, ``backend="torch"``); :func:`onnx_bytes` traces it to ONNX, which
@@ -40,7 +40,7 @@ from padim.errors import OptionError
 from padim.scoring import image_score, label, normalize
 
 #: Graph inputs besides ``images``, bound by the executor.
-STATE_INPUTS = ("mean", "precision", "threshold", "scale")
+STATE_INPUTS = ("mean", "precision_cholesky", "threshold", "scale")
 #: Graph outputs of :class:`Pipeline`.
 OUTPUTS = ("anomaly_map", "score", "normalized_score", "label")
 OPSET = 17
@@ -73,7 +73,7 @@ class Scorer(nn.Module):
         sigma: standard deviation of the blur, in map pixels.
 
     Shape:
-        patches (P, N, D), mean (P, D), precision (P, D, D), threshold (), scale () ->
+        patches (P, N, D), mean (P, D), precision_cholesky (P, D, D), threshold (), scale () ->
         anomaly_map (N, H_img, W_img), score (N,), normalized_score (N,), label (N,) bool.
         An uncalibrated model passes threshold NaN: its normalised scores are NaN and every
         label is True (never a silent "normal").
@@ -86,9 +86,9 @@ class Scorer(nn.Module):
             self.register_buffer(name, torch.from_numpy(resize_blur_matrix(size, out, sigma)).float(), persistent=False)
 
     def forward(
-        self, patches: Tensor, mean: Tensor, precision: Tensor, threshold: Tensor, scale: Tensor
+        self, patches: Tensor, mean: Tensor, precision_cholesky: Tensor, threshold: Tensor, scale: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        distance = mahalanobis(patches, mean, precision)  # (P, N)
+        distance = mahalanobis(patches, mean, precision_cholesky)  # (P, N)
         maps = resize_blur(distance.T.reshape(-1, *self.grid), self.a_h, self.a_w)
         score = image_score(maps)
         return maps, score, normalize(score, threshold, scale), label(score, threshold)
@@ -103,9 +103,9 @@ class Pipeline(nn.Module):
         self.scorer = scorer
 
     def forward(
-        self, images: Tensor, mean: Tensor, precision: Tensor, threshold: Tensor, scale: Tensor
+        self, images: Tensor, mean: Tensor, precision_cholesky: Tensor, threshold: Tensor, scale: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.scorer(self.embedder(images), mean, precision, threshold, scale)
+        return self.scorer(self.embedder(images), mean, precision_cholesky, threshold, scale)
 
 
 def onnx_bytes(
