@@ -1,16 +1,19 @@
-"""ONNX export parity on real data: the exported model against the PyTorch model, image by image.
+"""Executor parity on real data: the one pipeline run by torch, by onnxruntime and as the exported file.
 
 For each category: fit PaDiM on ``train/good`` (held-out good images set the threshold),
 save the ``.padim`` file, export it with ``padim export`` (:func:`padim.export.export_onnx`),
-then predict every test image with both files through :func:`padim.runtime.open_model`
-(the same path ``padim predict`` takes) and compare:
+then predict every test image through :func:`padim.runtime.open_model` (the path of
+``padim predict``) three ways: the ``.padim`` file run eagerly by torch (``backend="torch"``,
+the reference), the ``.padim`` file run by onnxruntime in memory (the default on CPU), and
+the exported ``.onnx`` file. Compared against the torch run:
 
 - anomaly maps: max |onnx - torch| / max |torch| over the whole set (the issue's measure,
   goal 1e-4), and the largest element-wise |onnx - torch| / |torch|;
 - image scores (relative), normalised scores (absolute), labels (must be identical) and
   predicted regions (fraction of pixels that differ);
 - the graph's own score, normalized_score and label outputs against the Python ones;
-- the ``padim predict`` command itself, run on both files: predictions.csv and overlays.
+- the ``padim predict`` command itself, run on both files: predictions.csv and overlays;
+- ``padim evaluate``'s metrics through the ``.padim`` and the ``.onnx`` file (goal: 1e-4).
 
 Models and outputs go to a temporary folder; only the results are written:
 ``benchmarks/results/export_parity.md`` and ``.json``.
@@ -36,10 +39,11 @@ import numpy as np
 from PIL import Image
 
 import padim
+from padim.evaluation import evaluate_model
 from padim.export import export_onnx
+from padim.images import list_images, load_image, preprocess
 from padim.model import Padim
 from padim.runtime import open_model
-from padim.transforms import list_images, load_image, preprocess
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = [
@@ -156,17 +160,24 @@ def parity(category: Path, image_size: int, workdir: Path, cli: bool) -> dict:
     export_s = time.perf_counter() - start
     paths = category_test_images(category)
 
-    timings, predictions = {}, {}
-    for kind, path in (("torch", padim_file), ("onnx", onnx_file)):
-        runtime = open_model(path)
+    timings, predictions, runtimes = {}, {}, {}
+    for kind, path, backend in (
+        ("torch", padim_file, "torch"),
+        ("ort", padim_file, "auto"),
+        ("onnx", onnx_file, "auto"),
+    ):
+        runtimes[kind] = runtime = open_model(path, backend=backend)
         runtime.predict(paths[:2])  # warm-up: first-call allocations and thread start
         start = time.perf_counter()
         predictions[kind] = runtime.predict(paths)
         timings[f"{kind}_predict_s"] = time.perf_counter() - start
+    metrics = {kind: evaluate_model(runtimes[kind], category).metrics["overall"] for kind in ("ort", "onnx")}
+    keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+    metric_diff = max(abs(metrics["ort"][k] - metrics["onnx"][k]) for k in keys)
     result = {
         "category": name,
         "data": str(category),
-        "image_size": list(model.image_size),
+        "image_size": list(model.image_size_),
         "config": model.config(),
         "train_images": model.n_images_,
         "test_images": len(paths),
@@ -177,7 +188,11 @@ def parity(category: Path, image_size: int, workdir: Path, cli: bool) -> dict:
         "padim_mb": padim_file.stat().st_size / 2**20,
         **timings,
         **compare(predictions["torch"], predictions["onnx"]),
-        **graph_outputs(onnx_file, paths, model.image_size, predictions["onnx"]),
+        **{f"ort_{k}": v for k, v in compare(predictions["torch"], predictions["ort"]).items()},
+        "evaluate_padim": {k: metrics["ort"][k] for k in keys},
+        "evaluate_onnx": {k: metrics["onnx"][k] for k in keys},
+        "evaluate_max_abs_diff": metric_diff,
+        **graph_outputs(onnx_file, paths, model.image_size_, predictions["onnx"]),
     }
     if cli:
         result["cli_torch_s"] = run_cli(padim_file, paths, workdir / f"{name}-torch")
@@ -185,6 +200,9 @@ def parity(category: Path, image_size: int, workdir: Path, cli: bool) -> dict:
         result.update(compare_cli(workdir / f"{name}-torch", workdir / f"{name}-onnx"))
     result["parity_ok"] = bool(
         result["map_rel_to_max"] < 1e-4
+        and result["ort_map_rel_to_max"] < 1e-4
+        and result["evaluate_max_abs_diff"] < 1e-4
+        and result.get("ort_labels_identical", True)
         and result.get("labels_identical", True)
         and result.get("cli_labels_identical", True)
         and result.get("cli_score_rel_max", 0.0) < 1e-4
@@ -194,15 +212,31 @@ def parity(category: Path, image_size: int, workdir: Path, cli: bool) -> dict:
 
 def markdown(results: list[dict], environment: dict) -> str:
     lines = [
-        "# ONNX export parity",
+        "# Executor parity: torch, onnxruntime in memory, the exported file",
         "",
-        "The exported `.onnx` model against the `.padim` model it came from, on every test image,",
-        "both run through `padim.runtime.open_model` (the path of `padim predict`). Goal: anomaly",
-        "maps equal to 1e-4 relative (max |onnx - torch| / max |torch|) and identical labels.",
+        "The one pipeline run three ways on every test image through `padim.runtime.open_model` (the",
+        "path of `padim predict`): the `.padim` file run eagerly by torch (the reference), the same",
+        "file run by onnxruntime in memory (the CPU default), and the exported `.onnx` file. Goal:",
+        "anomaly maps equal to 1e-4 relative (max |x - torch| / max |torch|), identical labels, and",
+        "`padim evaluate` metrics through the `.padim` and the `.onnx` file equal to 1e-4.",
         "",
         f"Environment: {environment['machine']}, {environment['cpus']} CPUs, Python {environment['python']}, "
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, padim-toolkit {environment['padim']}.",
         "Command: `python benchmarks/export_parity.py` (defaults: efficientnet_lite0, pretrained, 256 px).",
+        "",
+        "| category | train / test | in-memory onnxruntime vs torch: map rel. to max | labels identical | "
+        "evaluate .padim vs .onnx: max metric difference |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['category']} | {r['train_images']} / {r['test_images']} | {r['ort_map_rel_to_max']:.2e} | "
+            f"{r.get('ort_labels_identical', 'n/a')} | {r['evaluate_max_abs_diff']:.1e} "
+            f"({', '.join(f'{k} {v:.4f}' for k, v in r['evaluate_onnx'].items())}) |"
+        )
+    lines += [
+        "",
+        "Exported `.onnx` file against the torch run:",
         "",
         "| category | train / test | map rel. to max | map rel. element-wise max | score rel. max | "
         "normalised abs. max | labels identical | region pixels differing | CLI csv score rel. | CLI labels | ok |",
@@ -218,9 +252,9 @@ def markdown(results: list[dict], environment: dict) -> str:
         )
     lines += [
         "",
-        "| category | fit s | export s | .padim MB | .onnx MB | predict torch s | predict onnx s | "
-        "graph labels = Python | CLI overlays pixel-identical |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| category | fit s | export s | .padim MB | .onnx MB | predict torch s | predict in-memory onnxruntime s | "
+        "predict .onnx s | graph labels = Python | CLI overlays pixel-identical |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         overlays = (
@@ -230,7 +264,8 @@ def markdown(results: list[dict], environment: dict) -> str:
         )
         lines.append(
             f"| {r['category']} | {r['fit_s']:.1f} | {r['export_s']:.1f} | {r['padim_mb']:.1f} | {r['onnx_mb']:.1f} | "
-            f"{r['torch_predict_s']:.2f} | {r['onnx_predict_s']:.2f} | {r.get('graph_labels_identical', 'n/a')} | {overlays} |"
+            f"{r['torch_predict_s']:.2f} | {r['ort_predict_s']:.2f} | {r['onnx_predict_s']:.2f} | "
+            f"{r.get('graph_labels_identical', 'n/a')} | {overlays} |"
         )
     lines += [
         "",

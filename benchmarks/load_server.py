@@ -223,7 +223,7 @@ def main() -> None:
         if image_path is None:
             if category is None:
                 parser.error("--image is needed with --model")
-            from padim.transforms import list_images
+            from padim.images import list_images
 
             image_path = list_images(sorted(p for p in (category / "test").iterdir() if p.is_dir())[0])[0]
         image = image_path.read_bytes()

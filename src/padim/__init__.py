@@ -7,7 +7,7 @@ imported on first use, so the ONNX path runs where torch is not installed.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["AnomalyMapGenerator", "Padim", "Prediction", "__version__"]
+__all__ = ["AnomalyMapGenerator", "Padim", "PadimError", "Prediction", "__version__", "open_model"]
 
 
 def __getattr__(name: str):
@@ -19,8 +19,12 @@ def __getattr__(name: str):
         from padim.anomaly_map import AnomalyMapGenerator
 
         return AnomalyMapGenerator
-    if name == "Prediction":
-        from padim.runtime import Prediction
+    if name in ("Prediction", "open_model"):
+        from padim import runtime
 
-        return Prediction
+        return getattr(runtime, name)
+    if name == "PadimError":
+        from padim.errors import PadimError
+
+        return PadimError
     raise AttributeError(f"module 'padim' has no attribute {name!r}")
