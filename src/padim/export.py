@@ -16,8 +16,8 @@ Graph interface (batch size N is dynamic, H x W is the model's working size):
   ``normalized_score`` is NaN and its ``label`` True for every image.
 
 ``metadata_props``: ``padim.format_version`` (2), ``padim.image_size`` ([H, W]),
-``padim.calibration`` (JSON or ``null``), ``padim.config``, ``padim.preprocess`` and
-``padim.toolkit_version``. Models whose tensors pass 2 GB (protobuf's limit) keep them in one
+``padim.calibration`` (JSON or ``null``), ``padim.config``, ``padim.n_images`` (training
+images), ``padim.preprocess`` and ``padim.toolkit_version``. Models whose tensors pass 2 GB (protobuf's limit) keep them in one
 external data file, ``<name>.data`` beside ``<name>``; onnxruntime finds it by that name.
 """
 
@@ -63,6 +63,7 @@ def model_metadata(model: Padim) -> dict[str, str]:
         "padim.image_size": json.dumps(list(model.image_size_)),
         "padim.calibration": json.dumps(None if calibration is None else calibration.to_dict()),
         "padim.config": json.dumps(model.config()),
+        "padim.n_images": str(int(model.n_images_)),
         "padim.preprocess": json.dumps(preprocess),
         "padim.toolkit_version": __version__,
     }

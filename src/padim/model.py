@@ -28,7 +28,6 @@ from padim.images import as_size
 from padim.loading import as_batches, to_samples
 from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
 from padim.runtime import Prediction, Predictor
-from padim.scoring import from_labelled_scores, from_normal_scores
 
 PathLike = str | os.PathLike
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -197,16 +196,17 @@ class Padim:
             del self.stats_
 
     def calibrate(self, good: Any, defective: Any = None, **options: Any) -> Padim:
-        """Set the threshold: a ``quantile`` of good images' scores, or F1-max with defective images too.
+        """Set the thresholds: a ``quantile`` of good images' scores, or F1-max with defective images too.
 
         ``good`` is read as fit's ``data`` (a folder: an MVTec category's ``train/good`` or its
-        images); ``defective`` as images (a folder: the images inside). Returns self.
+        images); ``defective`` as images (a folder: the images inside). The pixel threshold of
+        the regions comes from the good images' maps (:mod:`padim.calibration`). Returns self.
         """
-        good_scores = self.predictor().predict(good, **options).score
-        if defective is None:
-            self.calibration_ = from_normal_scores(good_scores, self.quantile)
-        else:
-            self.calibration_ = from_labelled_scores(good_scores, self.predict(defective, **options).score)
+        from padim.calibration import calibration_from_images
+
+        self.calibration_, _, _ = calibration_from_images(
+            self.predictor(), good, defective, quantile=self.quantile, good_folder="good", **options
+        )
         return self
 
     def embed(self, images: Any) -> torch.Tensor:

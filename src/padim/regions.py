@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from padim import scoring
+
 #: 8-connectivity, as for the ground-truth regions of the AUPRO metric.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -33,15 +35,29 @@ def map_at_size(anomaly_map: Any, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(anomaly_map, mode="F").resize((width, height), Image.BILINEAR))
 
 
-def region_mask(anomaly_map: Any, calibration: Any) -> np.ndarray | None:
+def region_mask(anomaly_map: Any, calibration: Any, score: float | None = None) -> np.ndarray | None:
     """(H, W) bool: the pixels a calibration calls defective; None for an uncalibrated model.
 
-    The pixel rule is the label rule applied per pixel (:meth:`padim.scoring.Calibration.label`):
-    a NaN pixel counts as defective.
+    The pixel rule of :func:`padim.scoring.region`: pixels at or above the calibration's pixel
+    threshold (:attr:`padim.scoring.Calibration.region_threshold`), in an image whose score is
+    at or above the image threshold; an image called normal has no region. NaN pixels of a
+    flagged image count as defective.
+
+    Args:
+        anomaly_map: (H, W) map, at the working size or resized (:func:`map_at_size`).
+        calibration: :class:`padim.scoring.Calibration` or None.
+        score: the image's score (default: the map's maximum, NaN if it holds one).
+
+    >>> from padim.scoring import Calibration
+    >>> c = Calibration(threshold=2.0, center=1.0, pixel_threshold=1.5)
+    >>> region_mask(np.array([[1.0, 1.6, 2.5]]), c).tolist(), region_mask(np.array([[1.0, 1.6]]), c).tolist()
+    ([[False, True, True]], [[False, False]])
     """
     if calibration is None:
         return None
-    return calibration.label(np.asarray(anomaly_map))
+    anomaly_map = np.asarray(anomaly_map)
+    score = np.max(anomaly_map) if score is None else score
+    return scoring.region(anomaly_map, np.asarray(score), calibration.threshold, calibration.region_threshold)
 
 
 @dataclass(frozen=True)

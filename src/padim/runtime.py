@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from padim.errors import ModelFileError, OptionError
 from padim.images import as_size
-from padim.scoring import Calibration, label
+from padim.scoring import Calibration, manual, region
 
 PathLike = str | os.PathLike
 
@@ -102,6 +102,7 @@ class Prediction:
         normalized_score: (N,) in [0, 1], 0.5 at the threshold; None for an uncalibrated model.
         label: (N,) bool, True = anomalous; None for an uncalibrated model.
         threshold: the threshold the labels used, or None.
+        pixel_threshold: the pixel threshold of the regions (None: ``threshold``).
     """
 
     anomaly_map: np.ndarray
@@ -109,11 +110,15 @@ class Prediction:
     normalized_score: np.ndarray | None = None
     label: np.ndarray | None = None
     threshold: float | None = None
+    pixel_threshold: float | None = None
 
     @property
     def region(self) -> np.ndarray | None:
-        """(N, H, W) bool predicted defect region (map at or above the threshold), or None."""
-        return None if self.threshold is None else label(self.anomaly_map, self.threshold)
+        """(N, H, W) bool predicted defect regions (:func:`padim.scoring.region`), or None."""
+        if self.threshold is None:
+            return None
+        level = self.threshold if self.pixel_threshold is None else self.pixel_threshold
+        return region(self.anomaly_map, self.score, self.threshold, level)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -128,7 +133,8 @@ class Prediction:
             arrays = [getattr(p, name) for p in parts]
             return None if arrays[0] is None else np.concatenate(arrays)
 
-        return cls(*(cat(name) for name in ("anomaly_map", "score", "normalized_score", "label")), parts[0].threshold)
+        arrays = (cat(name) for name in ("anomaly_map", "score", "normalized_score", "label"))
+        return cls(*arrays, parts[0].threshold, parts[0].pixel_threshold)
 
 
 def _numpy(array: Any) -> np.ndarray:
@@ -171,16 +177,17 @@ class Predictor:
     def with_threshold(self, threshold: float) -> Predictor:
         """The same model with the threshold set by hand (the model file is not changed).
 
+        An uncalibrated model gets the threshold with the normalised score's centre at 0
+        (:func:`padim.scoring.manual`).
+
         Raises:
-            OptionError: for a non-finite threshold, an uncalibrated model, or an old export.
+            OptionError: for a non-finite threshold, or a file exported by padim-toolkit 0.1.
         """
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
             raise OptionError(f"--threshold must be a finite number, got {threshold!r}")
-        if self.calibration is None:
-            raise OptionError("--threshold needs a calibrated model (one fitted with held-out good images)")
         if not self.threshold_input:
             raise OptionError("--threshold: this ONNX file was exported by padim-toolkit 0.1; export it again")
-        new = replace(self.calibration, threshold=float(threshold), quantile=None, source="manual")
+        new = manual(float(threshold), self.calibration)
         return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind)
 
     def predict_batch(self, images: np.ndarray) -> Prediction:
@@ -200,9 +207,8 @@ class Predictor:
         }
         if calibration is None:
             return Prediction(out["anomaly_map"], out["score"])
-        return Prediction(
-            out["anomaly_map"], out["score"], out["normalized_score"], out["label"].astype(bool), threshold
-        )
+        maps, score, normalized = out["anomaly_map"], out["score"], out["normalized_score"]
+        return Prediction(maps, score, normalized, out["label"].astype(bool), threshold, calibration.region_threshold)
 
     def predict(
         self,
