@@ -56,12 +56,70 @@ def test_overlay_alpha_blending_hand_case():
     image[...] = (100, 50, 200)
     anomaly_map = np.zeros((3, 4))
     anomaly_map[0, 0] = 10.0  # at vmax: dark red (128, 0, 0)
-    out = visualize.overlay(image, anomaly_map, vmin=0.0, vmax=10.0, alpha=0.4)
+    out = visualize.overlay(image, anomaly_map, vmin=0.0, vmax=10.0, alpha=0.4, fade=None)
     # 0.6 * image + 0.4 * dark blue (0, 0, 128): blue 0.6 * 200 + 0.4 * 128 = 171.2.
     assert out[1, 1].tolist() == [60, 30, 171]
     # 0.6 * image + 0.4 * dark red (128, 0, 0): red 60 + 51.2 = 111.2, blue 120.
     assert out[0, 0].tolist() == [111, 30, 120]
     assert visualize.overlay(image, anomaly_map, 0.0, 10.0, alpha=0.0).tolist() == image.tolist()
+
+
+def test_overlay_is_transparent_where_the_map_is_low():
+    """The heat map fades in from a quarter of the colour scale to its middle (the threshold)."""
+    image = np.full((1, 5, 3), 255, dtype=np.uint8)  # a white part must stay white where the map is low
+    anomaly_map = np.array([[0.0, 2.4, 3.75, 5.0, 10.0]])  # positions 0, 0.24, 0.375, 0.5, 1 of [0, 10]
+    out = visualize.overlay(image, anomaly_map, vmin=0.0, vmax=10.0, alpha=0.4)
+    assert out[0, 0].tolist() == out[0, 1].tolist() == [255, 255, 255]
+    colours = visualize.colormap(anomaly_map / 10.0)[0].astype(float)
+    for k, weight in ((2, 0.2), (3, 0.4), (4, 0.4)):  # half-way in the fade: half of alpha
+        np.testing.assert_array_equal(out[0, k], np.round((1 - weight) * 255 + weight * colours[k]))
+
+
+def test_contour_width_scales_with_the_picture():
+    image = np.zeros((900, 900, 3), dtype=np.uint8)
+    region = np.zeros((900, 900), dtype=bool)
+    region[300:600, 300:600] = True
+    out = visualize.overlay(image, np.zeros((900, 900)), 0.0, 1.0, region=region, contour_color=(0, 255, 0))
+    row = (out[450, :, 1] == 255).astype(int)
+    # A band 4 px wide (900 / 256 rounded) inside the region on either side, nothing outside it.
+    assert visualize.contour_width((900, 900)) == 4
+    assert np.flatnonzero(row).tolist() == [300, 301, 302, 303, 596, 597, 598, 599]
+
+
+def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
+    from PIL import Image as PILImage
+
+    from padim.scoring import Calibration
+
+    image = PILImage.fromarray(np.full((300, 400, 3), 200, dtype=np.uint8))
+    anomaly_map = np.zeros((64, 64), np.float32)
+    anomaly_map[20:30, 20:30] = 20.0
+    calibration = Calibration(threshold=10.0, center=5.0, pixel_threshold=8.0)
+    vmin, vmax = visualize.heatmap_range(calibration, anomaly_map)
+    plain = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False)
+    assert plain.shape == (300, 400, 3)
+    with_bar = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
+    assert with_bar.shape[1] == 400 and with_bar.shape[0] > 300
+    np.testing.assert_array_equal(with_bar[:300], plain)
+    both = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True)
+    assert both.shape == (300, 2 * 400 + 8, 3)
+    np.testing.assert_array_equal(both[:, :400], np.asarray(image))
+    np.testing.assert_array_equal(both[:, -400:], plain)
+    # An image below the threshold has no outline, even where pixels pass the pixel threshold.
+    quiet = anomaly_map.clip(max=9.0)
+    picture = visualize.overlay_at_image_size(image, quiet, calibration, vmin, vmax, colorbar=False)
+    assert not (picture == 255).all(axis=2).any()
+
+
+def test_colorbar_marks_the_threshold():
+    from padim.colorbar import colorbar
+
+    bar = colorbar(400, 0.0, 20.0, 10.0)
+    assert bar.dtype == np.uint8 and bar.shape[1] == 400
+    black = (bar[: bar.shape[0] // 3] == 0).all(axis=2)  # the mark crosses the bar's upper part
+    columns = np.flatnonzero(black.any(axis=0))
+    assert columns.size and abs(columns.mean() - 200) < 3
+    assert not (colorbar(400, 0.0, 20.0, None)[: bar.shape[0] // 3] == 0).all(axis=2).any()
 
 
 def test_overlay_contour_is_exactly_the_boundary():
@@ -81,7 +139,7 @@ def test_overlay_contour_is_exactly_the_boundary():
 
 def test_overlay_resizes_image_to_map_and_takes_gray():
     image = np.full((32, 24), 90, dtype=np.uint8)
-    out = visualize.overlay(image, np.zeros((8, 6)), 0.0, 1.0, alpha=0.5)
+    out = visualize.overlay(image, np.zeros((8, 6)), 0.0, 1.0, alpha=0.5, fade=None)
     assert out.shape == (8, 6, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [45, 45, 109]  # 0.5 * 90 + 0.5 * (0, 0, 128)
 

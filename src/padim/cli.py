@@ -1,4 +1,4 @@
-"""The ``padim`` command: fit, predict, evaluate, demo, export and serve.
+"""The ``padim`` command: fit, predict, evaluate, calibrate, info, demo, export and serve.
 
 Each ``cmd_*`` parses, calls the library and prints. Errors a user can cause
 (:class:`padim.errors.PadimError`: a missing folder, a bad option value, an unreadable image or
@@ -50,6 +50,17 @@ _positive_int = _number(int, 1, expected="a positive integer")
 _non_negative_int = _number(int, 0, expected="an integer >= 0")
 _fraction = _number(float, 0.0, 1.0, expected="a number in [0, 1)")
 _quantile = _number(float, 0.0, 1.0, low_open=True, expected="a number in (0, 1]")
+_positive = _number(float, 0.0, low_open=True, expected="a number > 0")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -126,6 +137,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from padim.runtime import open_model
 
     predictor = open_model(args.model, device=args.device, backend=args.backend)
+    if args.threshold is not None:
+        predictor = predictor.with_threshold(args.threshold)
     samples = image_samples(args.inputs)
     summary = predict_files(predictor, samples, args.output, overlays=not args.no_overlays, **_options(args))
     _report_skipped(summary.skipped)
@@ -206,10 +219,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from padim.calibration import recalibrate_file
+
+    if args.f1 and args.defective is None:
+        raise OptionError("--f1 needs --good DIR and --defective DIR")
+    change = recalibrate_file(
+        args.model,
+        threshold=args.threshold,
+        good=args.good,
+        defective=args.defective,
+        quantile=args.quantile,
+        recall=args.recall,
+        pixel_threshold=args.pixel_threshold,
+        pixel_quantile=args.pixel_quantile,
+        output=args.output,
+        device=args.device,
+        backend=args.backend,
+        **_options(args),
+    )
+    print("\n".join(change.lines()))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from padim.model_info import format_info, model_info
+
+    info = model_info(args.model)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from padim.serve import run
 
-    run(args.model, host=args.host, port=args.port, workers=args.workers, max_upload_mb=args.max_upload_mb)
+    run(
+        args.model,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        max_upload_mb=args.max_upload_mb,
+        threshold=args.threshold,
+        verdict_log=None if args.no_verdict_log else args.verdict_log,
+        log_max_mb=args.log_max_mb,
+        log_keep=args.log_keep,
+        drift_window=args.drift_window,
+        drift_factor=args.drift_factor,
+    )
     return 0
 
 
@@ -289,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
     p.add_argument("--no-overlays", action="store_true", help="write only predictions.csv")
+    p.add_argument("--threshold", type=_finite, metavar="T", help="use this threshold instead of the model's")
     common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -305,6 +362,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with curves and examples")
     common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="set a model's thresholds after fitting",
+        description="Give a .padim model new thresholds and write it (atomically; -o for another file): "
+        "--threshold T by hand; or --good DIR, good images it was not fitted on, whose --quantile "
+        "(default: the model's, 0.99) becomes the threshold; or --good DIR --defective DIR with --f1 "
+        "(default) or --recall R, the highest threshold that flags at least R of the defective images. "
+        "With images, the pixel threshold of the regions is set from the good images' maps too "
+        "(--pixel-quantile). Prints what changed.",
+    )
+    p.add_argument("model", metavar="MODEL", help=".padim model file")
+    p.add_argument("--threshold", type=_finite, metavar="T", help="the image threshold, by hand")
+    p.add_argument("--good", metavar="DIR", help="folder of good images the model was not fitted on")
+    p.add_argument("--defective", metavar="DIR", help="folder of defective images (needs --good)")
+    p.add_argument("--quantile", type=_quantile, help="with --good alone: threshold = this quantile of their scores")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--f1", action="store_true", help="with --defective: the F1-maximising threshold (default)")
+    choice.add_argument("--recall", type=_quantile, metavar="R", help="with --defective: flag at least R of them")
+    p.add_argument("--pixel-threshold", type=_finite, metavar="P", help="the regions' pixel threshold, by hand")
+    p.add_argument(
+        "--pixel-quantile",
+        type=_quantile,
+        default=0.999,
+        help="with --good: pixel threshold = this quantile of their map pixels (default: 0.999)",
+    )
+    p.add_argument("-o", "--output", type=Path, metavar="MODEL", help="write here instead of replacing MODEL")
+    common(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "info",
+        help="show what a model file holds",
+        description="Show a .padim or .onnx model's backbone, layers, working size, d, training images, "
+        "thresholds and how they were set, file format, tensor sizes and SHA-256; reads no tensor data.",
+    )
+    p.add_argument("model", metavar="MODEL", help=".padim or .onnx model file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
         "demo",
@@ -330,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="serve a model over HTTP with a web page",
-        description="Serve MODEL (.padim or .onnx): GET / (a page), GET /health, POST /predict.",
+        description="Serve MODEL (.padim or .onnx): GET / (a page for the line), GET /health, POST /predict. "
+        "Every verdict is appended to a log; a warning shows when far more images are flagged than "
+        "the calibration expects.",
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
@@ -341,6 +439,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(float, 0.0, low_open=True, expected="a size in MB > 0"),
         default=20.0,
         help="largest upload accepted (default: 20)",
+    )
+    p.add_argument("--threshold", type=_finite, metavar="T", help="use this threshold instead of the model's")
+    p.add_argument(
+        "--verdict-log",
+        type=Path,
+        default=Path("padim-verdicts.jsonl"),
+        metavar="FILE",
+        help="append every verdict here as a JSON line (default: ./padim-verdicts.jsonl)",
+    )
+    p.add_argument("--no-verdict-log", action="store_true", help="keep no verdict log")
+    p.add_argument("--log-max-mb", type=_positive, default=10.0, help="rotate the log at this size (default: 10)")
+    p.add_argument("--log-keep", type=_non_negative_int, default=5, help="rotated log files kept (default: 5)")
+    p.add_argument(
+        "--drift-window",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="drift warning: over the last N images (default: 20)",
+    )
+    p.add_argument(
+        "--drift-factor",
+        type=_number(float, 1.0, low_open=True, expected="a number > 1"),
+        default=5.0,
+        help="warn when this many times the calibrated false-alarm rate is flagged (default: 5)",
     )
     p.set_defaults(func=cmd_serve)
     return parser

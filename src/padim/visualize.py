@@ -3,8 +3,12 @@
 NumPy, SciPy and Pillow only (no torch, no matplotlib), so that the command line, the web
 service and the HTML report draw the same pictures on any machine. An overlay shows the
 anomaly map of PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785) as colour
-blended over the input image, and outlines in one solid colour the region that a
-pixel threshold calls defective.
+blended over the input image, and outlines in one solid colour the region that the pixel
+threshold calls defective (:func:`padim.regions.region_mask`). The colour fades out where the
+map is low (below halfway from the median good score to the threshold, the image shows
+through untouched: a white part stays white, a red stain stays red); the outline's width grows
+with the picture; :func:`overlay_at_image_size` adds a colour bar with the threshold marked
+(:mod:`padim.colorbar`) and can put the original beside the overlay.
 
 Shapes: an image is (H, W, 3) uint8 RGB, an anomaly map and a region are (H, W).
 """
@@ -110,6 +114,34 @@ def _as_rgb_image(image: Any, size: tuple[int, int]) -> np.ndarray:
     return image
 
 
+def fade_weights(values: Any, alpha: float, fade: tuple[float, float] | None) -> np.ndarray:
+    """Per-pixel weight of the heat map: 0 up to ``fade[0]``, rising linearly to ``alpha`` at ``fade[1]``.
+
+    ``values`` are positions on the colour scale (0 at ``vmin``, 1 at ``vmax``); with the
+    calibrated range of :func:`heatmap_range`, 0.5 is the threshold and 0.25 halfway from the
+    median good score to it. ``fade=None`` gives ``alpha`` everywhere. NaN counts as high.
+
+    >>> fade_weights(np.array([0.0, 0.25, 0.375, 0.5, 1.0]), 0.4, (0.25, 0.5)).tolist()
+    [0.0, 0.0, 0.2, 0.4, 0.4]
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=1.0)
+    if fade is None:
+        return np.full(values.shape, alpha)
+    low, high = fade
+    if not 0.0 <= low < high:
+        raise ValueError(f"fade must be (low, high) with 0 <= low < high, got {fade!r}")
+    return alpha * np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def contour_width(size: tuple[int, int]) -> int:
+    """The outline's width for a picture of ``size`` (height, width): 1 px per 256 px of its longer side.
+
+    >>> contour_width((64, 64)), contour_width((900, 900)), contour_width((3000, 4000))
+    (1, 4, 16)
+    """
+    return max(1, round(max(size) / 256))
+
+
 def overlay(
     image: Any,
     anomaly_map: Any,
@@ -118,6 +150,9 @@ def overlay(
     region: Any = None,
     alpha: float = 0.4,
     contour_color: Sequence[int] = (255, 255, 255),
+    *,
+    fade: tuple[float, float] | None = (0.25, 0.5),
+    contour_px: int | None = None,
 ) -> np.ndarray:
     """Blend the coloured anomaly map over the image and outline the predicted region.
 
@@ -130,10 +165,13 @@ def overlay(
         anomaly_map: (H, W) scores.
         vmin: score drawn as the coldest colour.
         vmax: score drawn as the hottest colour; must be greater than ``vmin``.
-        region: optional (H, W) bool, the pixels called defective; its boundary
-            (:func:`region_boundary`) is drawn in ``contour_color``.
-        alpha: weight of the heat map, in [0, 1]; 0 shows only the image.
+        region: optional (H, W) bool, the pixels called defective; a band ``contour_px`` wide
+            along its boundary (inside it) is drawn in ``contour_color``.
+        alpha: weight of the heat map where it is fully shown, in [0, 1]; 0 shows only the image.
         contour_color: RGB of the outline; white does not occur in the jet map.
+        fade: where on the colour scale (0 = ``vmin``, 1 = ``vmax``) the heat map fades in
+            (:func:`fade_weights`); None: ``alpha`` everywhere.
+        contour_px: the outline's width in pixels (None: :func:`contour_width` of the map).
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -145,6 +183,8 @@ def overlay(
     >>> image = np.full((2, 2, 3), 100, dtype=np.uint8)
     >>> overlay(image, np.ones((2, 2)), vmin=0.0, vmax=1.0, alpha=0.5)[0, 0].tolist()
     [114, 50, 50]
+    >>> overlay(image, np.zeros((2, 2)), vmin=0.0, vmax=1.0, alpha=0.5)[0, 0].tolist()
+    [100, 100, 100]
     """
     anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
     if anomaly_map.ndim != 2:
@@ -158,14 +198,17 @@ def overlay(
         raise ValueError(f"contour_color must be three ints in [0, 255], got {contour_color!r}")
 
     base = _as_rgb_image(image, anomaly_map.shape)
-    heat = colormap((anomaly_map - vmin) / (vmax - vmin))
-    blended = (1.0 - alpha) * base.astype(np.float32) + alpha * heat.astype(np.float32)
+    position = (anomaly_map - vmin) / (vmax - vmin)
+    weight = fade_weights(position, alpha, fade)[..., None].astype(np.float32)
+    blended = (1.0 - weight) * base.astype(np.float32) + weight * colormap(position).astype(np.float32)
     out = np.round(blended).astype(np.uint8)
     if region is not None:
         region = np.asarray(region, dtype=bool)
         if region.shape != anomaly_map.shape:
             raise ValueError(f"region must have the map's shape {anomaly_map.shape}, got {region.shape}")
-        out[region_boundary(region)] = color.astype(np.uint8)
+        width = contour_width(anomaly_map.shape) if contour_px is None else int(contour_px)
+        band = region & ~ndimage.binary_erosion(region, iterations=width, border_value=0) if width > 1 else None
+        out[region_boundary(region) if band is None else band] = color.astype(np.uint8)
     return out
 
 
@@ -226,12 +269,22 @@ def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
 
 
 def overlay_at_image_size(
-    image: Any, anomaly_map: Any, calibration: Any, vmin: float, vmax: float, max_side: int = 1024
+    image: Any,
+    anomaly_map: Any,
+    calibration: Any,
+    vmin: float,
+    vmax: float,
+    max_side: int = 1024,
+    *,
+    score: float | None = None,
+    colorbar: bool = True,
+    side_by_side: bool = False,
 ) -> np.ndarray:
     """Heatmap over the original image (its aspect ratio kept, longest side at most ``max_side``).
 
-    The map is resized bilinearly to the picture; the predicted region is the resized map at
-    or above the threshold, the same rule as the image label.
+    The map is resized bilinearly to the picture (:func:`padim.regions.map_at_size`); the
+    outlined region is :func:`padim.regions.region_mask` of the resized map (pixel threshold,
+    in a flagged image only).
 
     Args:
         image: the decoded PIL image at its own size.
@@ -239,14 +292,28 @@ def overlay_at_image_size(
         calibration: :class:`padim.scoring.Calibration` or None (no region drawn).
         vmin, vmax: the colour range (:func:`heatmap_range`).
         max_side: the picture's longest side at most.
+        score: the image's score (default: the map's maximum), which decides if it has a region.
+        colorbar: add the colour bar (:func:`padim.colorbar.colorbar`) under the picture.
+        side_by_side: put the original picture left of the overlay.
 
     Returns:
-        (H', W', 3) uint8 RGB.
+        (H', W', 3) uint8 RGB: the overlay, H' x W' the image's size scaled to ``max_side``,
+        then as tall again as the colour bar and twice as wide (plus a gap) side by side.
     """
+    from padim.colorbar import colorbar as colour_bar
+    from padim.regions import map_at_size, region_mask
+
     width, height = image.size
     scale = min(1.0, max_side / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     picture = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
-    resized = np.asarray(Image.fromarray(np.asarray(anomaly_map, np.float32), mode="F").resize(size, Image.BILINEAR))
-    region = None if calibration is None else calibration.label(resized)
-    return overlay(picture, resized, vmin, vmax, region=region)
+    resized = map_at_size(anomaly_map, size)
+    region = region_mask(resized, calibration, score)
+    out = overlay(picture, resized, vmin, vmax, region=region)
+    if side_by_side:
+        gap = np.full((out.shape[0], max(2, out.shape[1] // 50), 3), 255, np.uint8)
+        out = np.concatenate([picture, gap, out], axis=1)
+    if colorbar:
+        threshold = None if calibration is None else calibration.threshold
+        out = np.concatenate([out, colour_bar(out.shape[1], vmin, vmax, threshold)], axis=0)
+    return out
