@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import f1_score
 
 from padim.cli import main
 from padim.model import Padim
@@ -179,7 +180,7 @@ def test_mask_of_another_size_is_resized_with_a_warning(mvtec_tree, tmp_path, ti
 
 
 def test_help_everywhere(capsys):
-    for command in ([], ["fit"], ["predict"], ["evaluate"], ["demo"], ["export"], ["serve"]):
+    for command in ([], ["fit"], ["predict"], ["evaluate"], ["calibrate"], ["info"], ["demo"], ["export"], ["serve"]):
         code, out, _ = run(capsys, *command, "--help")
         assert code == 0 and "usage: padim" in out
 
@@ -215,3 +216,129 @@ def test_the_installed_command_reports_user_errors_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"padim predict: error: {tmp_path / 'missing.padim'}: model file not found"
     ]
+
+
+# --- calibrate, info, --threshold ------------------------------------------------------------
+
+
+def _scores(model_file, folder):
+    return open_model(model_file).predict(sorted(folder.iterdir())).score
+
+
+def test_calibrate_by_hand_keeps_everything_else(tiny_padim, tmp_path, capsys):
+    target = tmp_path / "m.padim"
+    shutil.copy(tiny_padim, target)
+    before = Padim.load(target)
+    code, out, _ = run(capsys, "calibrate", target, "--threshold", "12.5")
+    assert code == 0
+    assert "threshold: " in out and "-> 12.5 (set by hand)" in out and f"wrote {target}" in out
+    after = Padim.load(target)
+    assert after.calibration_.threshold == 12.5 and after.calibration_.source == "manual"
+    assert after.calibration_.center == before.calibration_.center  # the score scale is kept
+    assert after.calibration_.pixel_threshold == before.calibration_.pixel_threshold
+    np.testing.assert_array_equal(after.precision_cholesky_, before.precision_cholesky_)
+    assert after.config() == before.config() and after.n_images_ == before.n_images_
+    # -o writes another file and leaves MODEL alone.
+    assert run(capsys, "calibrate", target, "--threshold", "3", "-o", tmp_path / "b.padim")[0] == 0
+    assert Padim.load(target).calibration_.threshold == 12.5
+    assert Padim.load(tmp_path / "b.padim").calibration_.threshold == 3.0
+
+
+def test_calibrate_from_good_and_defective_images(tiny_padim, mvtec_tree, tmp_path, capsys):
+    target = tmp_path / "m.padim"
+    shutil.copy(tiny_padim, target)
+    good_dir, bad_dir = mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch"
+    good, bad = _scores(tiny_padim, good_dir), _scores(tiny_padim, bad_dir)
+
+    code, out, _ = run(capsys, "calibrate", target, "--good", good_dir, "--quantile", "0.5", "--quiet")
+    calibration = Padim.load(target).calibration_
+    assert code == 0 and calibration.source == "normal" and calibration.quantile == 0.5
+    assert calibration.threshold == pytest.approx(np.median(good), rel=1e-5)
+    flagged = int((good >= calibration.threshold).sum())
+    assert "good images flagged: " in out and f"{flagged} of {len(good)}" in out
+    maps = open_model(tiny_padim).predict(sorted(good_dir.iterdir())).anomaly_map
+    assert calibration.pixel_threshold == pytest.approx(np.quantile(maps[:, ::2, ::2], 0.999), rel=1e-5)
+
+    assert run(capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--recall", "0.5", "--quiet")[0] == 0
+    calibration = Padim.load(target).calibration_
+    # The highest threshold flagging at least half the defective images: the higher of the two scores.
+    assert calibration.source == "recall" and calibration.threshold == pytest.approx(np.sort(bad)[-1], rel=1e-6)
+
+    code, out, _ = run(capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--f1", "--quiet")
+    calibration = Padim.load(target).calibration_
+    labels, scores = np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]
+    best = max(f1_score(labels, scores >= t) for t in scores)  # every candidate threshold, by brute force
+    assert f1_score(labels, scores >= calibration.threshold) == pytest.approx(best)
+    assert calibration.source == "f1" and "defective images missed" in out
+
+
+def test_calibrate_refuses_what_it_cannot_do(tiny_padim, tiny_onnx, mvtec_tree, tmp_path, capsys):
+    good = mvtec_tree / "test" / "good"
+    cases = [
+        ((tiny_padim,), "say how to calibrate"),
+        ((tiny_padim, "--defective", good), "--defective needs --good"),
+        ((tiny_padim, "--threshold", "1", "--good", good), "not both"),
+        ((tiny_padim, "--good", good, "--recall", "0.9"), "--recall needs"),
+        ((tiny_padim, "--threshold", "1", "--f1"), "--f1 needs"),
+        ((tiny_onnx, "--threshold", "1"), "calibrate the .padim model and export it again"),
+        ((tmp_path / "missing.padim", "--threshold", "1"), "missing.padim: model file not found"),
+    ]
+    before = tiny_padim.read_bytes()
+    for arguments, needle in cases:
+        assert_one_line_error(run(capsys, "calibrate", *arguments), needle)
+    code, _, err = run(capsys, "calibrate", tiny_padim, "--threshold", "nan")
+    assert code == 2 and "expected a finite number" in err
+    assert tiny_padim.read_bytes() == before
+
+
+@pytest.mark.parametrize("model", ["tiny_padim", "tiny_onnx"])
+def test_info_shows_what_the_file_holds(model, tiny_model, capsys, request):
+    import hashlib
+
+    model_file = request.getfixturevalue(model)
+    code, out, _ = run(capsys, "info", model_file)
+    assert code == 0
+    assert hashlib.sha256(model_file.read_bytes()).hexdigest() in out
+    for needle in ("resnet18", "layer1, layer2, layer3", "64 x 64 px", "d = 16", "trained on        7 good images",
+                   f"{tiny_model.calibration_.threshold:.6g}", "quantile 0.99", "precision_cholesky (256, 16, 16) F32"):  # fmt: skip
+        assert needle in out, needle
+    code, out, _ = run(capsys, "info", model_file, "--json")
+    info = json.loads(out)
+    assert info["n_images"] == 7 and info["format_version"] == 2 and info["config"]["n_features"] == 16
+    assert info["calibration"]["threshold"] == pytest.approx(tiny_model.calibration_.threshold)
+    sizes = {t["name"]: t["bytes"] for t in info["tensors"]}
+    assert sizes["mean"] == 256 * 16 * 4 and sizes["precision_cholesky"] == 256 * 16 * 16 * 4
+
+
+def test_info_refuses_other_files(tmp_path, capsys):
+    (tmp_path / "x.padim").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    assert_one_line_error(run(capsys, "info", tmp_path / "x.padim"), "x.padim")
+    assert_one_line_error(run(capsys, "info", tmp_path / "none.padim"), "model file not found")
+
+
+@pytest.mark.parametrize("model", ["tiny_padim", "tiny_onnx"])
+def test_predict_threshold_overrides_the_model(model, mvtec_tree, tmp_path, capsys, request):
+    model_file = request.getfixturevalue(model)
+    folder = mvtec_tree / "test" / "scratch"
+    scores = _scores(model_file, folder)
+    threshold = float(np.mean(scores))  # one of the two above, one below
+    out = tmp_path / "out"
+    assert run(capsys, "predict", model_file, folder, "-o", out, "--threshold", threshold, "--quiet")[0] == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["label"] for r in rows] == ["anomalous" if s >= threshold else "normal" for s in scores]
+    assert sorted(r["label"] for r in rows) == ["anomalous", "normal"]
+
+
+def test_old_calibration_without_pixel_threshold_still_loads(tiny_padim, tmp_path):
+    """A model calibrated before pixel thresholds existed: regions use the image threshold, as then."""
+    from padim.model_file import read_model_file, write_model_file
+
+    tensors, meta = read_model_file(tiny_padim)
+    old = {k: meta["calibration"][k] for k in ("threshold", "center", "quantile", "source")}
+    write_model_file(tmp_path / "old.padim", tensors, {**meta, "calibration": old})
+    predictor = open_model(tmp_path / "old.padim")
+    assert predictor.calibration.pixel_threshold is None and predictor.calibration.good_scores is None
+    assert predictor.calibration.region_threshold == old["threshold"]
+    prediction = predictor.predict(np.zeros((1, 3, 64, 64), np.float32))
+    expected = (prediction.anomaly_map >= old["threshold"]) & prediction.label[:, None, None]
+    np.testing.assert_array_equal(prediction.region, expected)

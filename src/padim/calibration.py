@@ -122,8 +122,10 @@ class CalibrationChange:
             number = c.region_threshold if pixel else c.threshold
             return f"{number:.4g} ({c.describe_pixel() if pixel else c.describe()})"
 
-        out = [f"threshold: {value(old)} -> {value(new)}"]
-        out.append(f"pixel threshold (regions): {value(old, True)} -> {value(new, True)}")
+        out = []
+        for name, pixel in (("threshold", False), ("pixel threshold (regions)", True)):
+            before, after = value(old, pixel), value(new, pixel)
+            out.append(f"{name}: {before} (unchanged)" if before == after else f"{name}: {before} -> {after}")
         for scores, what, good in ((self.good_scores, "good images flagged", True),
                                    (self.defective_scores, "defective images missed", False)):  # fmt: skip
             if scores is not None:
@@ -215,11 +217,11 @@ def _check_choice(threshold, good, defective, quantile, recall, pixel_threshold)
             raise OptionError(f"{name} must be a finite number, got {number!r}")
     if threshold is not None and good is not None:
         raise OptionError("give either --threshold T or --good DIR, not both")
-    if threshold is None and good is None and pixel_threshold is None:
-        raise OptionError("say how to calibrate: --threshold T, or --good DIR (with --defective DIR for F1 or --recall)")
     if defective is not None and good is None:
         raise OptionError("--defective needs --good DIR too (good images the model was not fitted on)")
     if quantile is not None and (good is None or defective is not None):
         raise OptionError("--quantile applies to --good DIR alone (without --defective)")
     if recall is not None and defective is None:
         raise OptionError("--recall needs --good DIR and --defective DIR")
+    if threshold is None and good is None and pixel_threshold is None:
+        raise OptionError("say how to calibrate: --threshold T, or --good DIR (with --defective DIR for F1 or --recall)")

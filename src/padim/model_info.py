@@ -16,7 +16,6 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Any
 
 from padim.errors import ModelFileError
 from padim.scoring import Calibration
@@ -152,7 +151,7 @@ def format_info(info: dict) -> str:
     else:
         calibration = Calibration(**stored)
         rate = calibration.false_alarm_rate
-        flags = "" if rate is None else f"; flags {rate:.1%} of its good images"
+        flags = "" if rate is None else f"; flags {rate:.1%} of the good images it was set on"
         rows.append(("threshold", f"{calibration.threshold:.6g} ({calibration.describe()}{flags})"))
         rows.append(("pixel threshold", f"{calibration.region_threshold:.6g} ({calibration.describe_pixel()})"))
         rows.append(("normalised score", f"0 at {calibration.center:.6g} (median good score), 0.5 at the threshold"))
@@ -166,7 +165,3 @@ def format_info(info: dict) -> str:
     width_ = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width_)}  {value}" for name, value in rows)
 
-
-def info_json(info: dict[str, Any]) -> str:
-    """:func:`model_info` as indented JSON."""
-    return json.dumps(info, indent=2)

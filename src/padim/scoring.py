@@ -183,8 +183,8 @@ class Calibration:
         'quantile 0.99 of 3 good images'
         """
         if self.source == "normal":
-            count = f"{len(self.good_scores)} " if self.good_scores else ""
-            return f"quantile {self.quantile:g} of {count}good images"
+            n = len(self.good_scores or ())
+            return f"quantile {self.quantile:g} of {f'{n} ' if n else ''}good image{'' if n == 1 else 's'}"
         if self.source == "recall":
             return f"highest threshold finding {self.recall:.0%} of the defective images"
         return "F1-max on good and defective images" if self.source == "f1" else "set by hand"
