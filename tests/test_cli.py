@@ -92,7 +92,19 @@ def test_evaluate_padim_and_onnx_give_the_same_metrics(tiny_padim, tiny_onnx, mv
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold", "n_images"):
         assert key in metrics
     assert metrics["n_images"] == 7 and set(metrics["per_defect"]) == {"scratch", "spot"}
+    assert metrics["per_defect"]["scratch"]["n_images"] == 2  # its own images, not the good ones too
+    # Every image's verdict, in the JSON too, and the counts they add up to.
+    images = metrics["images"]
+    assert len(images) == 7 and {row["defect_type"] for row in images} == {"good", "scratch", "spot"}
+    threshold = metrics["threshold"]
+    for row in images:
+        assert row["verdict"] == ("DEFECT" if row["score"] >= threshold else "OK")
+        assert row["correct"] == ((row["verdict"] == "DEFECT") == (row["defect_type"] != "good"))
+    wrong = sum(not row["correct"] for row in images)
+    assert metrics["confusion"]["false_alarms"] + metrics["confusion"]["misses"] == wrong
+    assert {"model", "F1-max", "100% recall"} <= {row["name"] for row in metrics["thresholds"]}
     assert (tmp_path / "report" / "index.html").is_file()
+    assert len(list((tmp_path / "report").glob("overlay_*.png"))) == wrong
     assert run(capsys, "evaluate", tiny_onnx, mvtec_tree, "--json", tmp_path / "o.json", "--quiet")[0] == 0
     onnx_metrics = json.loads((tmp_path / "o.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold"):
@@ -259,7 +271,10 @@ def test_calibrate_from_good_and_defective_images(tiny_padim, mvtec_tree, tmp_pa
     maps = open_model(tiny_padim).predict(sorted(good_dir.iterdir())).anomaly_map
     assert calibration.pixel_threshold == pytest.approx(np.quantile(maps[:, ::2, ::2], 0.999), rel=1e-5)
 
-    assert run(capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--recall", "0.5", "--quiet")[0] == 0
+    assert (
+        run(capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--recall", "0.5", "--quiet")[0]
+        == 0
+    )
     calibration = Padim.load(target).calibration_
     # The highest threshold flagging at least half the defective images: the higher of the two scores.
     assert calibration.source == "recall" and calibration.threshold == pytest.approx(np.sort(bad)[-1], rel=1e-6)

@@ -45,9 +45,17 @@ def test_evaluate_keys_and_values_match_sklearn():
     assert overall["image_f1"] == pytest.approx(skm.f1_score(labels, predicted))
     assert (overall["image_f1_max"], overall["f1_threshold"]) == metrics.f1_max(labels, scores)
 
+    assert overall["n_false_alarms"] == int((predicted & ~labels).sum())
+    assert overall["n_missed"] == int((~predicted & labels).sum())
+
     crack = result["per_defect"]["crack"]
     select = np.array([t in ("good", "crack") for t in types])
-    assert crack["n_images"] == 13
+    is_crack = np.array([t == "crack" for t in types])
+    # The row counts the 5 crack images only; its AUROC compares them with the 8 good ones.
+    assert crack["n_images"] == crack["n_defective"] == 5 and crack["n_good"] == 8
+    assert crack["image_recall"] == crack["image_accuracy"] == pytest.approx(predicted[is_crack].mean())
+    assert crack["n_missed"] == int((~predicted[is_crack]).sum())
+    assert crack["image_precision"] is None and crack["n_false_alarms"] is None
     assert crack["image_auroc"] == pytest.approx(skm.roc_auc_score(labels[select], scores[select]))
     assert crack["pixel_auroc"] == pytest.approx(skm.roc_auc_score(masks[select].ravel(), maps[select].ravel()))
     json.dumps(result)  # plain Python numbers only

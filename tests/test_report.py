@@ -8,8 +8,9 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
-from padim import charts, evaluation, metrics, report, visualize
+from padim import charts, evaluation, metrics, operating_points, report, visualize
 
 _VOID = {"meta", "img", "br", "hr", "input", "link"}
 
@@ -47,7 +48,7 @@ class _PageParser(HTMLParser):
         self.text.append(data)
 
 
-def _data(with_pixel_roc: bool = True) -> report.ReportData:
+def _data(with_curves: bool = True) -> report.ReportData:
     rng = np.random.default_rng(0)
     types = ["good"] * 6 + ["crack"] * 4 + ["hole & <dent>"] * 3
     labels = np.array([t != "good" for t in types])
@@ -59,11 +60,14 @@ def _data(with_pixel_roc: bool = True) -> report.ReportData:
     result = evaluation.summarize(labels, scores, types, maps=maps, masks=masks, threshold=threshold)
     paths = [f"images/{t}/{i:03d}.png" for i, t in enumerate(types)]
     paths[0] = "images/<script>alert(1)</script>.png"
-    picks = report.worst_examples(labels, scores, threshold, k=4)
+    wrong = np.flatnonzero(labels != (scores >= threshold))
     images = rng.integers(0, 256, (len(types), 8, 8, 3), dtype=np.uint8)
-    overlays = {i: visualize.overlay(images[i], maps[i], 0.0, 2.0, region=maps[i] > 1.2) for i in picks}
-    pixel_roc = metrics.roc_curve(masks, maps)[:2] if with_pixel_roc else None
-    return report.ReportData(paths, labels, scores, types, result, threshold, overlays, pixel_roc=pixel_roc)
+    mistakes = {int(i): (images[i], images[i], visualize.overlay(images[i], maps[i], 0.0, 2.0)) for i in wrong}
+    curves = {}
+    if with_curves:
+        curves = dict(pixel_roc=metrics.roc_curve(masks, maps)[:2], pro=metrics.pro_curve(masks, maps)[:2])
+    model = {"backbone": "resnet18 <random>", "trained on": "7 good images"}
+    return report.ReportData(paths, labels, scores, types, result, threshold, mistakes, model=model, **curves)
 
 
 def _parse(path) -> _PageParser:
@@ -85,18 +89,42 @@ def test_report_page_is_complete(tmp_path):
         assert f"{overall[key]:.4f}" in text
     crack = data.metrics["per_defect"]["crack"]
     assert f"{crack['image_auroc']:.4f}" in text
-    assert page.svg_labels == ["Image-level ROC", "Pixel-level ROC", "image score histogram"]
-    assert "threshold 0.5" in text
-    assert len(page.images) == len(data.overlays) == 4
+    assert page.svg_labels == [
+        "Image-level ROC",
+        "Pixel-level ROC",
+        "Per-region overlap (PRO)",
+        "image score histogram",
+    ]
+    assert "threshold 0.5" in text and "resnet18 <random>" in text
+    # Every mistake as original | ground truth | overlay, and nothing else.
+    n_wrong = int((data.labels != (data.scores >= 0.5)).sum())
+    assert n_wrong >= 2 and len(page.images) == 3 * n_wrong == 3 * len(data.mistakes)
     for src in page.images:
         assert (index.parent / src).is_file()
-    # Only the page and the overlays, no temporary files.
     assert sorted(p.name for p in index.parent.iterdir()) == sorted(["index.html", *page.images])
+
+
+def test_report_tables_hold_the_counts(tmp_path):
+    data = _data()
+    page_text = report.write_report(tmp_path, data).read_text(encoding="utf-8")
+    predicted = data.scores >= 0.5
+    (tn, fp), (fn, tp) = skm.confusion_matrix(data.labels, predicted)
+    confusion = page_text.split('<table class="confusion">')[1].split("</table>")[0]
+    assert f"<td>{tn}</td>" in confusion and f"{fp} false alarm" in confusion and f"{fn} miss" in confusion
+    images = page_text.split('<table class="images">')[1].split("</table>")[0]
+    assert images.count("<tr") == 1 + len(data.labels)  # a header, then every image
+    assert images.count("wrong-row") == fp + fn
+    thresholds = page_text.split('<table class="thresholds">')[1].split("</table>")[0]
+    for name in ("model", "F1-max", "100% recall"):
+        assert f"<td>{name}</td>" in thresholds
+    # A defect type's row counts its own images: 4 cracks, not 4 plus the 6 good ones.
+    metrics_rows = page_text.split('<table class="metrics">')[1].split("</table>")[0].split("<tr")
+    crack_row = [row for row in metrics_rows if "<td>crack</td>" in row][0]
+    assert crack_row.split("<td>")[2].startswith("4<")
 
 
 def test_report_escapes_text(tmp_path):
     data = _data()
-    data.overlays = {0: np.zeros((4, 4, 3), np.uint8)}
     page_text = report.write_report(tmp_path, data).read_text(encoding="utf-8")
     page = _parse(tmp_path / "index.html")
     assert "script" not in page.tags
@@ -105,12 +133,12 @@ def test_report_escapes_text(tmp_path):
     assert "hole & <dent>" in " ".join(page.text)
 
 
-def test_report_without_pixel_roc_or_examples(tmp_path):
-    data = _data(with_pixel_roc=False)
-    data.overlays = {}
+def test_report_without_curves_or_mistakes(tmp_path):
+    data = _data(with_curves=False)
+    data.mistakes = {}
     page = _parse(report.write_report(tmp_path, data))
     assert page.svg_labels == ["Image-level ROC", "image score histogram"]
-    assert page.images == []
+    assert page.images == [] and "No false alarms and no misses" in " ".join(page.text)
 
 
 def test_svg_roc_thins_long_curves():
@@ -121,45 +149,36 @@ def test_svg_roc_thins_long_curves():
     assert points[0] == "45.0,290.0" and points[-1] == "305.0,30.0"  # both ends kept
 
 
-def test_worst_examples_balances_classes_and_orders_by_error():
-    labels = np.array([0, 0, 0, 0, 1, 1, 1])
-    scores = np.array([0.1, 0.9, 0.6, 0.3, 0.2, 0.95, 0.4])
-    picks = report.worst_examples(labels, scores, threshold=0.5, k=4)
-    # Good 0.9 (0.4 over), defective 0.2 (0.3 under), defective 0.4, good 0.6.
-    assert picks == [1, 4, 6, 2]
-    # Too few defective images: good ones fill the rest.
-    assert sorted(report.worst_examples(labels, scores, 0.5, k=7)) == list(range(7))
-    assert report.worst_examples([0, 0, 0], [0.3, 0.2, 0.1], 0.5, k=2) == [0, 1]
-    assert report.worst_examples(labels, scores, 0.5, k=0) == []
+def test_pro_chart_ends_at_the_fpr_limit():
+    fpr, pro = np.array([0.0, 0.1, 0.5, 1.0]), np.array([0.0, 0.6, 0.9, 1.0])
+    svg = charts.svg_pro((fpr, pro), 0.5)
+    points = svg.split('points="')[1].split('"')[0].split()
+    # x = 0.3 is the right edge (305); PRO there is interpolated: 0.6 + 0.3 * 0.5 = 0.75.
+    assert points[-1] == f"305.0,{30 + 0.25 * 260:.1f}" and "AUPRO 0.5000" in svg
 
 
-def test_worst_examples_rejects_bad_k():
-    with pytest.raises(ValueError, match="k must be"):
-        report.worst_examples([0, 1], [0.1, 0.2], 0.5, k=-1)
-
-
-@pytest.mark.parametrize(
-    "change, match",
-    [
-        ({"scores": np.zeros(3)}, "scores must be"),
-        ({"paths": ["a"]}, "paths must have"),
-        ({"overlays": {99: np.zeros((2, 2, 3), np.uint8)}}, "overlays keys"),
-        ({"overlays": {0: np.zeros((2, 2), np.uint8)}}, r"overlays\[0\]"),
-        ({"threshold": float("nan")}, "threshold must be"),
-    ],
-)
-def test_report_data_validates(change, match):
-    arguments = {
-        "paths": ["a", "b"],
-        "labels": np.array([0, 1]),
-        "scores": np.array([0.1, 0.9]),
-        "defect_types": ["good", "crack"],
-        "metrics": {},
-        "threshold": 0.5,
-    }
-    arguments.update(change)
-    with pytest.raises(ValueError, match=match):
-        report.ReportData(**arguments)
+def test_confusion_and_threshold_table_against_sklearn():
+    rng = np.random.default_rng(3)
+    labels = rng.random(60) < 0.4
+    scores = rng.normal(size=60) + labels
+    counts = operating_points.confusion(labels, scores, 0.3)
+    (tn, fp), (fn, tp) = skm.confusion_matrix(labels, scores >= 0.3)
+    assert counts == dict(true_negatives=tn, false_alarms=fp, misses=fn, true_positives=tp)
+    rows = operating_points.threshold_table(labels, scores, 0.3)
+    assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
+    named = {r["name"]: r for r in rows if r["name"]}
+    assert set(named) == {"model", "F1-max", "100% recall", "no false alarm"}
+    assert named["100% recall"]["misses"] == 0 and named["no false alarm"]["false_alarms"] == 0
+    # Nothing higher than the "100% recall" threshold misses nothing; nothing lower than "no false alarm" is clean.
+    assert (scores[labels] >= named["100% recall"]["threshold"]).all()
+    assert not (scores[~labels] >= named["no false alarm"]["threshold"]).any()
+    assert (scores[~labels] >= scores[scores < named["no false alarm"]["threshold"]].max()).any()
+    best = max(skm.f1_score(labels, scores >= t) for t in scores)
+    assert named["F1-max"]["f1"] == pytest.approx(best)
+    for row in rows:
+        predicted = scores >= row["threshold"]
+        assert row["recall"] == pytest.approx(skm.recall_score(labels, predicted))
+        assert row["false_alarms"] == int((predicted & ~labels).sum())
 
 
 def test_modules_import_neither_torch_nor_sklearn():

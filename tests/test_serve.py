@@ -167,7 +167,16 @@ def test_every_verdict_is_logged(files, tmp_path):
     assert len(records) == 3  # a refused upload gets no verdict and no line
     model_sha = hashlib.sha256(files[1].read_bytes()).hexdigest()
     for record, answer, path in zip(records, answers, files[2]):
-        assert set(record) == {"time", "file", "sha256", "score", "normalized_score", "verdict", "threshold", "model_sha256"}
+        assert set(record) == {
+            "time",
+            "file",
+            "sha256",
+            "score",
+            "normalized_score",
+            "verdict",
+            "threshold",
+            "model_sha256",
+        }
         assert record["file"] == path.name and record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert record["score"] == answer["score"] and record["verdict"] == answer["verdict"]
         assert record["model_sha256"] == model_sha and record["time"].endswith("Z")

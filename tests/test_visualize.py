@@ -101,7 +101,9 @@ def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     with_bar = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
     assert with_bar.shape[1] == 400 and with_bar.shape[0] > 300
     np.testing.assert_array_equal(with_bar[:300], plain)
-    both = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True)
+    both = visualize.overlay_at_image_size(
+        image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True
+    )
     assert both.shape == (300, 2 * 400 + 8, 3)
     np.testing.assert_array_equal(both[:, :400], np.asarray(image))
     np.testing.assert_array_equal(both[:, -400:], plain)

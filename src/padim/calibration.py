@@ -30,7 +30,9 @@ PathLike = str | os.PathLike
 PIXEL_STRIDE = 2
 
 
-def good_statistics(predictor: Any, images: Any, *, folder: str = "images", **options: Any) -> tuple[np.ndarray, np.ndarray]:
+def good_statistics(
+    predictor: Any, images: Any, *, folder: str = "images", **options: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores and map pixels of good images, batch by batch (bounded memory).
 
     Args:
@@ -224,4 +226,6 @@ def _check_choice(threshold, good, defective, quantile, recall, pixel_threshold)
     if recall is not None and defective is None:
         raise OptionError("--recall needs --good DIR and --defective DIR")
     if threshold is None and good is None and pixel_threshold is None:
-        raise OptionError("say how to calibrate: --threshold T, or --good DIR (with --defective DIR for F1 or --recall)")
+        raise OptionError(
+            "say how to calibrate: --threshold T, or --good DIR (with --defective DIR for F1 or --recall)"
+        )

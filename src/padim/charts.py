@@ -1,4 +1,4 @@
-"""Inline SVG charts for the HTML report: ROC curves and a score histogram with the threshold.
+"""Inline SVG charts for the HTML report: ROC and PRO curves, and a score histogram with the threshold.
 
 Plain strings, no script and no plotting library, so the report page stands alone.
 """
@@ -30,37 +30,83 @@ def _thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = 400) -> tuple[np
 
 def svg_roc(title: str, curves: Sequence[tuple[str, np.ndarray, np.ndarray, str]]) -> str:
     """An ROC chart: (label, fpr, tpr, colour) per curve, with a legend and the chance diagonal."""
+    return svg_curves(title, curves, "false positive rate", "true positive rate")
+
+
+def svg_pro(curve: tuple[np.ndarray, np.ndarray], aupro: float | None, fpr_limit: float = 0.3) -> str:
+    """The PRO curve (Bergmann et al. 2021) up to ``fpr_limit``, the range AUPRO integrates.
+
+    Args:
+        curve: ``(fpr, pro)`` from :func:`padim.metrics.pro_curve`, fpr non-decreasing.
+        aupro: the normalised area, shown in the legend (None: left out).
+        fpr_limit: the x axis ends here; the curve is cut (interpolated) at it.
+    """
+    fpr, pro = (np.asarray(a, dtype=np.float64) for a in curve)
+    keep = fpr <= fpr_limit
+    x = np.append(fpr[keep], fpr_limit)
+    y = np.append(pro[keep], np.interp(fpr_limit, fpr, pro))
+    label = "all defect regions" + ("" if aupro is None else f" (AUPRO {aupro:.4f})")
+    return svg_curves(
+        "Per-region overlap (PRO)",
+        [(label, x / fpr_limit, y, "#000000")],
+        f"false positive rate (0 to {fpr_limit:g})",
+        "mean overlap per defect region",
+        x_ticks=(0.0, fpr_limit / 2, fpr_limit),
+        diagonal=False,
+    )
+
+
+def svg_curves(
+    title: str,
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray, str]],
+    x_label: str,
+    y_label: str,
+    *,
+    x_ticks: Sequence[float] = (0.0, 0.5, 1.0),
+    diagonal: bool = True,
+) -> str:
+    """Curves on the unit square: (label, x, y, colour) per curve, with a legend.
+
+    ``x_ticks`` label the left end, the middle and the right end of the x axis.
+    """
     size, left, top = 260, 45, 30
     legend_height = 16 * len(curves)
     width, height = left + size + 15, top + size + 40 + legend_height
 
-    def px(fpr: float, tpr: float) -> str:
-        return f"{left + fpr * size:.1f},{top + (1.0 - tpr) * size:.1f}"
+    def px(x: float, y: float) -> str:
+        return f"{left + x * size:.1f},{top + (1.0 - y) * size:.1f}"
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
         f'<text x="{left}" y="18" font-weight="bold">{html.escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#999"/>',
-        f'<line x1="{left}" y1="{top + size}" x2="{left + size}" y2="{top}" stroke="#bbb" stroke-dasharray="4 3"/>',
     ]
-    for tick in (0.0, 0.5, 1.0):
-        parts.append(f'<text x="{left + tick * size:.1f}" y="{top + size + 14}" text-anchor="middle">{tick:g}</text>')
+    if diagonal:
+        parts.append(
+            f'<line x1="{left}" y1="{top + size}" x2="{left + size}" y2="{top}" stroke="#bbb" stroke-dasharray="4 3"/>'
+        )
+    for k, tick in enumerate((0.0, 0.5, 1.0)):
+        parts.append(
+            f'<text x="{left + tick * size:.1f}" y="{top + size + 14}" text-anchor="middle">{x_ticks[k]:g}</text>'
+        )
         parts.append(f'<text x="{left - 5}" y="{top + (1 - tick) * size + 4:.1f}" text-anchor="end">{tick:g}</text>')
-    parts.append(f'<text x="{left + size / 2}" y="{top + size + 30}" text-anchor="middle">false positive rate</text>')
+    parts.append(
+        f'<text x="{left + size / 2}" y="{top + size + 30}" text-anchor="middle">{html.escape(x_label)}</text>'
+    )
     parts.append(
         f'<text x="12" y="{top + size / 2}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {top + size / 2})">true positive rate</text>'
+        f'transform="rotate(-90 12 {top + size / 2})">{html.escape(y_label)}</text>'
     )
-    for i, (label, fpr, tpr, color) in enumerate(curves):
-        fpr, tpr = _thin_curve(np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64))
-        points = " ".join(px(f, t) for f, t in zip(fpr, tpr))
+    for i, (label, x, y, color) in enumerate(curves):
+        x, y = _thin_curve(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        points = " ".join(px(a, b) for a, b in zip(x, y))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
-        y = top + size + 48 + 16 * i
+        y_text = top + size + 48 + 16 * i
         parts.append(
-            f'<line x1="{left}" y1="{y - 4}" x2="{left + 20}" y2="{y - 4}" stroke="{color}" stroke-width="3"/>'
+            f'<line x1="{left}" y1="{y_text - 4}" x2="{left + 20}" y2="{y_text - 4}" stroke="{color}" stroke-width="3"/>'
         )
-        parts.append(f'<text x="{left + 26}" y="{y}">{html.escape(label)}</text>')
+        parts.append(f'<text x="{left + 26}" y="{y_text}">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 

@@ -148,11 +148,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from padim.evaluation import evaluate_model, format_table
+    from padim.evaluation_report import evaluation_json, write_evaluation_report
     from padim.files import write_text
-    from padim.report import write_evaluation_report
     from padim.runtime import open_model
 
     predictor = open_model(args.model, device=args.device, backend=args.backend)
+    if args.threshold is not None:
+        predictor = predictor.with_threshold(args.threshold)
     evaluation = evaluate_model(predictor, args.data, **_options(args))
     metrics = evaluation.metrics
     print(format_table(metrics))
@@ -165,12 +167,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         per_defect=metrics["per_defect"],
         model=str(args.model),
         data=str(args.data),
+        **evaluation_json(evaluation, predictor.calibration),
     )
     if args.json:
         write_text(args.json, json.dumps(summary, indent=2) + "\n")
         _say(args, f"wrote {args.json}")
     if args.report:
-        write_evaluation_report(evaluation, predictor.calibration, args.report)
+        write_evaluation_report(
+            evaluation, predictor.calibration, args.report, model_path=args.model, config=predictor.config
+        )
         _say(args, f"wrote {Path(args.report) / 'index.html'}")
     _report_skipped(evaluation.skipped)
     return 0
@@ -181,8 +186,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from padim.datasets import image_samples
     from padim.evaluation import evaluate_model, format_table
     from padim.files import write_text
+    from padim.evaluation_report import write_evaluation_report
     from padim.model import Padim
-    from padim.report import write_evaluation_report
     from padim.synthetic import make_demo_dataset
 
     out = Path(args.output)
@@ -198,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     evaluation = evaluate_model(predictor, category, quiet=args.quiet)
     print(format_table(evaluation.metrics))
     write_text(out / "metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
-    write_evaluation_report(evaluation, predictor.calibration, out / "report")
+    write_evaluation_report(evaluation, predictor.calibration, out / "report", model_path=model_path)
     test_folders = [category / "test" / name for name in sorted(os.listdir(category / "test"))]
     predict_files(predictor, image_samples(test_folders), out / "heatmaps", quiet=True)
     overall = evaluation.metrics["overall"]
@@ -359,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help=".padim or .onnx model file")
     p.add_argument("data", metavar="DATA")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
-    p.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with curves and examples")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write an HTML report: model, confusion matrix, thresholds, curves, every mistake, every image",
+    )
+    p.add_argument("--threshold", type=_finite, metavar="T", help="evaluate at this threshold instead of the model's")
     common(p)
     p.set_defaults(func=cmd_evaluate)
 

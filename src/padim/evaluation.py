@@ -46,6 +46,8 @@ SUMMARY_KEYS = (
     "image_precision",
     "image_recall",
     "image_f1",
+    "n_false_alarms",
+    "n_missed",
 )
 
 
@@ -80,11 +82,19 @@ def _summary(
     scores: np.ndarray,
     pixels: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     threshold: float | None,
+    defect_only: bool = False,
 ) -> dict[str, Any]:
+    """One summary; ``defect_only``: a defect type's row, which counts that type's images only.
+
+    The ranking metrics (AUROC, F1-max, pixel metrics) of a defect type still compare its
+    images with the good ones (``n_good`` says how many); its counts and its metrics at the
+    threshold (accuracy = recall, misses) are over the type's own images.
+    """
     n_defective = int(labels.sum())
     n_good = int(labels.size - n_defective)
     out: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
-    out.update(n_images=int(labels.size), n_good=n_good, n_defective=n_defective, threshold=threshold)
+    n_images = n_defective if defect_only else int(labels.size)
+    out.update(n_images=n_images, n_good=n_good, n_defective=n_defective, threshold=threshold)
     if n_good and n_defective:
         out["image_auroc"] = image_auroc(labels, scores)
     if n_defective:
@@ -100,9 +110,14 @@ def _summary(
         tp = int((predicted & labels).sum())
         fp = int((predicted & ~labels).sum())
         fn = n_defective - tp
+        out["n_missed"] = fn
+        out["image_recall"] = tp / n_defective if n_defective else None
+        if defect_only:
+            out["image_accuracy"] = out["image_recall"]
+            return out
+        out["n_false_alarms"] = fp
         out["image_accuracy"] = (labels.size - fp - fn) / labels.size
         out["image_precision"] = tp / (tp + fp) if tp + fp else None
-        out["image_recall"] = tp / n_defective if n_defective else None
         out["image_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     return out
 
@@ -117,8 +132,11 @@ def summarize(
 ) -> dict[str, Any]:
     """All metrics, overall and per defect type, as a JSON-ready dict.
 
-    Each defect type is scored on its own defect images together with all good images,
-    the usual MVTec AD breakdown. A metric that is undefined is None: AUROC with a single
+    Each defect type's ranking metrics (image and pixel AUROC, AUPRO, F1-max) compare its
+    images with all good images, the usual MVTec AD breakdown; its counts (``n_images``,
+    ``n_missed``) and its metrics at the threshold count that type's images only (its
+    accuracy is its recall; precision, F1 and false alarms belong to the overall row).
+    A metric that is undefined is None: AUROC with a single
     class, pixel metrics without maps or masks, or when any defect image in the group has
     no mask, and the at-threshold metrics when ``threshold`` is None.
 
@@ -135,7 +153,8 @@ def summarize(
         ``{"overall": summary, "per_defect": {defect_type: summary}}``, defect types sorted by
         name, where each summary has the keys of ``SUMMARY_KEYS``: n_images, n_good,
         n_defective, image_auroc, pixel_auroc, aupro, image_f1_max, f1_threshold, threshold,
-        image_accuracy, image_precision, image_recall, image_f1 (Python floats, ints or None).
+        image_accuracy, image_precision, image_recall, image_f1, n_false_alarms, n_missed
+        (Python floats, ints or None).
 
     Raises:
         ValueError: if lengths or shapes disagree, values are not finite or not 0/1, or a
@@ -171,7 +190,7 @@ def summarize(
 
     def subset(select: np.ndarray) -> dict[str, Any]:
         part = None if pixels is None else tuple(array[select] for array in pixels)
-        return _summary(labels[select], scores[select], part, threshold)
+        return _summary(labels[select], scores[select], part, threshold, defect_only=True)
 
     result: dict[str, Any] = {"overall": _summary(labels, scores, pixels, threshold), "per_defect": {}}
     for defect in sorted(set(types[labels].tolist())):
@@ -258,23 +277,28 @@ def evaluate_model(
     return Evaluation(samples, maps_array, scores_array, masks, metrics, threshold, skipped)
 
 
-TABLE_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "image_accuracy")
+TABLE_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "image_accuracy", "n_false_alarms", "n_missed")
 
 
 def format_table(metrics: dict) -> str:
     """The metrics as a fixed-width text table: overall first, then one row per defect type.
 
-    >>> print(format_table(summarize([0, 1], [0.1, 0.9], ["good", "hole"])))
-             images  img_auroc  pixel_auroc  aupro  img_f1_max  img_accuracy
-    overall       2      1.000            -      -       1.000             -
-    hole          2      1.000            -      -       1.000             -
+    A defect type's row counts its own images (its accuracy is the share of them found); its
+    AUROC and F1-max compare them with all good images.
+
+    >>> print(format_table(summarize([0, 1, 1], [0.1, 0.9, 0.4], ["good", "hole", "hole"], threshold=0.5)))
+             images  img_auroc  pixel_auroc  aupro  img_f1_max  img_accuracy  false_alarms  missed
+    overall       3      1.000            -      -       1.000         0.667             0       1
+    hole          2      1.000            -      -       1.000         0.500             -       1
     """
-    header = ["", "images"] + [c.replace("image_", "img_") for c in TABLE_COLUMNS]
+    header = ["", "images"] + [c.replace("image_", "img_").replace("n_", "") for c in TABLE_COLUMNS]
     rows = [("overall", metrics["overall"])] + sorted(metrics["per_defect"].items())
     lines = [header]
     for name, summary in rows:
         cells = [name, str(summary["n_images"])]
-        cells += ["-" if summary.get(c) is None else f"{summary[c]:.3f}" for c in TABLE_COLUMNS]
+        for c in TABLE_COLUMNS:
+            value = summary.get(c)
+            cells.append("-" if value is None else str(value) if isinstance(value, int) else f"{value:.3f}")
         lines.append(cells)
     widths = [max(len(line[k]) for line in lines) for k in range(len(header))]
     return "\n".join(

@@ -24,7 +24,18 @@ PathLike = str | os.PathLike
 
 #: A safetensors header longer than this is not one padim wrote (its headers are a few hundred kB).
 MAX_HEADER_BYTES = 100 * 2**20
-_BYTES_PER_ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_BYTES_PER_ELEMENT = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 def file_sha256(path: PathLike, chunk: int = 2**20) -> str:
@@ -94,7 +105,9 @@ def _onnx_info(path: Path) -> dict:
     if "padim.format_version" not in props:
         raise ModelFileError(f"{path}: an ONNX model, but not one exported by padim (no padim metadata)")
     dtypes = {1: "F32", 7: "I64", 9: "BOOL", 11: "F64"}
-    tensors = [_tensor(t.name, dtypes.get(t.data_type, str(t.data_type)), list(t.dims)) for t in proto.graph.initializer]
+    tensors = [
+        _tensor(t.name, dtypes.get(t.data_type, str(t.data_type)), list(t.dims)) for t in proto.graph.initializer
+    ]
     config = json.loads(props.get("padim.config", "{}"))
     return dict(
         kind="onnx",
@@ -164,4 +177,3 @@ def format_info(info: dict) -> str:
     rows.append(("file size", _mib(info["file_bytes"])))
     width_ = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width_)}  {value}" for name, value in rows)
-
