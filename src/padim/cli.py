@@ -185,8 +185,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from padim.batch_predict import predict_files
     from padim.datasets import image_samples
     from padim.evaluation import evaluate_model, format_table
-    from padim.files import write_text
     from padim.evaluation_report import write_evaluation_report
+    from padim.files import write_text
     from padim.model import Padim
     from padim.synthetic import make_demo_dataset
 
