@@ -67,7 +67,9 @@ def test_region_rule_against_a_loop():
         for i in range(5):
             for j in range(6):
                 assert got[n, i, j] == (flagged and not maps[n, i, j] < 0.7)
-    np.testing.assert_array_equal(scoring.region(torch.from_numpy(maps), torch.from_numpy(scores), 0.9, 0.7).numpy(), got)
+    np.testing.assert_array_equal(
+        scoring.region(torch.from_numpy(maps), torch.from_numpy(scores), 0.9, 0.7).numpy(), got
+    )
 
 
 def test_threshold_rules_against_brute_force():
