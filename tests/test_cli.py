@@ -259,38 +259,43 @@ def test_calibrate_by_hand_keeps_everything_else(tiny_padim, tmp_path, capsys):
     assert Padim.load(tmp_path / "b.padim").calibration_.threshold == 3.0
 
 
+def test_calibration_rules_on_images(tiny_model, mvtec_tree):
+    """The library behind padim calibrate, on the shared model's predictor (no model file to load)."""
+    from padim.calibration import calibration_from_images
+
+    predictor = tiny_model.predictor()
+    good_dir, bad_dir = mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch"
+    good, bad = _scores(tiny_model, good_dir), _scores(tiny_model, bad_dir)
+
+    calibration, good_scores, _ = calibration_from_images(predictor, good_dir, quantile=0.5, workers=0)
+    assert calibration.source == "normal" and calibration.threshold == pytest.approx(np.median(good), rel=1e-6)
+    np.testing.assert_allclose(good_scores, good, rtol=1e-6)
+    maps = tiny_model.predict(sorted(good_dir.iterdir())).anomaly_map
+    assert calibration.pixel_threshold == pytest.approx(np.quantile(maps[:, ::2, ::2], 0.999), rel=1e-5)
+
+    calibration, _, _ = calibration_from_images(predictor, good_dir, bad_dir, workers=0)
+    labels, scores = np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]
+    best = max(f1_score(labels, scores >= t) for t in scores)  # every candidate threshold, by brute force
+    assert calibration.source == "f1" and f1_score(labels, scores >= calibration.threshold) == pytest.approx(best)
+
+
 def test_calibrate_from_good_and_defective_images(tiny_model, tiny_padim, mvtec_tree, tmp_path, capsys):
     target = tmp_path / "m.padim"
     shutil.copy(tiny_padim, target)
     good_dir, bad_dir = mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch"
     good, bad = _scores(tiny_model, good_dir), _scores(tiny_model, bad_dir)
     fast = ["--quiet", "--backend", "torch", "--workers", "0"]  # eager torch: no graph to trace for 5 images
-
-    code, out, _ = run(capsys, "calibrate", target, "--good", good_dir, "--quantile", "0.5", *fast)
-    calibration = Padim.load(target).calibration_
-    assert code == 0 and calibration.source == "normal" and calibration.quantile == 0.5
-    assert calibration.threshold == pytest.approx(np.median(good), rel=1e-5)
-    flagged = int(
-        (good >= np.median(good)).sum()
-    )  # at the median itself: 2 of 3 (torch and onnxruntime may differ by 1e-7)
-    assert "good images flagged: " in out and f"{flagged} of {len(good)}" in out
-    maps = tiny_model.predict(sorted(good_dir.iterdir())).anomaly_map
-    assert calibration.pixel_threshold == pytest.approx(np.quantile(maps[:, ::2, ::2], 0.999), rel=1e-5)
-
-    assert (
-        run(capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--recall", "0.5", "--quiet")[0]
-        == 0
+    code, out, _ = run(
+        capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--recall", "0.5", *fast
     )
     calibration = Padim.load(target).calibration_
     # The highest threshold flagging at least half the defective images: the higher of the two scores.
-    assert calibration.source == "recall" and calibration.threshold == pytest.approx(np.sort(bad)[-1], rel=1e-6)
-
-    code, out, _ = run(capsys, "calibrate", target, "--good", good_dir, "--defective", bad_dir, "--f1", *fast)
-    calibration = Padim.load(target).calibration_
-    labels, scores = np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]
-    best = max(f1_score(labels, scores >= t) for t in scores)  # every candidate threshold, by brute force
-    assert f1_score(labels, scores >= calibration.threshold) == pytest.approx(best)
-    assert calibration.source == "f1" and "defective images missed" in out
+    assert code == 0 and calibration.source == "recall" and calibration.recall == 0.5
+    assert calibration.threshold == pytest.approx(np.sort(bad)[-1], rel=1e-5)
+    assert calibration.good_scores == pytest.approx(sorted(good), rel=1e-5)
+    assert "highest threshold finding 50% of the defective images" in out
+    assert f"good images flagged: {int((good >= tiny_model.calibration_.threshold).sum())} -> 0 of 3" in out
+    assert "defective images missed: " in out and "-> 1 of 2" in out
 
 
 def test_calibrate_refuses_what_it_cannot_do(tiny_padim, tiny_onnx, mvtec_tree, tmp_path, capsys):
@@ -358,7 +363,7 @@ def test_old_calibration_without_pixel_threshold_still_loads(tiny_padim, tmp_pat
     tensors, meta = read_model_file(tiny_padim)
     old = {k: meta["calibration"][k] for k in ("threshold", "center", "quantile", "source")}
     write_model_file(tmp_path / "old.padim", tensors, {**meta, "calibration": old})
-    predictor = open_model(tmp_path / "old.padim")
+    predictor = open_model(tmp_path / "old.padim", backend="torch")
     assert predictor.calibration.pixel_threshold is None and predictor.calibration.good_scores is None
     assert predictor.calibration.region_threshold == old["threshold"]
     prediction = predictor.predict(np.zeros((1, 3, 64, 64), np.float32))
