@@ -201,3 +201,10 @@ def test_histogram_caps_far_outliers_into_a_last_bin():
     assert 'x="423.0"' in svg and "defective: 1" in svg
     plain = _svg_histogram(scores[:-1], labels[:-1], threshold=2.0, bins=10)
     assert "&#8805;" not in plain
+
+
+def test_threshold_table_has_no_duplicate_rows():
+    rows = operating_points.threshold_table([0, 0, 1, 1], [1.0, 3.0, 2.0, 4.0], 2.5, n_even=5)
+    unnamed = [r["threshold"] for r in rows if not r["name"]]
+    named = {r["threshold"] for r in rows if r["name"]}
+    assert unnamed and not set(unnamed) & named and len(unnamed) == len(set(unnamed))

@@ -80,7 +80,8 @@ def threshold_table(labels: Any, scores: Any, model_threshold: float | None = No
         above = scores[scores > highest_good]
         named.append(("no false alarm", float(above.min() if above.size else np.nextafter(highest_good, np.inf))))
     top = max([t for _, t in named], default=float(scores.max()))
-    even = [("", float(t)) for t in np.linspace(scores.min(), top, n_even)] if n_even else []
+    taken = {t for _, t in named}
+    even = [("", float(t)) for t in np.linspace(scores.min(), top, n_even) if float(t) not in taken] if n_even else []
     rows = [_row(name, labels, scores, t) for name, t in named + even]
     # Lowest threshold first; a named row before an unnamed one at the same threshold.
     return sorted(rows, key=lambda r: (r["threshold"], r["name"] == "", r["name"]))
