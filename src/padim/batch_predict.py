@@ -9,7 +9,7 @@ encoded (:func:`padim.visualize.picture_bytes`) and written under ``overlays/``,
 images' folders. Each image's row is appended to ``predictions.csv`` as soon as it and every
 image before it are done (:class:`padim.files.LineAppender`: whole lines, one write each), so an
 interrupted job keeps a row for every image it finished, in the input order. Memory is bounded
-by the batch size: at most two batches of pictures, each at most :data:`OVERLAY_MAX_SIDE` wide.
+by the batch size: about two batches of pictures, each at most :data:`OVERLAY_MAX_SIDE` wide.
 """
 
 from __future__ import annotations
@@ -352,8 +352,9 @@ def predict_files(
                         None if names is None else names[index],
                     )
                 )
-            # Rows leave in the input order; at most a batch and a few pictures wait to be finished.
-            while pending and (pending[0].done() or len(pending) > batch_size + 2 * workers):
+            # Rows leave in the input order. The next batch is fetched (it is decoded already) when
+            # only a few images are left to finish: the CPUs stay busy, and few pictures are held.
+            while pending and (pending[0].done() or len(pending) > 2 * max(workers, 1)):
                 write(pending.popleft().result())
         while pending:
             write(pending.popleft().result())

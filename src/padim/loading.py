@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import functools
 import os
 import threading
 import warnings
@@ -69,6 +71,27 @@ def default_workers() -> int:
     except AttributeError:
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus))
+
+
+#: Blocks of at least this many bytes are given back to the system as soon as they are freed.
+MMAP_THRESHOLD = 4 * 1024 * 1024
+
+
+@functools.cache
+def _give_back_large_blocks() -> bool:
+    """Make glibc's malloc return blocks of :data:`MMAP_THRESHOLD` bytes and more to the system when freed.
+
+    By default glibc raises this threshold to the size of the largest block freed so far (up to
+    32 MB); from then on decoded images (Pillow allocates them in blocks of up to 16 MB) and
+    their temporaries come from per-thread heaps that keep the memory. Decoding a folder of
+    8000x8000 images grew by about 50 MB per image, to 1.7 GB, instead of staying at 1.2 GB.
+    Returns whether the setting was made (only glibc has it).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, Windows, musl): nothing to set
+        return False
 
 
 class _PixelBudget:
@@ -179,6 +202,7 @@ def iter_batches(
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise OptionError(f"max_side must be an integer >= 1, got {max_side!r}")
     decode = dict(image_size=size, masks=masks, keep=keep_images, max_side=max_side)
+    _give_back_large_blocks()
     return _batches(list(samples), decode, batch_size, workers, skip_bad, quiet, desc, skipped)
 
 
