@@ -184,11 +184,12 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         encoded = timed("encode (PNG, level 6)", png_bytes, pictures)
         timed("write", lambda d: write_bytes(scratch / "x.png", d), encoded)
     else:
-        from padim.batch_predict import OVERLAY_MAX_SIDE, Row, region_extent
+        from padim.batch_predict import OVERLAY_MAX_SIDE
+        from padim.decoding import reduced
         from padim.files import LineAppender, write_bytes
         from padim.images import load_image, preprocess
-        from padim.loading import reduced
         from padim.runtime import open_model
+        from padim.verdicts import Row, region_extent
         from padim.visualize import heatmap_range, overlay_at_image_size, picture_bytes
 
         predictor = open_model(model)

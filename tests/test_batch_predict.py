@@ -1,4 +1,4 @@
-"""The batch job (padim.batch_predict): rows streamed in order, regions at the image's size, overlays, errors."""
+"""The batch job (padim.batch_predict, padim.verdicts): rows streamed in order, regions at the image's size, overlays, errors."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim import batch_predict
-from padim.batch_predict import CSV_COLUMNS, overlay_names, predict_files, region_extent
+from padim import verdicts
+from padim.batch_predict import predict_files
 from padim.datasets import image_samples
 from padim.errors import DataError, ImageError, OptionError
 from padim.files import LineAppender, write_bytes
 from padim.regions import map_at_size, region_boxes, region_mask, union_box
 from padim.runtime import Prediction
 from padim.scoring import Calibration
+from padim.verdicts import CSV_COLUMNS, overlay_names, region_extent
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def reference_region(anomaly_map, size, calibration):
 @pytest.mark.parametrize("strip", [None, 500])
 def test_region_extent_is_the_union_of_the_regions(size, strip, monkeypatch):
     if strip:  # strips of a few rows, as for a very large image
-        monkeypatch.setattr(batch_predict, "STRIP_PIXELS", strip)
+        monkeypatch.setattr(verdicts, "STRIP_PIXELS", strip)
     rng = np.random.default_rng(sum(size))
     smooth = np.asarray(Image.fromarray(rng.random((8, 8)).astype(np.float32)).resize((64, 64), Image.BICUBIC))
     for threshold in (0.3, 0.6, 0.9, 2.0):

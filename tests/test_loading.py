@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from padim import loading
+from padim import decoding, loading
 from padim.datasets import Sample, mvtec_samples, train_samples
 from padim.errors import DataError, ImageError, OptionError
 from padim.images import load_mask, preprocess
@@ -267,7 +267,7 @@ def test_pictures_are_reduced_and_big_images_decode_one_at_a_time(tmp_path, monk
     paths = [_save(tmp_path / f"{i}.png", Image.new("RGB", (300, 200), (i, 0, 0))) for i in range(6)]
     held, most = [0], [0]
     lock = threading.Lock()
-    real = loading.load_image
+    real = decoding.load_image
 
     def counting(path):
         with lock:
@@ -280,7 +280,7 @@ def test_pictures_are_reduced_and_big_images_decode_one_at_a_time(tmp_path, monk
             with lock:
                 held[0] -= 1
 
-    monkeypatch.setattr(loading, "load_image", counting)
+    monkeypatch.setattr(decoding, "load_image", counting)
     monkeypatch.setattr(loading, "DECODE_BUDGET_PIXELS", 100_000)  # one 300x200 image fits, two do not
     samples = [Sample(p, 0, "good") for p in paths]
     (batch,) = iter_batches(samples, 16, batch_size=6, workers=3, keep_images=True, max_side=60)

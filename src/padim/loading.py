@@ -4,10 +4,8 @@
 and NumPy release the GIL while they decode, resize and normalise), keeps their order, and yields
 :class:`Batch` records pre-processed by :func:`padim.images.preprocess` from the full-size image,
 so every command feeds the model exactly the same numbers. Memory is bounded by the batch size,
-not by the number or the size of the images: a batch and the next one are decoded ahead, at
-most :data:`DECODE_BUDGET_PIXELS` pixels are being decoded at once (a folder of 8000x8000 images
-decodes one at a time), and a picture kept for drawing is reduced to the size it will be drawn
-at. :func:`as_batches` is the one place where the input forms a user may pass (a path, a folder,
+not by the number or the size of the images: a batch and the next one are decoded ahead, and
+each image is decoded under a shared pixel budget (:mod:`padim.decoding`). :func:`as_batches` is the one place where the input forms a user may pass (a path, a folder,
 a list of paths, PIL images, arrays or tensors, an iterable of batches) become batches. No torch
 here: the ONNX runtime path uses this module too.
 """
@@ -15,12 +13,7 @@ here: the ONNX runtime path uses this module too.
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
-import functools
 import os
-import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,16 +24,13 @@ import numpy as np
 from PIL import Image
 
 from padim.datasets import Sample, image_samples, train_samples
+from padim.decoding import DECODE_BUDGET_PIXELS, PixelBudget, give_back_large_blocks, try_decode
 from padim.errors import DataError, ImageError, OptionError
-from padim.images import as_size, load_image, load_mask, preprocess
+from padim.images import as_size, preprocess
 from padim.progress import progress
 
 #: Folder meanings of :func:`as_batches` (see :mod:`padim.datasets`).
 FOLDER_MEANINGS = ("good", "images")
-
-#: Pixels (width x height) decoded at once across the decoding threads: 64 megapixels are
-#: 192 MB as RGB. A larger image is decoded alone.
-DECODE_BUDGET_PIXELS = 64_000_000
 
 
 @dataclass
@@ -71,91 +61,6 @@ def default_workers() -> int:
     except AttributeError:
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus))
-
-
-#: Blocks of at least this many bytes are given back to the system as soon as they are freed.
-MMAP_THRESHOLD = 4 * 1024 * 1024
-
-
-@functools.cache
-def _give_back_large_blocks() -> bool:
-    """Make glibc's malloc return blocks of :data:`MMAP_THRESHOLD` bytes and more to the system when freed.
-
-    By default glibc raises this threshold to the size of the largest block freed so far (up to
-    32 MB); from then on decoded images (Pillow allocates them in blocks of up to 16 MB) and
-    their temporaries come from per-thread heaps that keep the memory. Decoding a folder of
-    8000x8000 images grew by about 50 MB per image, to 1.7 GB, instead of staying at 1.2 GB.
-    Returns whether the setting was made (only glibc has it).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
-    except (AttributeError, OSError, TypeError):  # not glibc (macOS, Windows, musl): nothing to set
-        return False
-
-
-class _PixelBudget:
-    """Lets decoding threads hold at most ``limit`` pixels at once (one image alone may exceed it)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-        self.changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        with self.changed:
-            self.changed.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
-            self.used += pixels
-        try:
-            yield
-        finally:
-            with self.changed:
-                self.used -= pixels
-                self.changed.notify_all()
-
-
-def _pixels(path: Path) -> int:
-    """Width x height from the file's header (no decoding); 0 when unknown (decoding reports why)."""
-    try:
-        with Image.open(path) as image:
-            return image.width * image.height
-    except Exception:  # any failure is raised, with its one-line message, by load_image
-        return 0
-
-
-def reduced(image: Image.Image, max_side: int) -> Image.Image:
-    """``image`` with its longest side at most ``max_side`` (aspect ratio kept; bilinear).
-
-    >>> reduced(Image.new("RGB", (4000, 3000)), 1024).size
-    (1024, 768)
-    """
-    width, height = image.size
-    scale = min(1.0, max_side / max(width, height))
-    if scale == 1.0:
-        return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # reducing_gap: an integer box reduction first, then bilinear: much faster from very large
-    # images, and with a gap of 3 indistinguishable from bilinear alone (Pillow's documentation).
-    return image.resize(size, Image.BILINEAR, reducing_gap=3.0)
-
-
-def _decode(sample: Sample, image_size: tuple[int, int], masks: bool, keep: bool, max_side, budget) -> tuple:
-    with budget.hold(_pixels(sample.path)):
-        image = load_image(sample.path)
-        batch_image = preprocess(image, image_size)[0]
-        picture = (image if max_side is None else reduced(image, max_side)) if keep else None
-        size = image.size
-        del image  # the full-size pixels go here, before the next image is let in
-    mask = None
-    if masks and sample.mask_path is not None:
-        mask, mask_size = load_mask(sample.mask_path, image_size)
-        if mask_size != size:
-            warnings.warn(
-                f"{sample.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image "
-                f"{sample.path.name} is {size[0]}x{size[1]}; resizing the mask to match",
-                stacklevel=2,
-            )
-    return batch_image, size, mask, picture
 
 
 def iter_batches(
@@ -202,7 +107,7 @@ def iter_batches(
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise OptionError(f"max_side must be an integer >= 1, got {max_side!r}")
     decode = dict(image_size=size, masks=masks, keep=keep_images, max_side=max_side)
-    _give_back_large_blocks()
+    give_back_large_blocks()
     return _batches(list(samples), decode, batch_size, workers, skip_bad, quiet, desc, skipped)
 
 
@@ -227,16 +132,16 @@ def _batches(samples, decode: dict, batch_size, workers, skip_bad, quiet, desc, 
 
 def _decoded(samples, decode: dict, workers: int, ahead: int) -> Iterator[tuple[int, Any]]:
     """(index, decoded tuple or ImageError) in the samples' order, at most ``ahead`` decoded early."""
-    budget = _PixelBudget(DECODE_BUDGET_PIXELS)
+    budget = PixelBudget(DECODE_BUDGET_PIXELS)
     if workers <= 1:
         for index, sample in enumerate(samples):
-            yield index, _try(sample, decode, budget)
+            yield index, try_decode(sample, decode, budget)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="padim-decode") as pool:
         pending: collections.deque = collections.deque()
         try:
             for index, sample in enumerate(samples):
-                pending.append((index, pool.submit(_try, sample, decode, budget)))
+                pending.append((index, pool.submit(try_decode, sample, decode, budget)))
                 if len(pending) >= ahead:
                     done, future = pending.popleft()
                     yield done, future.result()
@@ -246,13 +151,6 @@ def _decoded(samples, decode: dict, workers: int, ahead: int) -> Iterator[tuple[
         finally:  # an early stop: drop what is queued, wait for what is running
             for _, future in pending:
                 future.cancel()
-
-
-def _try(sample: Sample, decode: dict, budget: _PixelBudget) -> tuple | ImageError:
-    try:
-        return _decode(sample, budget=budget, **decode)
-    except ImageError as error:
-        return error
 
 
 def _emit(items: list, samples, skip_bad: bool, skipped: dict | None, decode: dict) -> Iterator[Batch]:

@@ -45,7 +45,8 @@ def progress(
             and off a terminal a line is printed every :data:`LOG_INTERVAL` seconds.
 
     Returns:
-        an iterable over the same items with ``update(n)``, ``write(text)`` and ``close()``.
+        an iterable over the same items with ``update(n)``, ``set_description(text)``,
+        ``write(text)`` and ``close()``.
 
     >>> list(progress(range(3), desc="demo", quiet=True))
     [0, 1, 2]
@@ -87,6 +88,9 @@ class _LogLines:
             if self.total is not None and rate > 0:
                 line += f", {_clock((self.total - self.n) / rate)} left"
             print(line, file=sys.stderr, flush=True)
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
 
     def write(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
