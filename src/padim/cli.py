@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--workers",
             type=_non_negative_int,
             default=None,
-            help="image decoding (and picture drawing) threads (default: the CPUs, at most 8; 0 = none)",
+            help="image decoding threads, and for predict drawing threads (default: the CPUs, at most 8; 0 = none)",
         )
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them at the end")
         p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay-format",
         choices=["jpeg", "png", "webp"],
         default="jpeg",
-        help="heatmap picture format (default: jpeg, quality 90: 7 ms and 90 kB for 900x900)",
+        help="heatmap picture format (default: jpeg, quality 90: 3 ms and 80 kB for 900x900; png: 60 ms, 670 kB)",
     )
     p.add_argument("--no-overlays", dest="overlays", action="store_const", const="none", help=argparse.SUPPRESS)
     common(p)
