@@ -111,7 +111,7 @@ def predict_files(
     *,
     overlays: str = "anomalous",
     overlay_format: str = "jpeg",
-    batch_size: int = 32,
+    batch_size: int = 16,
     workers: int | None = None,
     skip_bad: bool = False,
     quiet: bool = True,

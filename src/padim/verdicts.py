@@ -37,8 +37,8 @@ CSV_COLUMNS = (
     "region_y1",
     "region_area",
 )
-#: Map pixels resized at once when finding the region of a large image (16 MB as float32).
-STRIP_PIXELS = 4_000_000
+#: Map pixels resized at once when finding the region of a large image (4 MB as float32).
+STRIP_PIXELS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def region_extent(anomaly_map: Any, size: tuple[int, int], calibration: Any) -> 
     Equals ``union_box(region_boxes(region_mask(map_at_size(anomaly_map, size), calibration)))``
     of :mod:`padim.regions`, without labelling each region (the job needs only their union),
     and for an image over :data:`STRIP_PIXELS` pixels in strips of rows, so that an 8000x8000
-    image needs 16 MB, not 256 MB, of map.
+    image needs a few MB, not 256 MB, of map at a time.
 
     Args:
         anomaly_map: (H, W) map at the model's working size.
