@@ -61,21 +61,79 @@ def test_predict_writes_csv_and_overlays(model, mvtec_tree, tmp_path, capsys, re
     model_file = request.getfixturevalue(model)
     out = tmp_path / "out"
     inputs = [mvtec_tree / "test" / "scratch", mvtec_tree / "test" / "good"]
-    assert run(capsys, "predict", model_file, *inputs, "-o", out, "--quiet")[0] == 0
+    assert run(capsys, "predict", model_file, *inputs, "-o", out, "--overlays", "all", "--quiet")[0] == 0
     rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert list(rows[0]) == ["path", "score", "normalized_score", "label"]
+    assert list(rows[0])[:5] == ["path", "score", "normalized_score", "label", "overlay"]
     assert len(rows) == 2 + 3
     expected = open_model(model_file).predict([r["path"] for r in rows])
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected.score, rtol=1e-5)
     assert [r["label"] for r in rows] == ["anomalous" if x else "normal" for x in expected.label]
-    pngs = sorted(p.name for p in out.glob("*_overlay.png"))
-    assert len(pngs) == 5
-    # Stems repeat across folders (scratch/000.png, good/000.png): names carry the folder then.
-    assert "scratch_000_overlay.png" in pngs and "good_000_overlay.png" in pngs
+    # Stems repeat across folders (scratch/000.png, good/000.png): the pictures mirror the folders.
+    assert [r["overlay"] for r in rows[:3:2]] == ["overlays/scratch/000.jpg", "overlays/good/000.jpg"]
+    assert len(list(out.rglob("*.jpg"))) == 5
     # The image at its own size, and the colour bar under it.
     width, height = Image.open(rows[0]["path"]).size
-    overlay = Image.open(out / "scratch_000_overlay.png")
+    overlay = Image.open(out / rows[0]["overlay"])
     assert overlay.width == width and overlay.height > height
+
+
+def test_predict_one_image_without_output_prints_its_verdict(tiny_onnx, mvtec_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = mvtec_tree / "test" / "scratch" / "000.png"
+    code, out, _ = run(capsys, "predict", tiny_onnx, image, "--quiet")
+    assert code == 0 and list(tmp_path.iterdir()) == []
+    expected = open_model(tiny_onnx).predict([image])
+    label = "anomalous" if expected.label[0] else "normal"
+    assert out.splitlines() == [out.strip()] and out.startswith(f"{image}: {label}  score {expected.score[0]:.4f}")
+    assert_one_line_error(run(capsys, "predict", tiny_onnx, image.parent), "-o OUTDIR is needed for 2 images")
+
+
+def test_predict_reads_lists_and_subfolders(tiny_onnx, mvtec_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(mvtec_tree)
+    (tmp_path / "list.txt").write_text("# images to check\ntest/good/000.png\n\ntest/spot\n")
+    assert run(capsys, "predict", tiny_onnx, f"@{tmp_path / 'list.txt'}", "-o", tmp_path / "a", "--quiet")[0] == 0
+    rows = list(csv.DictReader(open(tmp_path / "a" / "predictions.csv")))
+    assert [r["path"] for r in rows] == ["test/good/000.png", "test/spot/000.png", "test/spot/001.png"]
+    assert_one_line_error(run(capsys, "predict", tiny_onnx, "test", "-o", tmp_path / "b"), "test", "--recursive")
+    assert run(capsys, "predict", tiny_onnx, "test", "-r", "-o", tmp_path / "b", "--quiet")[0] == 0
+    assert len(list(csv.DictReader(open(tmp_path / "b" / "predictions.csv")))) == 7
+
+
+def test_predict_names_bad_inputs_in_one_line(tiny_onnx, mvtec_tree, tmp_path, capsys):
+    good = mvtec_tree / "test" / "good"
+    (tmp_path / "list.txt").write_text(f"{good / '000.png'}\n{tmp_path / 'gone.png'}\n")
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "file").write_text("x")
+    for args, needles in (
+        ([tmp_path / "missing.png"], ["missing.png", "no such image"]),
+        ([f"@{tmp_path / 'nolist.txt'}"], ["nolist.txt", "no such list file"]),
+        ([f"@{tmp_path / 'list.txt'}"], ["list.txt line 2", "gone.png"]),
+        ([good, tmp_path / "text.png"], ["text.png", "not an image"]),
+        ([good, "-o", tmp_path / "file"], ["file", "not a folder"]),
+    ):
+        if "-o" not in args:
+            args = [*args, "-o", tmp_path / "out"]
+        assert_one_line_error(run(capsys, "predict", tiny_onnx, *args), *needles)
+    # The rows of the images before the unreadable one are kept.
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))) == 3
+
+
+def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_path, capsys, monkeypatch):
+    from test_batch_predict import NonFinite
+
+    model = tmp_path / "model.padim"  # opened by the patched open_model
+    model.write_bytes(b"")
+    monkeypatch.setattr("padim.runtime.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
+    code, _, err = run(capsys, "predict", model, mvtec_tree / "test" / "good", "-o", tmp_path / "out", "--quiet")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert code == 3 and [r["label"] == "error" for r in rows] == [False, True, False]
+    assert err.strip().splitlines() == [
+        f"padim predict: error: {rows[1]['path']}: the score is not a finite number; labelled error"
+    ]
+    image = mvtec_tree / "test" / "good" / "000.png"
+    monkeypatch.setattr("padim.runtime.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0))
+    code, out, err = run(capsys, "predict", model, image, "--quiet")
+    assert code == 3 and out == f"{image}: error  score inf (not a finite number)\n" and str(image) in err
 
 
 def test_evaluate_padim_and_onnx_give_the_same_metrics(tiny_padim, tiny_onnx, mvtec_tree, tmp_path, capsys):

@@ -150,6 +150,26 @@ def test_image_samples_take_files_and_folders(mvtec_tree, tmp_path):
         image_samples([])
 
 
+def test_image_samples_recursive_lists_and_duplicates(mvtec_tree, tmp_path, monkeypatch):
+    test = mvtec_tree / "test"
+    nested = sorted(p for p in test.rglob("*.png"))
+    assert [s.path for s in image_samples(test, recursive=True)] == nested
+    (test / ".cache").mkdir(exist_ok=True)  # hidden folders are not data
+    assert [s.path for s in image_samples(test, recursive=True)] == nested
+    with pytest.raises(DataError, match="found none; its subfolders hold images: add --recursive"):
+        image_samples(test)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n\n{nested[0]}\r\ntest/spot\n{nested[0]}\n")
+    monkeypatch.chdir(mvtec_tree)  # relative listed paths are relative to the current folder
+    got = [s.path for s in image_samples([f"@{listing}", "./test/spot/000.png"])]
+    assert got == [nested[0], Path("test/spot/000.png"), Path("test/spot/001.png")]  # each file once
+    listing.write_text("test/good\nno/such.png\n")
+    with pytest.raises(DataError, match=r"list.txt line 2: no/such.png: no such image file or folder"):
+        image_samples([f"@{listing}"])
+    with pytest.raises(DataError, match="missing.txt: no such list file"):
+        image_samples(["@missing.txt"])
+
+
 def test_holdout_split_is_seeded_and_keeps_two_for_the_fit():
     samples = [Sample(Path(f"{i}.png"), 0, "good") for i in range(10)]
     fit, held = split_holdout(samples, 0.3, seed=4)

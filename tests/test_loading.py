@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from padim import decoding, loading
 from padim.datasets import Sample, mvtec_samples, train_samples
 from padim.errors import DataError, ImageError, OptionError
 from padim.images import load_mask, preprocess
 from padim.loading import as_batches, iter_batches
-from padim.progress import progress
+from padim.progress import phase, progress
 
 
 def _save(path: Path, image: Image.Image) -> Path:
@@ -235,4 +237,57 @@ def test_argument_errors_are_raised_at_the_call(mvtec_tree, call, error, message
 def test_progress_is_silent_off_a_terminal(capsys):
     assert list(progress(range(4), desc="x")) == [0, 1, 2, 3]  # stderr is captured: not a tty
     assert list(progress(iter("ab"), total=2, quiet=True)) == ["a", "b"]
+    assert list(progress(range(4), desc="x", unit="img")) == [0, 1, 2, 3]  # faster than a log line
     assert capsys.readouterr().err == ""
+
+
+def test_image_progress_off_a_terminal_is_a_line_now_and_then(capsys, monkeypatch):
+    monkeypatch.setattr("padim.progress.LOG_INTERVAL", 0.0)
+    bar = progress(total=4, desc="predict", unit="img")
+    bar.update(1)
+    bar.update(3)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["predict: 1/4 images", "predict: 4/4 images"]
+    assert "images/s" in lines[0] and lines[0].endswith("left")
+
+
+def test_a_long_phase_is_named(capsys):
+    import time
+
+    with phase("opening model.padim", after=0.01):
+        time.sleep(0.3)
+    with phase("quick", after=5.0):
+        pass
+    assert capsys.readouterr().err == "padim: opening model.padim ...\n"
+
+
+def test_pictures_are_reduced_and_big_images_decode_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+
+    paths = [_save(tmp_path / f"{i}.png", Image.new("RGB", (300, 200), (i, 0, 0))) for i in range(6)]
+    held, most = [0], [0]
+    lock = threading.Lock()
+    real = decoding.load_image
+
+    def counting(path):
+        with lock:
+            held[0] += 1
+            most[0] = max(most[0], held[0])
+        try:
+            time.sleep(0.02)
+            return real(path)
+        finally:
+            with lock:
+                held[0] -= 1
+
+    monkeypatch.setattr(decoding, "load_image", counting)
+    monkeypatch.setattr(loading, "DECODE_BUDGET_PIXELS", 100_000)  # one 300x200 image fits, two do not
+    samples = [Sample(p, 0, "good") for p in paths]
+    (batch,) = iter_batches(samples, 16, batch_size=6, workers=3, keep_images=True, max_side=60)
+    assert most[0] == 1 and [im.size for im in batch.originals] == [(60, 40)] * 6
+    assert batch.sizes == [(300, 200)] * 6
+    np.testing.assert_array_equal(batch.images, preprocess([Image.open(p) for p in paths], 16))
+    monkeypatch.setattr(loading, "DECODE_BUDGET_PIXELS", 10**9)
+    most[0] = 0
+    list(iter_batches(samples, 16, batch_size=6, workers=3))
+    assert most[0] > 1

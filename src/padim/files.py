@@ -1,23 +1,46 @@
-"""Atomic file writes: a temporary name in the target folder, then a rename.
+"""Writing files safely: whole files atomically, and text files grown one whole line at a time.
 
-An interrupted save (a crash, Ctrl-C, a full disk) therefore never leaves half a file at
-the target path, and never damages a file that was already there.
+:func:`atomic_path` writes to a temporary name in the target folder and renames it into place,
+so an interrupted save (a crash, Ctrl-C, a full disk) never leaves half a file at the target
+path, and never damages a file that was already there. :class:`LineAppender` grows a file (a CSV
+of results) by whole lines, each in one ``write`` call, so an interrupted job keeps every line it
+wrote and a reader never meets half a line. Files are created with the permissions the umask
+allows (``0o666 & ~umask``), like any other program's files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from padim.errors import OutputError
 
 
+def _create_temporary(folder: Path, name: str) -> Path:
+    """Create an empty new file beside ``name`` in ``folder``; the umask sets its permissions.
+
+    ``tempfile.mkstemp`` would create it with mode 0600 whatever the umask, and the rename
+    would carry that mode to the target.
+    """
+    for _ in range(100):
+        path = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Raises:
+        OutputError: naming ``path`` when its folder cannot be written or ``path`` is a folder.
 
     >>> import tempfile, pathlib
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -29,11 +52,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _create_temporary(path.parent, path.name)
     except OSError as error:
         raise OutputError(f"{path}: cannot write here ({error.strerror or error})") from None
-    os.close(handle)
-    tmp = Path(name)
     try:
         try:
             yield tmp
@@ -64,3 +85,69 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+class LineAppender:
+    """A UTF-8 text file that starts with ``header`` and grows by whole lines.
+
+    The header is written atomically (a file already at ``path`` is replaced whole); each
+    :meth:`append` is then one ``write`` call of complete lines on a descriptor opened with
+    ``O_APPEND``. There is no buffer in this process: a line is in the operating system's hands
+    (and visible to readers) when :meth:`append` returns, so a killed job keeps every line it
+    appended, and readers see only whole lines (a short write, which only a full disk causes,
+    raises). :meth:`close` also syncs the file to the disk.
+
+    Args:
+        path: the file; its folder is created if missing.
+        header: the first line(s), ending in a newline.
+
+    Raises:
+        OutputError: naming ``path`` when it cannot be written.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "rows.csv"
+    >>> with LineAppender(target, "a,b\\n") as rows:
+    ...     rows.append("1,2\\n")
+    >>> target.read_text()
+    'a,b\\n1,2\\n'
+    """
+
+    def __init__(self, path: str | os.PathLike, header: str) -> None:
+        self.path = Path(path)
+        write_text(self.path, header)
+        try:
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot write ({error.strerror or error})") from None
+
+    def append(self, lines: str) -> None:
+        """Append whole lines (``lines`` ends in a newline) in one write."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: already closed")
+        if not lines.endswith("\n"):
+            raise ValueError(f"expected whole lines ending in a newline, got {lines[-20:]!r}")
+        data = lines.encode("utf-8")
+        try:
+            written = os.write(self._fd, data)
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot write ({error.strerror or error})") from None
+        if written != len(data):
+            raise OutputError(f"{self.path}: the disk took {written} of {len(data)} bytes (is it full?)")
+
+    def close(self) -> None:
+        """Sync the file to the disk and close it (a second call does nothing)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems (pipes, some network mounts) cannot sync; the lines are written
+            pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> LineAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,19 +1,19 @@
 """Images to pre-processed batches: one decoding pipeline for fitting, predicting and evaluating.
 
 :func:`iter_batches` decodes :class:`padim.datasets.Sample` files in a pool of threads (Pillow
-releases the GIL while it decodes and resizes), keeps their order, and yields
-:class:`Batch` records pre-processed by :func:`padim.images.preprocess`. At most a few batches
-of images are decoded ahead, so memory is bounded by the batch size, not by the number of
-images. :func:`as_batches` is the one place where the input forms a user may pass (a path, a
-folder, a list of paths, PIL images, arrays or tensors, an iterable of batches) become batches.
-No torch here: the ONNX runtime path uses this module too.
+and NumPy release the GIL while they decode, resize and normalise), keeps their order, and yields
+:class:`Batch` records pre-processed by :func:`padim.images.preprocess` from the full-size image,
+so every command feeds the model exactly the same numbers. Memory is bounded by the batch size,
+not by the number or the size of the images: a batch and the next one are decoded ahead, and
+each image is decoded under a shared pixel budget (:mod:`padim.decoding`). :func:`as_batches` is the one place where the input forms a user may pass (a path, a folder,
+a list of paths, PIL images, arrays or tensors, an iterable of batches) become batches. No torch
+here: the ONNX runtime path uses this module too.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from padim.datasets import Sample, image_samples, train_samples
+from padim.decoding import DECODE_BUDGET_PIXELS, PixelBudget, give_back_large_blocks, try_decode
 from padim.errors import DataError, ImageError, OptionError
-from padim.images import as_size, load_image, load_mask, preprocess
+from padim.images import as_size, preprocess
 from padim.progress import progress
 
 #: Folder meanings of :func:`as_batches` (see :mod:`padim.datasets`).
@@ -42,7 +43,8 @@ class Batch:
         sizes: N original (width, height) in pixels.
         masks: N (H, W) uint8 0/1 masks at the working size, None for a sample without one;
             None when masks were not asked for.
-        originals: N decoded RGB images at their own size, when asked for; else None.
+        originals: N decoded RGB images, when asked for (at their own size, or reduced to
+            ``max_side``: see :func:`iter_batches`); else None.
     """
 
     images: np.ndarray
@@ -61,20 +63,6 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
-def _decode(sample: Sample, image_size: tuple[int, int], masks: bool, keep: bool) -> tuple:
-    image = load_image(sample.path)
-    mask = None
-    if masks and sample.mask_path is not None:
-        mask, mask_size = load_mask(sample.mask_path, image_size)
-        if mask_size != image.size:
-            warnings.warn(
-                f"{sample.mask_path}: mask is {mask_size[0]}x{mask_size[1]} but its image "
-                f"{sample.path.name} is {image.size[0]}x{image.size[1]}; resizing the mask to match",
-                stacklevel=2,
-            )
-    return preprocess(image, image_size)[0], image.size, mask, image if keep else None
-
-
 def iter_batches(
     samples: Sequence[Sample],
     image_size: int | Sequence[int],
@@ -87,6 +75,7 @@ def iter_batches(
     skipped: dict[Path, str] | None = None,
     masks: bool = False,
     keep_images: bool = False,
+    max_side: int | None = None,
 ) -> Iterator[Batch]:
     """Decode samples in order, in threads, into batches of readable images.
 
@@ -96,11 +85,14 @@ def iter_batches(
         batch_size: images per batch (the last may be smaller).
         workers: decoding threads (None: :func:`default_workers`; 0 or 1: in this thread).
         skip_bad: leave unreadable images out (recorded in ``skipped``) instead of raising.
-        quiet: no progress bar (it is also off when stderr is not a terminal).
-        desc: the progress bar's label; it counts images, with images/s and the time left.
+        quiet: no progress display (see :func:`padim.progress.progress`).
+        desc: the progress label; it counts the images of the batches the caller has finished
+            with (a batch counts when the next one is asked for), with images/s and the time left.
         skipped: a dict the skipped files are added to, path -> reason, in order.
         masks: also read each sample's mask (:func:`padim.images.load_mask`).
         keep_images: also keep each decoded original (for pictures at the image's own size).
+        max_side: with ``keep_images``, keep each original reduced to this longest side (the
+            full-size pixels are released as soon as the image is pre-processed).
 
     Raises:
         ImageError: naming the file, for an unreadable image or mask when ``skip_bad`` is false.
@@ -112,33 +104,44 @@ def iter_batches(
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise OptionError(f"--workers must be an integer >= 0 (0: decode in this thread), got {workers!r}")
-    return _batches(list(samples), size, batch_size, workers, skip_bad, quiet, desc, skipped, masks, keep_images)
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise OptionError(f"max_side must be an integer >= 1, got {max_side!r}")
+    decode = dict(image_size=size, masks=masks, keep=keep_images, max_side=max_side)
+    give_back_large_blocks()
+    return _batches(list(samples), decode, batch_size, workers, skip_bad, quiet, desc, skipped)
 
 
-def _batches(samples, size, batch_size, workers, skip_bad, quiet, desc, skipped, masks, keep) -> Iterator[Batch]:
+def _batches(samples, decode: dict, batch_size, workers, skip_bad, quiet, desc, skipped) -> Iterator[Batch]:
     bar = progress(total=len(samples), desc=desc, quiet=quiet, unit="img")
     items: list[tuple[int, Any]] = []
+    # The next batch decodes while the caller works on this one; a little more keeps every thread busy.
+    ahead = batch_size + 2 * max(workers, 1)
     try:
-        for item in _decoded(samples, size, workers, masks, keep, ahead=2 * batch_size):
+        for item in _decoded(samples, decode, workers, ahead):
             items.append(item)
             if len(items) == batch_size:
-                yield from _emit(items, samples, skip_bad, skipped, masks, keep, bar)
-        yield from _emit(items, samples, skip_bad, skipped, masks, keep, bar)
+                count = len(items)
+                yield from _emit(items, samples, skip_bad, skipped, decode)
+                bar.update(count)
+        count = len(items)
+        yield from _emit(items, samples, skip_bad, skipped, decode)
+        bar.update(count)
     finally:
         bar.close()
 
 
-def _decoded(samples, size, workers: int, masks: bool, keep: bool, ahead: int) -> Iterator[tuple[int, Any]]:
+def _decoded(samples, decode: dict, workers: int, ahead: int) -> Iterator[tuple[int, Any]]:
     """(index, decoded tuple or ImageError) in the samples' order, at most ``ahead`` decoded early."""
+    budget = PixelBudget(DECODE_BUDGET_PIXELS)
     if workers <= 1:
         for index, sample in enumerate(samples):
-            yield index, _try(sample, size, masks, keep)
+            yield index, try_decode(sample, decode, budget)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="padim-decode") as pool:
         pending: collections.deque = collections.deque()
         try:
             for index, sample in enumerate(samples):
-                pending.append((index, pool.submit(_try, sample, size, masks, keep)))
+                pending.append((index, pool.submit(try_decode, sample, decode, budget)))
                 if len(pending) >= ahead:
                     done, future = pending.popleft()
                     yield done, future.result()
@@ -150,33 +153,32 @@ def _decoded(samples, size, workers: int, masks: bool, keep: bool, ahead: int) -
                 future.cancel()
 
 
-def _try(sample: Sample, size, masks: bool, keep: bool) -> tuple | ImageError:
-    try:
-        return _decode(sample, size, masks, keep)
-    except ImageError as error:
-        return error
+def _emit(items: list, samples, skip_bad: bool, skipped: dict | None, decode: dict) -> Iterator[Batch]:
+    """Turn decoded items into one batch (and empty the list); record the failures, or raise the first.
 
-
-def _emit(items: list, samples, skip_bad: bool, skipped: dict | None, masks: bool, keep: bool, bar) -> Iterator[Batch]:
-    """Turn decoded items into one batch (and empty the list); raise or record the failures."""
-    good = []
+    Without ``skip_bad``, the images before an unreadable one are still yielded (a shorter
+    batch), so that a job keeps the results of every image before the bad one.
+    """
+    good, error = [], None
     for index, result in items:
         if not isinstance(result, ImageError):
             good.append((index, result))
         elif not skip_bad:
-            raise result
+            error = result
+            break
         elif skipped is not None:
             skipped[samples[index].path] = str(result)
-    bar.update(len(items))
     items.clear()
     if good:
         yield Batch(
             images=np.stack([r[0] for _, r in good]),
             indices=[i for i, _ in good],
             sizes=[r[1] for _, r in good],
-            masks=[r[2] for _, r in good] if masks else None,
-            originals=[r[3] for _, r in good] if keep else None,
+            masks=[r[2] for _, r in good] if decode["masks"] else None,
+            originals=[r[3] for _, r in good] if decode["keep"] else None,
         )
+    if error is not None:
+        raise error
 
 
 def as_batches(
