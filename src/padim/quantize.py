@@ -1,0 +1,352 @@
+"""int8 on the CPU: the backbone's layers quantised by onnxruntime, calibrated on the good images.
+
+PaDiM's backbone (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3.1) is a plain
+CNN, and EfficientNet-Lite0 was designed for 8-bit inference. Here the traced graph of
+:mod:`padim.pipeline` is quantised with onnxruntime's static QDQ quantisation: per-channel int8
+weights and uint8 activations for the backbone's ``Conv``, ``Clip``/``Relu``, ``Add`` and
+``MaxPool`` nodes; everything after the backbone (channel selection, Mahalanobis distance,
+up-sampling, blur, score) stays float32. onnxruntime fuses the QDQ pairs into integer kernels.
+
+Calibration (the range of each quantised activation) is measured on a few of the good images
+that ``fit`` is given, before the Gaussians are fitted; the Gaussians are then fitted on the int8
+backbone's features, so fitting and predicting see the same features. The ranges are the only
+state: :class:`Quantization` records them (in the model file), and :func:`quantize` rebuilds the
+same int8 graph from any traced graph that holds the backbone (the embedding while fitting, the
+whole pipeline to predict and to export), on any machine, without the training images.
+
+Weights are quantised to 7 bits (``reduce_range``): x86 CPUs without VNNI multiply uint8 by int8
+in 16-bit pairs that saturate with 8-bit weights, so a model fitted on one CPU would see other
+features on another. With 7 bits no CPU saturates and every machine computes the same integers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padim.errors import ModelFileError
+
+#: Node types quantised inside the backbone (the others run in float32 between them).
+OP_TYPES = ("Conv", "Clip", "Relu", "Add", "MaxPool")
+#: Scope of the backbone's nodes in a traced graph (:class:`padim.backbones.FeatureExtractor`).
+BACKBONE_SCOPE = "/extractor/"
+METHODS = ("minmax", "entropy", "percentile")
+#: Calibration defaults, chosen in ``benchmarks/int8.py`` (see ``benchmarks/results/int8.md``).
+DEFAULT_IMAGES = 32
+DEFAULT_METHOD = "minmax"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a model's backbone is quantised: the calibrated range of each quantised activation.
+
+    Attributes:
+        ranges: tensor name (from the backbone's scope on, see :func:`canonical`) -> (low, high).
+        method: the calibration method, one of :data:`METHODS`.
+        n_images: how many good images the ranges were measured on.
+    """
+
+    ranges: dict[str, tuple[float, float]] = field(repr=False)
+    method: str = DEFAULT_METHOD
+    n_images: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (float32 values written exactly)."""
+        return dict(
+            method=self.method,
+            n_images=self.n_images,
+            activations="uint8",
+            weights="int8 per channel, 7-bit range",
+            format="QDQ",
+            ranges={name: [float(lo), float(hi)] for name, (lo, hi) in sorted(self.ranges.items())},
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Quantization:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: for a malformed record.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("ranges"), dict) or not data["ranges"]:
+            raise ValueError("the int8 quantization record has no ranges")
+        ranges = {}
+        for name, value in data["ranges"].items():
+            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
+                raise ValueError(f"int8 range of {name!r} must be [low, high], got {value!r}")
+            low, high = (float(np.float32(v)) for v in value)
+            if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+                raise ValueError(f"int8 range of {name!r} must be finite with low <= high, got {value!r}")
+            ranges[str(name)] = (low, high)
+        if data.get("method") not in METHODS:
+            raise ValueError(f"int8 calibration method must be one of {METHODS}, got {data.get('method')!r}")
+        return cls(ranges, data["method"], int(data.get("n_images", 0)))
+
+
+def canonical(name: str) -> str:
+    """A tensor's name from the backbone's scope on: the same in every graph that holds the backbone.
+
+    >>> canonical("/embedder/extractor/_blocks.2/Add_output_0"), canonical("images")
+    ('/extractor/_blocks.2/Add_output_0', 'images')
+    """
+    at = name.find(BACKBONE_SCOPE)
+    return name if at < 0 else name[at:]
+
+
+def _optimized(graph: bytes, workdir: Path):
+    """onnxruntime's basic (standard-operator) optimisations of ``graph``, as an ``onnx.ModelProto``.
+
+    Constant folding and folding each padding into its convolution leave one node between two
+    quantised ones, which onnxruntime can then fuse into integer kernels (as ``quant_pre_process``).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(workdir / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    return onnx.shape_inference.infer_shapes(onnx.load(str(workdir / "optimized.onnx")))
+
+
+def _backbone_nodes(model) -> list:
+    """The nodes to quantise: those of :data:`OP_TYPES` inside the backbone's scope."""
+    return [node for node in model.graph.node if node.op_type in OP_TYPES and BACKBONE_SCOPE in node.name]
+
+
+def _activations(model, nodes: Sequence) -> dict[str, str]:
+    """The float tensors that get quantised (weights and biases excluded), each -> whose range it takes.
+
+    A convolution's output read only by a quantised ``Clip`` or ``Relu`` takes that activation's
+    output range: the quantiser then drops the activation (uint8 clips by itself), as
+    onnxruntime's own range adjustment does. So only the activation's output is measured, and
+    the convolution stays fused with its activation while calibrating.
+    """
+    constants = {init.name for init in model.graph.initializer}
+    quantised = {node.name for node in nodes}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    sources: dict[str, str] = {}
+    for node in nodes:
+        for name in [*node.input, *node.output]:
+            if not name or name in constants or name in sources:
+                continue
+            after = readers.get(name, [])
+            clipped = len(after) == 1 and after[0].op_type in ("Clip", "Relu") and after[0].name in quantised
+            sources[name] = after[0].output[0] if clipped else name
+    return sources
+
+
+def calibrate(graph: bytes, images: np.ndarray, method: str = DEFAULT_METHOD, batch_size: int = 8) -> Quantization:
+    """Measure the backbone's activation ranges on good images.
+
+    Args:
+        graph: the float32 graph of the embedding (:class:`padim.pipeline.Embedder`, input ``images``).
+        images: (N, 3, H, W) float32 pre-processed good images.
+        method: ``"minmax"`` (the observed range), ``"entropy"`` (the range that keeps the
+            distribution's information, KL) or ``"percentile"`` (the 99.999th percentile).
+        batch_size: images per calibration run.
+
+    Returns:
+        The :class:`Quantization` with one range per quantised activation.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
+    with tempfile.TemporaryDirectory(prefix="padim-int8-") as tmp:
+        model = _optimized(graph, Path(tmp))
+        wanted = sorted(set(_activations(model, _backbone_nodes(model)).values()))
+        if method == "minmax":
+            found = _minmax(model, wanted, batches)
+        else:
+            found = _histogram_ranges(Path(tmp) / "optimized.onnx", wanted, batches, method)
+    return Quantization({canonical(name): found[name] for name in wanted}, method, len(images))
+
+
+def _minmax(model, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Smallest and largest value of each tensor over the batches.
+
+    The graph gets a ReduceMin and a ReduceMax per tensor and runs with onnxruntime's full
+    optimisations (its own calibrator disables them, which made calibrating 6x slower than
+    embedding the same images).
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from padim.runtime import cpu_threads
+
+    outputs = []
+    for i, name in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            outputs.append(f"padim_calibration_{i}_{op}")
+            model.graph.node.append(helper.make_node(op, [name], [outputs[-1]], keepdims=0))
+            model.graph.output.append(helper.make_tensor_value_info(outputs[-1], TensorProto.FLOAT, []))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = cpu_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    found = np.stack([session.run(outputs, {"images": batch}) for batch in batches]).reshape(len(batches), -1, 2)
+    low, high = found[..., 0].min(0), found[..., 1].max(0)
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
+
+
+def _histogram_ranges(path: Path, tensors: Sequence[str], batches: Sequence[np.ndarray], method: str) -> dict:
+    """Ranges from onnxruntime's histogram calibrators (entropy or percentile)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    calibrator = create_calibrator(
+        path,
+        list(OP_TYPES),
+        augmented_model_path=str(path.with_name("augmented.onnx")),
+        calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.Percentile,
+        # onnxruntime's percentile default is symmetric, which wastes half of uint8 on
+        # activations that are mostly >= 0 after ReLU6.
+        extra_options={"symmetric": False},
+    )
+    calibrator.collect_data(Reader())
+    data = calibrator.compute_data()
+    return {name: tuple(float(np.asarray(v).item()) for v in data[name].range_value) for name in tensors}
+
+
+def quantize(graph: bytes, quantization: Quantization) -> bytes:
+    """The int8 version of a float32 graph that holds the backbone, from recorded ranges.
+
+    Args:
+        graph: ONNX bytes traced from :mod:`padim.pipeline` (the embedding or the whole pipeline).
+        quantization: the backbone's calibrated ranges.
+
+    Returns:
+        ONNX bytes: the backbone's nodes quantised (QDQ), the rest unchanged in float32.
+
+    Raises:
+        ModelFileError: if the ranges do not cover this graph's backbone (a model from another
+            version of the backbone graph: fit it again).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    with tempfile.TemporaryDirectory(prefix="padim-int8-") as tmp:
+        model = _optimized(graph, Path(tmp))
+    nodes = _backbone_nodes(model)
+    sources = _activations(model, nodes)
+    missing = [name for name in sources.values() if canonical(name) not in quantization.ranges]
+    if missing or not nodes:
+        raise ModelFileError(
+            f"the int8 calibration does not match this padim-toolkit's backbone graph (no range for "
+            f"{(missing or ['any node'])[0]!r}): fit the model again"
+        )
+    ranges = {}
+    for name, source in sources.items():
+        low, high = quantization.ranges[canonical(source)]
+        ranges[name] = TensorData(lowest=np.float32(low), highest=np.float32(high))
+    quantizer = QDQQuantizer(
+        model,
+        True,  # per-channel weights
+        True,  # reduce_range: 7-bit weights, the same integers on every x86 CPU (see the module doc)
+        QuantType.QInt8,
+        QuantType.QUInt8,
+        TensorsData(CalibrationMethod.MinMax, ranges),
+        [node.name for node in nodes],
+        [],
+        list(OP_TYPES),
+        {},
+    )
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # as onnxruntime does before saving: the checker wants it
+    return quantizer.model.model.SerializeToString()
+
+
+def calibration_first(samples: list, n_images: int, seed: int) -> list:
+    """``samples`` with ``n_images`` of them, drawn from ``seed``, moved to the front (order kept).
+
+    Fitting streams the images once; putting the calibration subset first lets the same decoded
+    batches calibrate the backbone and then enter the Gaussians.
+
+    >>> calibration_first(list("abcdef"), 2, seed=0)
+    ['c', 'e', 'a', 'b', 'd', 'f']
+    """
+    chosen = set(np.random.default_rng(seed).permutation(len(samples))[:n_images].tolist())
+    return [s for i, s in enumerate(samples) if i in chosen] + [s for i, s in enumerate(samples) if i not in chosen]
+
+
+def split_first(batches: Iterator[Any], n_images: int) -> tuple[np.ndarray, Iterator[Any]]:
+    """The first ``n_images`` images of a stream of batches, and the whole stream again.
+
+    Returns:
+        ((n, 3, H, W) float32 array with n <= ``n_images``, an iterator over every batch,
+        the ones read here included).
+    """
+    taken, count = [], 0
+    for batch in batches:
+        taken.append(batch)
+        count += len(batch)
+        if count >= n_images:
+            break
+    arrays = [np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, dtype=np.float32) for b in taken]
+    first = np.concatenate(arrays)[:n_images] if arrays else np.zeros((0, 3, 1, 1), np.float32)
+    return first, chain(taken, batches)
+
+
+def calibrate_model(
+    model: Any, data: Any, *, n_images: int = DEFAULT_IMAGES, method: str = DEFAULT_METHOD, **options: Any
+) -> Iterator[Any]:
+    """Calibrate a :class:`padim.model.Padim`'s backbone on its first training images.
+
+    Sets ``model.quantization_``. Image files are streamed with a seeded subset of ``n_images``
+    first (:func:`calibration_first`); other forms calibrate on their first ``n_images``.
+
+    Args:
+        model: a model being fitted (its ``extractor_``, ``channel_idx_`` and ``image_size_`` set).
+        data: its good images, in any form of :func:`padim.loading.as_batches`.
+        n_images, method: the calibration set's size and method (see :func:`calibrate`).
+        options: decoding options of :func:`padim.loading.iter_batches`.
+
+    Returns:
+        The training batches, the calibration images included, for the Gaussians.
+
+    Raises:
+        DataError: for fewer than 2 images.
+    """
+    import torch
+
+    from padim.errors import DataError
+    from padim.loading import as_batches, to_samples
+    from padim.pipeline import Embedder, onnx_bytes
+    from padim.runtime import OrtRunner
+
+    samples = to_samples(data, folder="good")
+    if samples is not None:
+        data = calibration_first(samples, n_images, model.seed)
+    skipped = model.__dict__.setdefault("skipped_", {})
+    batches = as_batches(data, model.image_size_, folder="good", desc="fit", skipped=skipped, **options)
+    images, batches = split_first(iter(batches), n_images)
+    if len(images) < 2:
+        raise DataError(f"fitting needs at least 2 good images, got {len(images)}")
+    embedder = Embedder(model.extractor_, model.channel_idx_)
+    example = {"images": torch.zeros(2, 3, *model.image_size_)}
+    graph = onnx_bytes(embedder, example, ["patches"], {"images": 0, "patches": 1})
+    model.quantization_ = calibrate(graph, images, method)
+    # The embedding's executor, from the graph traced here: tracing the backbone again costs as
+    # much as calibrating.
+    model.__dict__.setdefault("_runners", {})["embed"] = OrtRunner(quantize(graph, model.quantization_))
+    return batches
