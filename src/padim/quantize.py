@@ -36,10 +36,13 @@ from padim.errors import ModelFileError
 OP_TYPES = ("Conv", "Clip", "Relu", "Add", "MaxPool")
 #: Scope of the backbone's nodes in a traced graph (:class:`padim.backbones.FeatureExtractor`).
 BACKBONE_SCOPE = "/extractor/"
+#: Calibration methods a record may name (padim calibrates with MinMax; the others are compared
+#: in ``benchmarks/int8.py``).
 METHODS = ("minmax", "entropy", "percentile")
-#: Calibration defaults, chosen in ``benchmarks/int8.py`` (see ``benchmarks/results/int8.md``).
+#: Good images the backbone is calibrated on (``benchmarks/results/int8.md``).
 DEFAULT_IMAGES = 32
-DEFAULT_METHOD = "minmax"
+#: Bits of the weights' range for new calibrations: 7 (see the module doc) or 8.
+WEIGHT_BITS = 7
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,22 @@ class Quantization:
         ranges: tensor name (from the backbone's scope on, see :func:`canonical`) -> (low, high).
         method: the calibration method, one of :data:`METHODS`.
         n_images: how many good images the ranges were measured on.
+        weight_bits: 7 (int8 weights in [-64, 63], see the module doc) or 8.
     """
 
     ranges: dict[str, tuple[float, float]] = field(repr=False)
-    method: str = DEFAULT_METHOD
+    method: str = "minmax"
     n_images: int = 0
+    weight_bits: int = 7
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (float32 values written exactly)."""
         return dict(
             method=self.method,
             n_images=self.n_images,
+            weight_bits=self.weight_bits,
             activations="uint8",
-            weights="int8 per channel, 7-bit range",
+            weights="int8 per output channel",
             format="QDQ",
             ranges={name: [float(lo), float(hi)] for name, (lo, hi) in sorted(self.ranges.items())},
         )
@@ -86,7 +92,9 @@ class Quantization:
             ranges[str(name)] = (low, high)
         if data.get("method") not in METHODS:
             raise ValueError(f"int8 calibration method must be one of {METHODS}, got {data.get('method')!r}")
-        return cls(ranges, data["method"], int(data.get("n_images", 0)))
+        if data.get("weight_bits", 7) not in (7, 8):
+            raise ValueError(f"int8 weight_bits must be 7 or 8, got {data.get('weight_bits')!r}")
+        return cls(ranges, data["method"], int(data.get("n_images", 0)), int(data.get("weight_bits", 7)))
 
 
 def canonical(name: str) -> str:
@@ -99,86 +107,75 @@ def canonical(name: str) -> str:
     return name if at < 0 else name[at:]
 
 
-def _optimized(graph: bytes, workdir: Path):
-    """onnxruntime's basic (standard-operator) optimisations of ``graph``, as an ``onnx.ModelProto``.
+def optimized(graph: bytes):
+    """``graph`` after onnxruntime's basic (standard-operator) optimisations, as an ``onnx.ModelProto``.
 
-    Constant folding and folding each padding into its convolution leave one node between two
-    quantised ones, which onnxruntime can then fuse into integer kernels (as ``quant_pre_process``).
+    Folding constants and each padding into its convolution leaves the quantised nodes next to
+    each other, so onnxruntime fuses them into integer kernels (as its ``quant_pre_process``).
     """
     import onnx
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(workdir / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    return onnx.shape_inference.infer_shapes(onnx.load(str(workdir / "optimized.onnx")))
+    with tempfile.TemporaryDirectory(prefix="padim-int8-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        return onnx.shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath))
 
 
-def _backbone_nodes(model) -> list:
-    """The nodes to quantise: those of :data:`OP_TYPES` inside the backbone's scope."""
-    return [node for node in model.graph.node if node.op_type in OP_TYPES and BACKBONE_SCOPE in node.name]
+def backbone_activations(model) -> tuple[list, dict[str, str]]:
+    """The nodes to quantise (:data:`OP_TYPES` in the backbone's scope) and their float tensors.
 
-
-def _activations(model, nodes: Sequence) -> dict[str, str]:
-    """The float tensors that get quantised (weights and biases excluded), each -> whose range it takes.
-
-    A convolution's output read only by a quantised ``Clip`` or ``Relu`` takes that activation's
-    output range: the quantiser then drops the activation (uint8 clips by itself), as
-    onnxruntime's own range adjustment does. So only the activation's output is measured, and
-    the convolution stays fused with its activation while calibrating.
+    Returns:
+        (nodes, tensor name -> the tensor whose range it takes). A convolution's output read
+        only by a quantised ``Clip`` or ``Relu`` takes that activation's output range, as
+        onnxruntime's own range adjustment does: the quantiser then drops the activation (uint8
+        clips by itself), so only its output is measured and the convolution stays fused with
+        it while calibrating.
     """
-    constants = {init.name for init in model.graph.initializer}
-    quantised = {node.name for node in nodes}
+    nodes = [node for node in model.graph.node if node.op_type in OP_TYPES and BACKBONE_SCOPE in node.name]
+    constants, quantised = {init.name for init in model.graph.initializer}, {node.name for node in nodes}
     readers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     sources: dict[str, str] = {}
-    for node in nodes:
-        for name in [*node.input, *node.output]:
-            if not name or name in constants or name in sources:
-                continue
+    for name in (name for node in nodes for name in [*node.input, *node.output]):
+        if name and name not in constants and name not in sources:
             after = readers.get(name, [])
             clipped = len(after) == 1 and after[0].op_type in ("Clip", "Relu") and after[0].name in quantised
             sources[name] = after[0].output[0] if clipped else name
-    return sources
+    return nodes, sources
 
 
-def calibrate(graph: bytes, images: np.ndarray, method: str = DEFAULT_METHOD, batch_size: int = 8) -> Quantization:
-    """Measure the backbone's activation ranges on good images.
+def calibrate(graph: bytes, images: np.ndarray, batch_size: int = 8) -> Quantization:
+    """Measure the backbone's activation ranges on good images (MinMax: the observed ranges).
+
+    MinMax was as accurate as onnxruntime's Entropy and Percentile calibrators on bottle and
+    hazelnut, and several times cheaper (``benchmarks/results/int8.md``).
 
     Args:
         graph: the float32 graph of the embedding (:class:`padim.pipeline.Embedder`, input ``images``).
         images: (N, 3, H, W) float32 pre-processed good images.
-        method: ``"minmax"`` (the observed range), ``"entropy"`` (the range that keeps the
-            distribution's information, KL) or ``"percentile"`` (the 99.999th percentile).
         batch_size: images per calibration run.
 
     Returns:
         The :class:`Quantization` with one range per quantised activation.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     images = np.ascontiguousarray(images, dtype=np.float32)
-    batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
-    with tempfile.TemporaryDirectory(prefix="padim-int8-") as tmp:
-        model = _optimized(graph, Path(tmp))
-        wanted = sorted(set(_activations(model, _backbone_nodes(model)).values()))
-        if method == "minmax":
-            found = _minmax(model, wanted, batches)
-        else:
-            found = _histogram_ranges(Path(tmp) / "optimized.onnx", wanted, batches, method)
-    return Quantization({canonical(name): found[name] for name in wanted}, method, len(images))
+    model = optimized(graph)
+    wanted = sorted(set(backbone_activations(model)[1].values()))
+    found = _minmax(model, wanted, [images[i : i + batch_size] for i in range(0, len(images), batch_size)])
+    return Quantization({canonical(name): found[name] for name in wanted}, "minmax", len(images), WEIGHT_BITS)
 
 
 def _minmax(model, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
     """Smallest and largest value of each tensor over the batches.
 
-    The graph gets a ReduceMin and a ReduceMax per tensor and runs with onnxruntime's full
-    optimisations (its own calibrator disables them, which made calibrating 6x slower than
-    embedding the same images).
+    A ReduceMin and a ReduceMax per tensor, run with onnxruntime's optimisations (its own
+    calibrator disables them: it took 6 times as long as embedding the same images).
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -200,33 +197,6 @@ def _minmax(model, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dic
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
 
 
-def _histogram_ranges(path: Path, tensors: Sequence[str], batches: Sequence[np.ndarray], method: str) -> dict:
-    """Ranges from onnxruntime's histogram calibrators (entropy or percentile)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(batches)
-
-        def get_next(self) -> dict | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch}
-
-    calibrator = create_calibrator(
-        path,
-        list(OP_TYPES),
-        augmented_model_path=str(path.with_name("augmented.onnx")),
-        calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.Percentile,
-        # onnxruntime's percentile default is symmetric, which wastes half of uint8 on
-        # activations that are mostly >= 0 after ReLU6.
-        extra_options={"symmetric": False},
-    )
-    calibrator.collect_data(Reader())
-    data = calibrator.compute_data()
-    return {name: tuple(float(np.asarray(v).item()) for v in data[name].range_value) for name in tensors}
-
-
 def quantize(graph: bytes, quantization: Quantization) -> bytes:
     """The int8 version of a float32 graph that holds the backbone, from recorded ranges.
 
@@ -245,10 +215,8 @@ def quantize(graph: bytes, quantization: Quantization) -> bytes:
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-    with tempfile.TemporaryDirectory(prefix="padim-int8-") as tmp:
-        model = _optimized(graph, Path(tmp))
-    nodes = _backbone_nodes(model)
-    sources = _activations(model, nodes)
+    model = optimized(graph)
+    nodes, sources = backbone_activations(model)
     missing = [name for name in sources.values() if canonical(name) not in quantization.ranges]
     if missing or not nodes:
         raise ModelFileError(
@@ -262,7 +230,7 @@ def quantize(graph: bytes, quantization: Quantization) -> bytes:
     quantizer = QDQQuantizer(
         model,
         True,  # per-channel weights
-        True,  # reduce_range: 7-bit weights, the same integers on every x86 CPU (see the module doc)
+        quantization.weight_bits == 7,  # reduce_range: the same integers on every x86 CPU (module doc)
         QuantType.QInt8,
         QuantType.QUInt8,
         TensorsData(CalibrationMethod.MinMax, ranges),
@@ -307,9 +275,7 @@ def split_first(batches: Iterator[Any], n_images: int) -> tuple[np.ndarray, Iter
     return first, chain(taken, batches)
 
 
-def calibrate_model(
-    model: Any, data: Any, *, n_images: int = DEFAULT_IMAGES, method: str = DEFAULT_METHOD, **options: Any
-) -> Iterator[Any]:
+def calibrate_model(model: Any, data: Any, *, n_images: int = DEFAULT_IMAGES, **options: Any) -> Iterator[Any]:
     """Calibrate a :class:`padim.model.Padim`'s backbone on its first training images.
 
     Sets ``model.quantization_``. Image files are streamed with a seeded subset of ``n_images``
@@ -318,7 +284,7 @@ def calibrate_model(
     Args:
         model: a model being fitted (its ``extractor_``, ``channel_idx_`` and ``image_size_`` set).
         data: its good images, in any form of :func:`padim.loading.as_batches`.
-        n_images, method: the calibration set's size and method (see :func:`calibrate`).
+        n_images: how many images to calibrate on.
         options: decoding options of :func:`padim.loading.iter_batches`.
 
     Returns:
@@ -345,7 +311,7 @@ def calibrate_model(
     embedder = Embedder(model.extractor_, model.channel_idx_)
     example = {"images": torch.zeros(2, 3, *model.image_size_)}
     graph = onnx_bytes(embedder, example, ["patches"], {"images": 0, "patches": 1})
-    model.quantization_ = calibrate(graph, images, method)
+    model.quantization_ = calibrate(graph, images)
     # The embedding's executor, from the graph traced here: tracing the backbone again costs as
     # much as calibrating.
     model.__dict__.setdefault("_runners", {})["embed"] = OrtRunner(quantize(graph, model.quantization_))
