@@ -14,7 +14,7 @@ own high-water mark, so measurements do not leak into each other). Parts:
    fit time and peak RSS, predict throughput (batch 32, after one warm-up batch), the
    largest map difference between anomalib and us, image and pixel AUROC (scikit-learn),
    and PaDiM's own share of predict time (predict minus backbone, over predict). padim runs in
-   eager torch, in onnxruntime, and in onnxruntime with the int8 backbone (``precision="int8"``,
+   eager torch, in onnxruntime, and in onnxruntime with the int8 backbone (``backbone_dtype="int8"``,
    calibrated on the first 32 images of the training stream; its calibration is timed apart).
 2. Fit peak RSS on N=200 and N=2000 random 128x128 images (generated batch by batch).
 3. wide_resnet50_2 with random weights, d=550, on bottle at ``--wrn-size`` px: model file
@@ -161,7 +161,7 @@ def make_padim(cfg: dict, backend: str, eps: float = 0.01, precision: str = "flo
         seed=0,
         eps=eps,
         backend=backend,
-        precision=precision,
+        backbone_dtype=precision,
     )
 
 
@@ -466,6 +466,13 @@ def main() -> None:
     parser.add_argument("--wrn-size", type=int, default=128, help="image size for wide_resnet50_2 (memory: P * d^2)")
     parser.add_argument("--synthetic", type=int, nargs=2, default=[200, 2000], metavar=("N_SMALL", "N_LARGE"))
     parser.add_argument("--skip", nargs="*", default=[], choices=["lite0", "memory", "wrn", "anomalib-2000", "sweep"])
+    parser.add_argument(
+        "--padim",
+        nargs="*",
+        default=["torch", "onnxruntime", "int8"],
+        choices=["torch", "onnxruntime", "int8"],
+        help="padim variants in the EfficientNet-Lite0 part (default: all three)",
+    )
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     log: list = []
@@ -492,7 +499,8 @@ def main() -> None:
         part: dict = {"anomalib": {}, "padim": {}}
         # Alternate the libraries, each measurement in its own process, and keep the medians:
         # the machine is shared, and a slow minute then hits both sides alike.
-        lite0_variants = [*variants, ("int8", "onnxruntime")]
+        lite0_variants = [(label, backend) for label, backend in [*variants, ("int8", "onnxruntime")]
+                          if label in args.padim]  # fmt: skip
         runs: dict = {"anomalib": [], **{label: [] for label, _ in lite0_variants}}
         for _ in range(args.repeats):
             fit = spawn("anomalib_fit", lite0, dict(data=data, save=f"{c}/anomalib_lite0.pt"), log)
@@ -521,13 +529,15 @@ def main() -> None:
         model = f"{c}/padim_lite0_eps.safetensors"
         spawn("padim_fit", lite0, dict(data=data, backend="onnxruntime", save=model, eps=ANOMALIB_EPS), log)
         part["map_difference"] = {}
-        for label, backend in variants:
+        float_variants = [(label, backend) for label, backend in variants if label in args.padim]
+        for label, backend in float_variants:
             maps = f"{c}/maps_padim_lite0_{backend}.npy"
             spawn("padim_predict", lite0, dict(data=data, backend=backend, model=model, rounds=1, maps=maps), log)
             part["map_difference"][label] = map_difference(anomalib_maps, maps)
-        part["map_difference"]["onnxruntime_vs_torch"] = map_difference(
-            f"{c}/maps_padim_lite0_torch.npy", f"{c}/maps_padim_lite0_onnxruntime.npy"
-        )
+        if len(float_variants) == 2:
+            part["map_difference"]["onnxruntime_vs_torch"] = map_difference(
+                f"{c}/maps_padim_lite0_torch.npy", f"{c}/maps_padim_lite0_onnxruntime.npy"
+            )
         report["lite0"] = part
         if "sweep" not in args.skip:  # batch size for onnxruntime predict
             report["batch_sweep"] = {

@@ -15,7 +15,7 @@ Parts (EfficientNet-Lite0, 256 px, d=100, seed 0, 2 threads):
    and streamed in a seeded random order, so the first N (the calibration set) are a seeded
    random subset, as ``padim fit`` draws them from files.
 2. parity: the int8 ``.padim`` model against its ``.onnx`` export on bottle's test images.
-3. jobs: ``padim fit DATA -o MODEL [--precision int8]`` and ``padim predict MODEL test/* -o OUT``
+3. jobs: ``padim fit DATA -o MODEL [--backbone-dtype int8]`` and ``padim predict MODEL test/* -o OUT``
    as a user runs them (decoding, overlays, CSV; one process per command, imports included),
    float32 and int8 alternating, medians.
 
@@ -115,13 +115,13 @@ def fit_and_score(train, test, labels, masks, precision="float32", method="minma
     padim.quantize.calibrate, padim.quantize.WEIGHT_BITS = calibration(method), weight_bits
     try:
         start = time.perf_counter()
-        model = Padim(precision=precision).fit(train[i : i + 32] for i in range(0, len(train), 32))
+        model = Padim(backbone_dtype=precision).fit(train[i : i + 32] for i in range(0, len(train), 32))
         fit_s = time.perf_counter() - start
     finally:
         (padim.model.calibrate_model, padim.quantize.calibrate), padim.quantize.WEIGHT_BITS = saved, 7
     maps = np.concatenate([model.predict(test[i : i + 32]).anomaly_map for i in range(0, len(test), 32)])
     result = dict(
-        precision=precision,
+        backbone_dtype=precision,
         image_auroc=float(roc_auc_score(labels, maps.reshape(len(maps), -1).max(1))),
         pixel_auroc=float(roc_auc_score(masks.ravel() > 0, maps.ravel())),
         fit_s=fit_s,
@@ -212,8 +212,10 @@ def jobs(data: Path, workdir: Path, fit_rounds: int, predict_rounds: int) -> dic
     fit: dict = {p: [] for p in models}
     for _ in range(fit_rounds):
         for precision, path in models.items():
-            print(f"... padim fit --precision {precision}", file=sys.stderr, flush=True)
-            fit[precision].append(run_command(["fit", str(data), "-o", str(path), "--precision", precision, "--quiet"]))
+            print(f"... padim fit --backbone-dtype {precision}", file=sys.stderr, flush=True)
+            fit[precision].append(
+                run_command(["fit", str(data), "-o", str(path), "--backbone-dtype", precision, "--quiet"])
+            )
     files = {f"{p} .padim": path for p, path in models.items()}
     files.update({f"{p} .onnx": export_onnx(path, path.with_suffix(".onnx")) for p, path in models.items()})
     inputs = sorted(str(d) for d in (data / "test").iterdir() if d.is_dir())
@@ -278,10 +280,10 @@ def render(report: dict) -> str:
         out += [
             f"## The whole job on bottle ({j['n_images']} test images; one process per command, imports included)",
             "",
-            "`padim fit ../shared/data/mvtec_ad/bottle -o MODEL [--precision int8]` (decoding 209 PNGs, "
+            "`padim fit ../shared/data/mvtec_ad/bottle -o MODEL [--backbone-dtype int8]` (decoding 209 PNGs, "
             "hold-out threshold):",
             "",
-            "| precision | fit s (median) | runs |",
+            "| backbone | fit s (median) | runs |",
             "|---|---:|---|",
             *[f"| {k} | {v:.1f} | {', '.join(f'{x:.1f}' for x in j['fit_s_all'][k])} |" for k, v in j["fit_s"].items()],
             "",

@@ -42,7 +42,7 @@ def relative_error(actual, expected):
 @pytest.fixture(scope="module")
 def int8(mvtec_tree, tmp_path_factory):
     """:data:`TINY` in int8 fitted on ``mvtec_tree``, its ``.padim`` file and its ONNX export."""
-    model = Padim(**TINY, precision="int8").fit(mvtec_tree)
+    model = Padim(**TINY, backbone_dtype="int8").fit(mvtec_tree)
     folder = tmp_path_factory.mktemp("int8")
     return model, model.save(folder / "int8.padim"), export_onnx(model, folder / "int8.onnx")
 
@@ -50,7 +50,7 @@ def int8(mvtec_tree, tmp_path_factory):
 def test_fit_and_predict_see_the_same_int8_features(mvtec_tree, int8, tiny_model):
     model, _, _ = int8
     assert model.quantization_.n_images == 7 and model.quantization_.method == "minmax"  # 8 good, 1 held out
-    assert model.calibration_ is not None and model.config()["precision"] == "int8"
+    assert model.calibration_ is not None and model.config()["backbone_dtype"] == "int8"
     paths = image_paths(mvtec_tree)
     prediction = model.predict(paths)
     # The maps of the int8 pipeline graph equal the float32 head run in torch on the features of
@@ -88,7 +88,7 @@ def test_padim_and_onnx_files_agree(mvtec_tree, int8):
         got = open_model(path).predict(paths)
         assert relative_error(got.anomaly_map, expected.anomaly_map) < 1e-4
         np.testing.assert_array_equal(got.label, expected.label)
-    assert open_model(onnx_file).config["precision"] == "int8"
+    assert open_model(onnx_file).config["backbone_dtype"] == "int8"
     # The file holds the graph the .padim model runs: the same maps, to the bit.
     np.testing.assert_array_equal(open_model(onnx_file).predict(paths).anomaly_map, expected.anomaly_map)
 
@@ -96,10 +96,10 @@ def test_padim_and_onnx_files_agree(mvtec_tree, int8):
 def test_quantization_round_trips_through_the_model_file(int8):
     model, padim_file, _ = int8
     _, meta = read_model_file(padim_file)
-    assert meta["format_version"] == 3 and meta["precision"] == "int8"
+    assert meta["format_version"] == 3 and meta["backbone_dtype"] == "int8"
     assert Quantization.from_dict(meta["quantization"]) == model.quantization_
     loaded = Padim.load(padim_file)
-    assert loaded.quantization_ == model.quantization_ and loaded.precision == "int8"
+    assert loaded.quantization_ == model.quantization_ and loaded.backbone_dtype == "int8"
     assert all(isinstance(v, float) for lo_hi in loaded.quantization_.ranges.values() for v in lo_hi)
 
 
@@ -168,11 +168,11 @@ def test_split_first_keeps_the_whole_stream():
 
 def test_int8_options_and_damaged_records(int8, tmp_path):
     model, padim_file, _ = int8
-    with pytest.raises(OptionError, match="precision must be one of"):
-        Padim(**TINY, precision="float16").fit(torch.randn(4, 3, 64, 64))
+    with pytest.raises(OptionError, match="backbone_dtype must be one of"):
+        Padim(**TINY, backbone_dtype="float16").fit(torch.randn(4, 3, 64, 64))
     for options, needle in ((dict(backend="torch"), "backend='torch'"), (dict(device="cuda"), "device='cuda'")):
         with pytest.raises(OptionError, match=needle):  # CUDA keeps float32
-            Padim(**TINY, precision="int8", **options).fit(torch.randn(4, 3, 64, 64))
+            Padim(**TINY, backbone_dtype="int8", **options).fit(torch.randn(4, 3, 64, 64))
         with pytest.raises(OptionError, match="is an int8 model"):
             Padim.load(padim_file, **options)
     with pytest.raises(ValueError, match="low <= high"):
@@ -186,12 +186,27 @@ def test_int8_options_and_damaged_records(int8, tmp_path):
         Padim.load(tmp_path / "bad.padim")
 
 
+def test_format_2_files_still_load_as_float32(tiny_model, tmp_path):
+    from padim.model_file import save, write_model_file
+
+    tensors, meta = read_model_file(save(tiny_model, tmp_path / "new.padim"))
+    del meta["backbone_dtype"], meta["format_version"]
+    write_model_file(tmp_path / "old.padim", tensors, meta)
+    raw = (tmp_path / "old.padim").read_bytes().replace(b'format_version\\": 3', b'format_version\\": 2', 1)
+    (tmp_path / "old.padim").write_bytes(raw)
+    old = Padim.load(tmp_path / "old.padim")
+    assert read_model_file(tmp_path / "old.padim")[1]["format_version"] == 2
+    assert old.backbone_dtype == "float32" and old.quantization_ is None
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(old.predict(images).anomaly_map, tiny_model.predict(images).anomaly_map)
+
+
 def test_cli_fit_export_predict_int8(mvtec_tree, tmp_path, capsys):
     from padim.cli import main
 
     fast = ["--backbone", "resnet18", "--random-weights", "--image-size", "64", "--n-features", "16", "--quiet"]
-    assert main(["fit", str(mvtec_tree), "-o", str(tmp_path / "m.padim"), "--precision", "int8", *fast]) == 0
-    assert Padim.load(tmp_path / "m.padim").precision == "int8"
+    assert main(["fit", str(mvtec_tree), "-o", str(tmp_path / "m.padim"), "--backbone-dtype", "int8", *fast]) == 0
+    assert Padim.load(tmp_path / "m.padim").backbone_dtype == "int8"
     assert main(["export", str(tmp_path / "m.padim"), "-o", str(tmp_path / "m.onnx"), "--quiet"]) == 0
     test_folder = mvtec_tree / "test" / "scratch"
     assert main(["predict", str(tmp_path / "m.onnx"), str(test_folder), "-o", str(tmp_path / "out"), "--quiet"]) == 0

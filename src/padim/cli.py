@@ -105,7 +105,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         backend=args.backend,
         holdout=args.holdout,
         quantile=args.quantile,
-        precision=args.precision,
+        backbone_dtype=args.backbone_dtype,
     )
     start = time.perf_counter()
     model.fit(args.data, validation=args.validation, **_options(args))
@@ -115,7 +115,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     threshold = "none (no held-out images)" if calibration is None else f"{calibration.threshold:.4g}"
     _say(
         args,
-        f"fitted {model.n_images_} images in {time.perf_counter() - start:.1f} s ({model.precision}); "
+        f"fitted {model.n_images_} images in {time.perf_counter() - start:.1f} s ({model.backbone_dtype} backbone); "
         f"threshold {threshold}; wrote {args.output}",
     )
     return 0
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--validation", help="folder of good images for the threshold instead of a held-out fraction")
     p.add_argument(
-        "--precision",
+        "--backbone-dtype",
         choices=["float32", "int8"],
         default="float32",
         help="int8: the backbone quantised, calibrated on 32 of the good images (CPU, onnxruntime; "

@@ -9,11 +9,10 @@ cache. Writes are atomic: a temporary file in the same folder, renamed into plac
 Tensors: ``mean`` (P, D) float32, ``precision_cholesky`` (P, D, D) float32 (the precisions'
 factors, precision = C C^T), ``channel_idx`` (D,) int64, ``backbone.<name>`` for each weight of
 the cut backbone. Format 1 (padim-toolkit 0.1) stored ``precision`` itself; it is read too.
-Format 3 is written for int8 models only: their metadata adds ``precision`` and the
-``quantization`` record (:class:`padim.quantize.Quantization`: the backbone's calibrated
-activation ranges), from which the same int8 graph is rebuilt without the training images.
-A float32 model is still written as format 2, readable by older padim-toolkit versions, which
-would refuse an int8 one (format 3) rather than run its Gaussians on float32 features.
+Format 3 adds ``backbone_dtype`` and, for an int8 backbone, the ``quantization`` record
+(:class:`padim.quantize.Quantization`: the calibrated activation ranges), from which the same
+int8 graph is rebuilt without the training images; an older reader refuses the file rather
+than run Gaussians fitted on int8 features with a float32 backbone. Formats 1 and 2 are float32.
 """
 
 from __future__ import annotations
@@ -37,11 +36,11 @@ _KEY = "padim"
 PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
 
 
-def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict, version: int = FORMAT_VERSION) -> None:
+def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None:
     """Write tensors (name -> torch.Tensor) and metadata (JSON-serialisable dict) atomically."""
     from safetensors.torch import save_file
 
-    header = json.dumps({"format_version": version, **meta})
+    header = json.dumps({"format_version": FORMAT_VERSION, **meta})
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_KEY: header})
@@ -101,10 +100,9 @@ def save(model: Padim, path: str | os.PathLike) -> Path:
         "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
         "padim_toolkit_version": __version__,
     }
-    quantization = getattr(model, "quantization_", None)
-    if quantization is not None:
-        meta["quantization"] = quantization.to_dict()
-    write_model_file(path, tensors, meta, version=FORMAT_VERSION if quantization is not None else 2)
+    if getattr(model, "quantization_", None) is not None:
+        meta["quantization"] = model.quantization_.to_dict()
+    write_model_file(path, tensors, meta)
     return Path(path)
 
 
@@ -124,18 +122,18 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
     from padim.scoring import Calibration
 
     tensors, meta = read_model_file(path)
-    precision = meta.get("precision", "float32")
-    if precision == "int8":  # checked first: a matter of the options, not of the file
+    dtype = meta.get("backbone_dtype", "float32")
+    if dtype == "int8":  # checked first: a matter of the options, not of the file
         try:
-            use_onnxruntime(backend, device, precision)
+            use_onnxruntime(backend, device, dtype)
         except OptionError as error:
             raise OptionError(f"{path} is an int8 model: {error}") from None
     try:
         params = {key: meta[key] for key in PARAMS}
         params["image_size"] = tuple(params["image_size"])
-        if precision not in ("float32", "int8") or (precision == "int8") != ("quantization" in meta):
-            raise ValueError(f"precision {precision!r} with{'out' * ('quantization' not in meta)} int8 ranges")
-        model = Padim(**params, device=device, backend=backend, precision=precision)
+        if dtype not in ("float32", "int8") or (dtype == "int8") != ("quantization" in meta):
+            raise ValueError(f"backbone_dtype {dtype!r} with{'out' * ('quantization' not in meta)} int8 ranges")
+        model = Padim(**params, device=device, backend=backend, backbone_dtype=dtype)
         resolved = resolve_params(model)
         p = math.prod(_pair(meta["feature_size"]))
         d = resolved["n_features"]
@@ -162,7 +160,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             precision_cholesky_=tensors["precision_cholesky"].float().to(model.device),
             n_images_=int(meta["n_images"]),
             calibration_=None if calibration is None else Calibration(**calibration),
-            quantization_=Quantization.from_dict(meta["quantization"]) if precision == "int8" else None,
+            quantization_=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
         )
         for value in (fitted["mean_"], fitted["precision_cholesky_"]):
             if not bool(torch.isfinite(value).all()):

@@ -163,26 +163,26 @@ def pipeline_onnx(pipeline: Pipeline, image_size: Sequence[int], state: dict[str
     return onnx_bytes(pipeline, example, OUTPUTS, {"images": 0, **{name: 0 for name in OUTPUTS}})
 
 
-def use_onnxruntime(backend: str, device: str | torch.device, precision: str = "float32") -> bool:
+def use_onnxruntime(backend: str, device: str | torch.device, backbone_dtype: str = "float32") -> bool:
     """Whether ``backend`` (``"auto"``, ``"torch"``, ``"onnxruntime"``) runs in onnxruntime on ``device``.
 
-    An int8 model (``precision="int8"``, :mod:`padim.quantize`) runs only there: CUDA keeps float32.
+    An int8 backbone (``backbone_dtype="int8"``, :mod:`padim.quantize`) runs only there: CUDA keeps float32.
 
     Raises:
         OptionError: for ``"onnxruntime"`` or int8 where onnxruntime is not installed, and for
             int8 with the torch backend or off the CPU.
     """
-    if precision == "int8" and (backend == "torch" or torch.device(device).type != "cpu"):
+    if backbone_dtype == "int8" and (backend == "torch" or torch.device(device).type != "cpu"):
         option = f"backend={backend!r}" if backend == "torch" else f"device={str(device)!r}"
-        raise OptionError(f"precision='int8' runs in onnxruntime on the CPU, got {option}; "
+        raise OptionError(f"backbone_dtype='int8' runs in onnxruntime on the CPU, got {option}; "
                           "fit a float32 model for torch or CUDA")  # fmt: skip
     if backend == "torch" or torch.device(device).type != "cpu":
         return False
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        if backend == "onnxruntime" or precision == "int8":
-            wanted = "precision='int8'" if precision == "int8" else "backend='onnxruntime'"
+        if backend == "onnxruntime" or backbone_dtype == "int8":
+            wanted = "backbone_dtype='int8'" if backbone_dtype == "int8" else "backend='onnxruntime'"
             raise OptionError(f"{wanted} needs the onnxruntime package") from None
         return False
     return True
