@@ -201,9 +201,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from padim.export import export_onnx
+    from padim.model import Padim
 
-    path = export_onnx(args.model, args.output)
-    _say(args, f"wrote {path}")
+    model = Padim.load(args.model)
+    path = export_onnx(model, args.output)
+    _say(args, f"wrote {path} ({model.backbone_dtype} backbone, as fitted)")
     return 0
 
 
@@ -328,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a model to ONNX",
         description="Export the whole pipeline (image batch in; anomaly map, score, normalised "
-        "score and label out) to ONNX.",
+        "score and label out) to ONNX. A model fitted with --backbone-dtype int8 exports its int8 graph.",
     )
     p.add_argument("model", metavar="MODEL", help=".padim model file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")

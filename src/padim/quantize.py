@@ -251,7 +251,7 @@ def calibration_first(samples: list, n_images: int, seed: int) -> list:
     batches calibrate the backbone and then enter the Gaussians.
 
     >>> calibration_first(list("abcdef"), 2, seed=0)
-    ['c', 'e', 'a', 'b', 'd', 'f']
+    ['c', 'd', 'a', 'b', 'e', 'f']
     """
     chosen = set(np.random.default_rng(seed).permutation(len(samples))[:n_images].tolist())
     return [s for i, s in enumerate(samples) if i in chosen] + [s for i, s in enumerate(samples) if i not in chosen]
