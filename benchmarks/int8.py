@@ -68,7 +68,7 @@ def histogram_calibrate(method: str):
 
         import padim.quantize as q
 
-        model = q.optimized(graph)
+        model = q.optimized(graph) if isinstance(graph, bytes) else graph
         wanted = sorted(set(q.backbone_activations(model)[1].values()))
         batches = iter([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
 

@@ -125,6 +125,15 @@ def optimized(graph: bytes):
         return onnx.shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath))
 
 
+def _prepared(graph: Any):
+    """A copy of ``graph`` to change: optimised from ONNX bytes, or copied from an optimised ``ModelProto``."""
+    if isinstance(graph, bytes):
+        return optimized(graph)
+    model = type(graph)()
+    model.CopyFrom(graph)
+    return model
+
+
 def backbone_activations(model) -> tuple[list, dict[str, str]]:
     """The nodes to quantise (:data:`OP_TYPES` in the backbone's scope) and their float tensors.
 
@@ -150,14 +159,15 @@ def backbone_activations(model) -> tuple[list, dict[str, str]]:
     return nodes, sources
 
 
-def calibrate(graph: bytes, images: np.ndarray, batch_size: int = 8) -> Quantization:
+def calibrate(graph: Any, images: np.ndarray, batch_size: int = 8) -> Quantization:
     """Measure the backbone's activation ranges on good images (MinMax: the observed ranges).
 
     MinMax was as accurate as onnxruntime's Entropy and Percentile calibrators on bottle and
     hazelnut, and several times cheaper (``benchmarks/results/int8.md``).
 
     Args:
-        graph: the float32 graph of the embedding (:class:`padim.pipeline.Embedder`, input ``images``).
+        graph: the float32 graph of the embedding (:class:`padim.pipeline.Embedder`, input
+            ``images``): ONNX bytes, or the ``ModelProto`` :func:`optimized` made of them.
         images: (N, 3, H, W) float32 pre-processed good images.
         batch_size: images per calibration run.
 
@@ -165,7 +175,7 @@ def calibrate(graph: bytes, images: np.ndarray, batch_size: int = 8) -> Quantiza
         The :class:`Quantization` with one range per quantised activation.
     """
     images = np.ascontiguousarray(images, dtype=np.float32)
-    model = optimized(graph)
+    model = _prepared(graph)
     wanted = sorted(set(backbone_activations(model)[1].values()))
     found = _minmax(model, wanted, [images[i : i + batch_size] for i in range(0, len(images), batch_size)])
     return Quantization({canonical(name): found[name] for name in wanted}, "minmax", len(images), WEIGHT_BITS)
@@ -197,11 +207,12 @@ def _minmax(model, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dic
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
 
 
-def quantize(graph: bytes, quantization: Quantization) -> bytes:
+def quantize(graph: Any, quantization: Quantization) -> bytes:
     """The int8 version of a float32 graph that holds the backbone, from recorded ranges.
 
     Args:
-        graph: ONNX bytes traced from :mod:`padim.pipeline` (the embedding or the whole pipeline).
+        graph: ONNX bytes traced from :mod:`padim.pipeline` (the embedding or the whole
+            pipeline), or the ``ModelProto`` :func:`optimized` made of them.
         quantization: the backbone's calibrated ranges.
 
     Returns:
@@ -215,7 +226,7 @@ def quantize(graph: bytes, quantization: Quantization) -> bytes:
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-    model = optimized(graph)
+    model = _prepared(graph)
     nodes, sources = backbone_activations(model)
     missing = [name for name in sources.values() if canonical(name) not in quantization.ranges]
     if missing or not nodes:
@@ -310,9 +321,9 @@ def calibrate_model(model: Any, data: Any, *, n_images: int = DEFAULT_IMAGES, **
         raise DataError(f"fitting needs at least 2 good images, got {len(images)}")
     embedder = Embedder(model.extractor_, model.channel_idx_)
     example = {"images": torch.zeros(2, 3, *model.image_size_)}
-    graph = onnx_bytes(embedder, example, ["patches"], {"images": 0, "patches": 1})
+    graph = optimized(onnx_bytes(embedder, example, ["patches"], {"images": 0, "patches": 1}))
     model.quantization_ = calibrate(graph, images)
-    # The embedding's executor, from the graph traced here: tracing the backbone again costs as
-    # much as calibrating.
+    # The embedding's executor, from the graph traced and optimised here (tracing the backbone
+    # again would cost as much as calibrating).
     model.__dict__.setdefault("_runners", {})["embed"] = OrtRunner(quantize(graph, model.quantization_))
     return batches
