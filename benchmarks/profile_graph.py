@@ -55,6 +55,10 @@ def main() -> None:
         "scale": torch.tensor(1.0),
     }
     graph = onnx_bytes(model.pipeline(), example, OUTPUTS, {"images": 0, **dict.fromkeys(OUTPUTS, 0)})
+    if model.quantization_ is not None:  # an int8 model runs its quantised graph
+        from padim.quantize import quantize
+
+        graph = quantize(graph, model.quantization_)
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_threads()
     options.enable_mem_pattern = False

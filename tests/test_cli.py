@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
+from padim import export as onnx_format
+from padim import model_file as model_file_format
 from padim.cli import main
 from padim.model import Padim
 from padim.runtime import open_model
@@ -388,7 +390,8 @@ def test_info_shows_what_the_file_holds(model, tiny_model, capsys, request):
         assert needle in out, needle
     code, out, _ = run(capsys, "info", model_file, "--json")
     info = json.loads(out)
-    assert info["n_images"] == 7 and info["format_version"] == 2 and info["config"]["n_features"] == 16
+    version = {"tiny_padim": model_file_format.FORMAT_VERSION, "tiny_onnx": onnx_format.FORMAT_VERSION}[model]
+    assert info["n_images"] == 7 and info["format_version"] == version and info["config"]["n_features"] == 16
     assert info["calibration"]["threshold"] == pytest.approx(tiny_model.calibration_.threshold)
     sizes = {t["name"]: t["bytes"] for t in info["tensors"]}
     assert sizes["mean"] == 256 * 16 * 4 and sizes["precision_cholesky"] == 256 * 16 * 16 * 4

@@ -226,17 +226,18 @@ def predict_files(
         while pending:
             write(pending.popleft().result())
         count_skipped()
-    except BaseException as error:
-        # Ctrl-C: the images being finished finish, the queued ones are dropped. An error (an
-        # unreadable image): every image the model has scored is finished first. Either way,
-        # every finished image gets its row before the job stops.
-        pool.shutdown(wait=True, cancel_futures=isinstance(error, KeyboardInterrupt))
+    except BaseException:
+        # Ctrl-C or an error (an unreadable image): every image the model has scored (at most
+        # 2 x workers, a fraction of a second) is finished and gets its row, in order, before
+        # the job stops; the row of an image whose finishing failed ends the file there.
+        pool.shutdown(wait=True)
         for future in pending:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                try:
-                    write(future.result())
-                except OutputError:
-                    break
+            if future.exception() is not None:
+                break
+            try:
+                write(future.result())
+            except OutputError:
+                break
         raise
     finally:
         pool.shutdown(wait=True)

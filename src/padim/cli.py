@@ -121,6 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         backend=args.backend,
         holdout=args.holdout,
         quantile=args.quantile,
+        backbone_dtype=args.backbone_dtype,
     )
     start = time.perf_counter()
     model.fit(args.data, validation=args.validation, **_options(args))
@@ -130,7 +131,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     threshold = "none (no held-out images)" if calibration is None else f"{calibration.threshold:.4g}"
     _say(
         args,
-        f"fitted {model.n_images_} images in {time.perf_counter() - start:.1f} s; "
+        f"fitted {model.n_images_} images in {time.perf_counter() - start:.1f} s ({model.backbone_dtype} backbone); "
         f"threshold {threshold}; wrote {args.output}",
     )
     return 0
@@ -270,9 +271,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from padim.export import export_onnx
+    from padim.model import Padim
 
-    path = export_onnx(args.model, args.output)
-    _say(args, f"wrote {path}")
+    model = Padim.load(args.model)
+    path = export_onnx(model, args.output)
+    _say(args, f"wrote {path} ({model.backbone_dtype} backbone, as fitted)")
     return 0
 
 
@@ -385,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of good images held out to set the threshold (default: 0.1)",
     )
     p.add_argument("--validation", help="folder of good images for the threshold instead of a held-out fraction")
+    p.add_argument(
+        "--backbone-dtype",
+        choices=["float32", "int8"],
+        default="float32",
+        help="int8: the backbone quantised, calibrated on 32 of the good images (CPU, onnxruntime; "
+        "predicts about 1.6x faster); default: float32",
+    )
     p.add_argument(
         "--quantile",
         type=_quantile,
@@ -507,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a model to ONNX",
         description="Export the whole pipeline (image batch in; anomaly map, score, normalised "
-        "score and label out) to ONNX.",
+        "score and label out) to ONNX. A model fitted with --backbone-dtype int8 exports its int8 graph.",
     )
     p.add_argument("model", metavar="MODEL", help=".padim model file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")

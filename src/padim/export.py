@@ -86,7 +86,12 @@ def model_proto(model: Padim):
         "scale": np.float32(1.0 if calibration is None else calibration.scale),
     }
     example = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
-    proto = onnx.load_from_string(pipeline_onnx(model.pipeline(), model.image_size_, example))
+    graph = pipeline_onnx(model.pipeline(), model.image_size_, example)
+    if getattr(model, "quantization_", None) is not None:  # int8: the graph the .padim model runs
+        from padim.quantize import quantize
+
+        graph = quantize(graph, model.quantization_)
+    proto = onnx.load_from_string(graph)
     constant = {"mean", "precision_cholesky"}
     kept = [value for value in proto.graph.input if value.name not in constant]
     del proto.graph.input[:]

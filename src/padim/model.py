@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,12 @@ from padim.gaussian import accumulate, precision_cholesky_from_stats, precision_
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
 from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
+from padim.quantize import calibrate_model, quantize
 from padim.runtime import Prediction, Predictor
 
 PathLike = str | os.PathLike
 BACKENDS = ("auto", "torch", "onnxruntime")
+BACKBONE_DTYPES = ("float32", "int8")
 
 
 def check_fitted(model: Padim) -> None:
@@ -65,11 +68,13 @@ def resolve_params(model: Padim) -> dict[str, Any]:
         ("seed", isinstance(model.seed, (int, np.integer)) and 0 <= model.seed < 2**63, "an int in [0, 2**63)"),
         ("backend", model.backend in BACKENDS, f"one of {BACKENDS}"),
         ("stats_dtype", model.stats_dtype in ("float32", "float64"), "'float32' or 'float64'"),
+        ("backbone_dtype", model.backbone_dtype in BACKBONE_DTYPES, f"one of {BACKBONE_DTYPES}"),
     ):
         if not ok:
             raise OptionError(f"{name} must be {expected}, got {getattr(model, name)!r}")
     if model.backend == "onnxruntime" and torch.device(model.device).type != "cpu":
         raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
+    use_onnxruntime(model.backend, model.device, model.backbone_dtype)  # int8: only onnxruntime on the CPU
     layers = tuple(info.name for info in layer_info)
     return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size)
 
@@ -94,11 +99,13 @@ class Padim:
         backend: ``"torch"`` (eager), ``"onnxruntime"`` (CPU; the pipeline traced in memory,
             several times faster) or ``"auto"`` (onnxruntime on the CPU, torch elsewhere).
         stats_dtype: ``"float32"`` (default) or ``"float64"`` scatter matrices while fitting.
+        backbone_dtype: ``"float32"`` (default) or ``"int8"``: the backbone quantised (onnxruntime,
+            CPU), calibrated on a seeded subset of the good images given to ``fit`` (:mod:`padim.quantize`).
 
     Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``extractor_`` (the cut backbone),
     ``channel_idx_`` (D,), ``feature_size_`` (H, W grid), ``mean_`` (P, D),
     ``precision_cholesky_`` (P, D, D; the precisions are C C^T, see :meth:`precision`),
-    ``n_images_``, ``calibration_`` (or None), ``skipped_`` (unreadable files left out),
+    ``n_images_``, ``calibration_`` (or None), ``quantization_`` (int8 ranges, or None), ``skipped_``,
     ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``).
 
     Example:
@@ -116,11 +123,11 @@ class Padim:
                  n_features: int | None = None, image_size: int | Sequence[int] = 256, seed: int = 0,
                  eps: float = 0.01, sigma: float = 4, pretrained: bool = True, weights: PathLike | None = None,
                  device: str | torch.device = "cpu", holdout: float = 0.1, quantile: float = 0.99,
-                 backend: str = "auto", stats_dtype: str = "float32") -> None:  # fmt: skip
+                 backend: str = "auto", stats_dtype: str = "float32", backbone_dtype: str = "float32") -> None:  # fmt: skip
         self.backbone, self.layers, self.n_features, self.image_size = backbone, layers, n_features, image_size
         self.seed, self.eps, self.sigma, self.pretrained, self.weights = seed, eps, sigma, pretrained, weights
         self.device, self.holdout, self.quantile, self.backend = device, holdout, quantile, backend
-        self.stats_dtype = stats_dtype
+        self.stats_dtype, self.backbone_dtype = stats_dtype, backbone_dtype
 
     def fit(self, data: Any, *, validation: Any = None, batch_size: int = 32, workers: int | None = None,
             quiet: bool = True, skip_bad: bool = False, keep_stats: bool = False) -> Padim:  # fmt: skip
@@ -144,7 +151,7 @@ class Padim:
         for name in ("stats_", "mean_", "precision_cholesky_", "_runners"):
             self.__dict__.pop(name, None)
         layer_info, self.layers_, self.image_size_ = resolved["layer_info"], resolved["layers"], resolved["image_size"]
-        self.skipped_, self.calibration_ = {}, None
+        self.skipped_, self.calibration_, self.quantization_ = {}, None, None
         self.extractor_ = FeatureExtractor(self.backbone, self.layers_, pretrained=self.pretrained,
                                            weights=self.weights, seed=self.seed).to(self.device)  # fmt: skip
         total = sum(info.channels for info in layer_info)
@@ -155,7 +162,10 @@ class Padim:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
         options = dict(batch_size=batch_size, workers=workers, quiet=quiet, skip_bad=skip_bad)
-        self._accumulate(samples if samples is not None else data, desc="fit", **options)
+        source = samples if samples is not None else data
+        if self.backbone_dtype == "int8":  # the backbone is calibrated on the first images of the stream
+            source = calibrate_model(self, source, **options)
+        self._accumulate(source, desc="fit", **options)
         self._finish(keep_stats)
         if validation is not None:
             self.calibrate(validation, **options)
@@ -227,7 +237,7 @@ class Padim:
     def predictor(self) -> Predictor:
         """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives)."""
         check_fitted(self)
-        kind = "onnxruntime" if use_onnxruntime(self.backend, self.device) else "torch"
+        kind = "onnxruntime" if use_onnxruntime(self.backend, self.device, self.backbone_dtype) else "torch"
         return Predictor(self._runner("pipeline"), image_size=self.image_size_, calibration=self.calibration_,
                          config=self.config(), kind=kind)  # fmt: skip
 
@@ -242,7 +252,11 @@ class Padim:
         runners = self.__dict__.setdefault("_runners", {})
         if kind not in runners:
             images = torch.zeros(2, 3, *self.image_size_)
-            options = dict(device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device))
+            options = dict(
+                device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device, self.backbone_dtype)
+            )
+            if self.__dict__.get("quantization_") is not None:  # int8: the same ranges for every graph
+                options["transform"] = partial(quantize, quantization=self.quantization_)
             if kind == "embed":
                 module = Embedder(self.extractor_, self.channel_idx_)
                 runners[kind] = make_runner(module, {"images": images}, ["patches"], {"images": 0, "patches": 1},
@@ -260,7 +274,8 @@ class Padim:
         check_fitted(self)
         return dict(backbone=self.backbone, layers=list(self.layers_), n_features=len(self.channel_idx_),
                     image_size=list(self.image_size_), seed=int(self.seed), eps=float(self.eps), sigma=self.sigma,
-                    holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained))  # fmt: skip
+                    holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained),
+                    backbone_dtype=self.backbone_dtype)  # fmt: skip
 
     def save(self, path: PathLike) -> Any:
         """Write the model to one safetensors file (atomic); see :func:`padim.model_file.save`."""
@@ -276,5 +291,5 @@ class Padim:
         return model_file.load(path, device=device, backend=backend)
 
     def __repr__(self) -> str:
-        names = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma")
+        names = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "backbone_dtype")
         return f"Padim({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"

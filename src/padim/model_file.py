@@ -9,6 +9,10 @@ cache. Writes are atomic: a temporary file in the same folder, renamed into plac
 Tensors: ``mean`` (P, D) float32, ``precision_cholesky`` (P, D, D) float32 (the precisions'
 factors, precision = C C^T), ``channel_idx`` (D,) int64, ``backbone.<name>`` for each weight of
 the cut backbone. Format 1 (padim-toolkit 0.1) stored ``precision`` itself; it is read too.
+Format 3 adds ``backbone_dtype`` and, for an int8 backbone, the ``quantization`` record
+(:class:`padim.quantize.Quantization`: the calibrated activation ranges), from which the same
+int8 graph is rebuilt without the training images; an older reader refuses the file rather
+than run Gaussians fitted on int8 features with a float32 backbone. Formats 1 and 2 are float32.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from padim import __version__
-from padim.errors import ModelFileError
+from padim.errors import ModelFileError, OptionError
 from padim.files import atomic_path
 
 if TYPE_CHECKING:
     from padim.model import Padim
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _KEY = "padim"
 #: Constructor arguments of :class:`padim.model.Padim` stored in the metadata.
 PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
@@ -96,6 +100,8 @@ def save(model: Padim, path: str | os.PathLike) -> Path:
         "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
         "padim_toolkit_version": __version__,
     }
+    if getattr(model, "quantization_", None) is not None:
+        meta["quantization"] = model.quantization_.to_dict()
     write_model_file(path, tensors, meta)
     return Path(path)
 
@@ -111,13 +117,23 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
     from padim.backbones import FeatureExtractor
     from padim.errors import PadimError
     from padim.model import Padim, resolve_params
+    from padim.pipeline import use_onnxruntime
+    from padim.quantize import Quantization
     from padim.scoring import Calibration
 
     tensors, meta = read_model_file(path)
+    dtype = meta.get("backbone_dtype", "float32")
+    if dtype == "int8":  # checked first: a matter of the options, not of the file
+        try:
+            use_onnxruntime(backend, device, dtype)
+        except OptionError as error:
+            raise OptionError(f"{path} is an int8 model: {error}") from None
     try:
         params = {key: meta[key] for key in PARAMS}
         params["image_size"] = tuple(params["image_size"])
-        model = Padim(**params, device=device, backend=backend)
+        if dtype not in ("float32", "int8") or (dtype == "int8") != ("quantization" in meta):
+            raise ValueError(f"backbone_dtype {dtype!r} with{'out' * ('quantization' not in meta)} int8 ranges")
+        model = Padim(**params, device=device, backend=backend, backbone_dtype=dtype)
         resolved = resolve_params(model)
         p = math.prod(_pair(meta["feature_size"]))
         d = resolved["n_features"]
@@ -144,6 +160,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             precision_cholesky_=tensors["precision_cholesky"].float().to(model.device),
             n_images_=int(meta["n_images"]),
             calibration_=None if calibration is None else Calibration(**calibration),
+            quantization_=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
         )
         for value in (fitted["mean_"], fitted["precision_cholesky_"]):
             if not bool(torch.isfinite(value).all()):

@@ -27,7 +27,7 @@ import copy
 import io
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -163,19 +163,27 @@ def pipeline_onnx(pipeline: Pipeline, image_size: Sequence[int], state: dict[str
     return onnx_bytes(pipeline, example, OUTPUTS, {"images": 0, **{name: 0 for name in OUTPUTS}})
 
 
-def use_onnxruntime(backend: str, device: str | torch.device) -> bool:
+def use_onnxruntime(backend: str, device: str | torch.device, backbone_dtype: str = "float32") -> bool:
     """Whether ``backend`` (``"auto"``, ``"torch"``, ``"onnxruntime"``) runs in onnxruntime on ``device``.
 
+    An int8 backbone (``backbone_dtype="int8"``, :mod:`padim.quantize`) runs only there: CUDA keeps float32.
+
     Raises:
-        OptionError: for ``"onnxruntime"`` where onnxruntime is not installed.
+        OptionError: for ``"onnxruntime"`` or int8 where onnxruntime is not installed, and for
+            int8 with the torch backend or off the CPU.
     """
+    if backbone_dtype == "int8" and (backend == "torch" or torch.device(device).type != "cpu"):
+        option = f"backend={backend!r}" if backend == "torch" else f"device={str(device)!r}"
+        raise OptionError(f"backbone_dtype='int8' runs in onnxruntime on the CPU, got {option}; "
+                          "fit a float32 model for torch or CUDA")  # fmt: skip
     if backend == "torch" or torch.device(device).type != "cpu":
         return False
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        if backend == "onnxruntime":
-            raise OptionError("backend='onnxruntime' needs the onnxruntime package") from None
+        if backend == "onnxruntime" or backbone_dtype == "int8":
+            wanted = "backbone_dtype='int8'" if backbone_dtype == "int8" else "backend='onnxruntime'"
+            raise OptionError(f"{wanted} needs the onnxruntime package") from None
         return False
     return True
 
@@ -189,6 +197,7 @@ def make_runner(
     bound: Sequence[str] = (),
     device: str | torch.device = "cpu",
     onnxruntime: bool = False,
+    transform: Callable[[bytes], bytes] | None = None,
 ) -> Any:
     """An executor of ``module``: onnxruntime on the graph traced in memory, or eager PyTorch.
 
@@ -199,6 +208,7 @@ def make_runner(
         output_names, batch_axes: as for :func:`onnx_bytes`.
         device: where eager PyTorch runs.
         onnxruntime: run the traced graph in :class:`padim.runtime.OrtRunner` (CPU).
+        transform: applied to the traced graph before it runs (:func:`padim.quantize.quantize`).
 
     Returns:
         A callable: ``runner(**inputs)`` -> output name -> array or tensor.
@@ -209,6 +219,8 @@ def make_runner(
     from padim.runtime import OrtRunner
 
     graph = onnx_bytes(module, example, output_names, batch_axes)
+    if transform is not None:
+        graph = transform(graph)
     return OrtRunner(graph, {name: t.detach().cpu().numpy() for name, t in state.items()})
 
 
