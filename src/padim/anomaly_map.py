@@ -32,6 +32,9 @@ from padim.embedding import to_patch_layout
 from padim.errors import OptionError
 from padim.images import as_size
 
+#: Float32 bytes of the float16 factors cast at once by :func:`mahalanobis`.
+CAST_CHUNK_BYTES = 64 * 2**20
+
 
 def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Tensor:
     """Mahalanobis distance of every patch embedding to its own Gaussian (PaDiM Eq. 2).
@@ -39,6 +42,10 @@ def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Te
     With the precision factored as C C^T, (x - mu)^T Sigma^-1 (x - mu) = ||(x - mu) C||^2: one
     batched matmul over all patches and a norm (ONNX ``ReduceL2``), instead of a product with
     the precision, an element-wise product and a sum.
+
+    Factors held in float16 (a model too large for float32 factors in memory, see
+    :func:`padim.memory.runtime_dtype`) are cast to the patches' dtype a chunk of patches at a
+    time, so the float32 copy never exists whole; the arithmetic is float32 either way.
 
     Args:
         patches: (P, N, D) patch-first embeddings of N images.
@@ -54,7 +61,18 @@ def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Te
     >>> mahalanobis(x, torch.zeros(1, 2), torch.eye(2)[None]).item()
     5.0
     """
-    return torch.linalg.vector_norm(torch.bmm(patches - mean[:, None, :], precision_cholesky), dim=2)
+    centred = patches - mean[:, None, :]
+    if precision_cholesky.dtype == patches.dtype:
+        return torch.linalg.vector_norm(torch.bmm(centred, precision_cholesky), dim=2)
+    n_patches, dim = mean.shape
+    step = max(1, CAST_CHUNK_BYTES // (dim * dim * 4))
+    parts = [
+        torch.linalg.vector_norm(
+            torch.bmm(centred[start : start + step], precision_cholesky[start : start + step].to(patches.dtype)), dim=2
+        )
+        for start in range(0, n_patches, step)
+    ]
+    return torch.cat(parts)
 
 
 def blur_radius(sigma: float) -> int:

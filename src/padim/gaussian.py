@@ -110,30 +110,93 @@ class GaussianStats:
 
 
 def precision_cholesky_from_stats(
-    stats: GaussianStats, eps: float = 0.01, chunk_bytes: int = CHUNK_BYTES, *, in_place: bool = False
+    stats: GaussianStats, eps: float = 0.01, chunk_bytes: int = CHUNK_BYTES, *, packed: bool = False
 ) -> Tensor:
-    """Cholesky factors C (P, D, D) of the precisions, float32: precision = C C^T, C upper triangular.
+    """Cholesky factors C of the precisions: precision = C C^T, C upper triangular.
 
     With covariance = L L^T (Cholesky, L lower), C = (L^-1)^T, so the Mahalanobis distance is
-    ||(x - mu) C|| (:func:`padim.anomaly_map.mahalanobis`): one matmul and a norm, no product
+    ||(x - mean) C|| (:func:`padim.anomaly_map.mahalanobis`): one matmul and a norm, no product
     with the full precision (scikit-learn's ``GaussianMixture.precisions_cholesky_`` is the same
     factor). The Cholesky factor and the triangular solve run in float64, a chunk of patches at
     a time (each float64 temporary at most ``chunk_bytes``); ``cholesky_inverse`` and
     ``linalg.inv`` on batches of small matrices ran 20 to 60 times slower with 2 threads.
 
-    With ``in_place`` (float32 statistics only) each chunk's result overwrites the scatter
-    matrices it came from, so the factors cost no memory beyond them; ``stats`` is then spent.
+    Args:
+        stats: the streamed statistics (not changed).
+        eps: added to each covariance's diagonal.
+        chunk_bytes: the largest float64 temporary.
+        packed: return the compact form of :func:`pack_triangular` in float16, (P, D(D+1)/2),
+            a quarter of the float32 factors' memory, without building those.
+
+    Returns:
+        (P, D, D) float32, or (P, D(D+1)/2) float16 with ``packed``.
     """
     n_patches, dim = stats.mean.shape
     step = max(1, chunk_bytes // (dim * dim * 8))
-    if in_place and stats.m2.dtype != torch.float32:
-        raise ValueError(f"in_place needs float32 statistics, got {stats.m2.dtype}")
-    out = stats.m2 if in_place else torch.empty(n_patches, dim, dim, dtype=torch.float32, device=stats.m2.device)
-    eye = torch.eye(dim, dtype=torch.float64, device=stats.m2.device)
+    device = stats.m2.device
+    if packed:
+        out = torch.empty(n_patches, dim * (dim + 1) // 2, dtype=torch.float16, device=device)
+    else:
+        out = torch.empty(n_patches, dim, dim, dtype=torch.float32, device=device)
+    eye = torch.eye(dim, dtype=torch.float64, device=device)
     for start in range(0, n_patches, step):
         part = GaussianStats(stats.count, stats.mean[start : start + step], stats.m2[start : start + step])
-        inv_chol = torch.linalg.solve_triangular(torch.linalg.cholesky(part.covariance(eps)), eye, upper=False)
-        out[start : start + step] = inv_chol.transpose(1, 2)
+        factor = torch.linalg.solve_triangular(torch.linalg.cholesky(part.covariance(eps)), eye, upper=False).mT
+        out[start : start + step] = pack_triangular(factor) if packed else factor
+    return out
+
+
+def triangle_size(dim: int) -> int:
+    """Entries of a D x D triangle, diagonal included: D(D+1)/2."""
+    return dim * (dim + 1) // 2
+
+
+def triangle_dim(size: int) -> int:
+    """D from the length D(D+1)/2 of a packed triangle.
+
+    Raises:
+        ValueError: if ``size`` is not a triangular number.
+
+    >>> triangle_dim(5050)
+    100
+    """
+    dim = int(((8 * size + 1) ** 0.5 - 1) / 2 + 0.5)
+    if triangle_size(dim) != size or dim < 1:
+        raise ValueError(f"{size} is not the length D(D+1)/2 of a packed triangle")
+    return dim
+
+
+def pack_triangular(factor: Tensor) -> Tensor:
+    """The upper triangles of (P, D, D) matrices as (P, D(D+1)/2) rows, row by row (``torch.triu_indices``).
+
+    The precision factors are upper triangular (:func:`precision_cholesky_from_stats`), so their
+    lower halves are zeros that need not be stored: packed, a model file holds half the bytes.
+
+    >>> pack_triangular(torch.tensor([[[1.0, 2.0], [0.0, 3.0]]])).tolist()
+    [[1.0, 2.0, 3.0]]
+    """
+    dim = factor.shape[-1]
+    rows, cols = torch.triu_indices(dim, dim, device=factor.device)
+    return factor[:, rows, cols]
+
+
+def unpack_triangular(packed: Tensor, dtype: torch.dtype = torch.float32, chunk_bytes: int = CHUNK_BYTES) -> Tensor:
+    """(P, D, D) upper-triangular matrices of ``dtype`` from their packed rows (:func:`pack_triangular`).
+
+    Works a chunk of patches at a time, so the only large allocation is the result.
+
+    >>> unpack_triangular(torch.tensor([[1.0, 2.0, 3.0]])).tolist()
+    [[[1.0, 2.0], [0.0, 3.0]]]
+    """
+    n_patches, size = packed.shape
+    dim = triangle_dim(size)
+    out = torch.zeros(n_patches, dim, dim, dtype=dtype, device=packed.device)
+    flat = out.view(n_patches, dim * dim)
+    rows, cols = torch.triu_indices(dim, dim, device=packed.device)
+    index = rows * dim + cols
+    step = max(1, chunk_bytes // (dim * dim * out.element_size()))
+    for start in range(0, n_patches, step):
+        flat[start : start + step, index] = packed[start : start + step].to(dtype)
     return out
 
 

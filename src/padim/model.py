@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,12 +24,14 @@ from padim.backbones import FeatureExtractor, get_spec, resolve_layers
 from padim.datasets import split_holdout
 from padim.embedding import select_channels
 from padim.errors import DataError, NotFittedError, OptionError
-from padim.gaussian import accumulate, precision_cholesky_from_stats, precision_from_cholesky
+from padim.gaussian import accumulate, precision_cholesky_from_stats, precision_from_cholesky, unpack_triangular
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
+from padim.memory import FIT_PIXELS, default_batch_size, images_per_run, runtime_dtype
 from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
 from padim.runtime import Prediction, Predictor
 from padim.scoring import from_labelled_scores, from_normal_scores
+from padim.tiling import TilePlan
 
 PathLike = str | os.PathLike
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -36,7 +39,7 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 def check_fitted(model: Padim) -> None:
     """Raise :class:`NotFittedError` unless ``model`` has been fitted or loaded."""
-    if not hasattr(model, "precision_cholesky_"):
+    if not hasattr(model, "precision_cholesky_packed_"):
         raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
 
 
@@ -71,8 +74,62 @@ def resolve_params(model: Padim) -> dict[str, Any]:
             raise OptionError(f"{name} must be {expected}, got {getattr(model, name)!r}")
     if model.backend == "onnxruntime" and torch.device(model.device).type != "cpu":
         raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
+    first = layer_info[0].stride
+    grid_stride = first if model.grid_stride is None else model.grid_stride
+    strides = [first * 2**k for k in range(7)]
+    if isinstance(grid_stride, bool) or grid_stride not in strides:
+        raise OptionError(f"grid_stride must be one of {strides} (pixels per Gaussian), got {model.grid_stride!r}")
+    tile = model.tile_size
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0):
+        raise OptionError(f"tile_size must be an int >= 0 (0: no tiling) or None (automatic), got {tile!r}")
     layers = tuple(info.name for info in layer_info)
-    return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size)
+    return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size,
+                grid_stride=int(grid_stride))  # fmt: skip
+
+
+def plan_size(model: Padim, resolved: dict[str, Any], paths: Sequence[Any] | None, batch_size: int | None,
+              quiet: bool) -> None:  # fmt: skip
+    """Set a model's working size, Gaussian grid and tiling from its arguments and training files.
+
+    Prints the expected model size and memory unless ``quiet`` (:mod:`padim.memory`).
+
+    Raises:
+        OptionError: for a working size the backbone, the blur or the grid cannot use, or a fit
+        that would exceed this machine's memory (naming what to reduce).
+    """
+    from padim import memory, tiling, working_size
+
+    layer_info, grid_stride = resolved["layer_info"], resolved["grid_stride"]
+    align = max(layer_info[-1].stride, grid_stride)
+    size, reason = working_size.working_size(model.image_size, paths, align)
+    check_blur(size, model.sigma)
+    if min(size) <= layer_info[-1].stride or (grid_stride > layer_info[0].stride and (size[0] % grid_stride or size[1] % grid_stride)):
+        raise OptionError(f"image_size {size[0]}x{size[1]} must exceed {layer_info[-1].stride} pixels per side"
+                          + (f" and be a multiple of grid_stride={grid_stride}" if grid_stride > layer_info[0].stride else ""))  # fmt: skip
+    tile = tiling.resolve_tile(None if model.tile_size is None else int(model.tile_size), size, layer_info[-1].stride)
+    spec = get_spec(model.backbone)
+    weights = sum(t.numel() * t.element_size() for t in model.extractor_.body.state_dict().values())
+
+    def plan(stride: int) -> memory.Estimate:
+        grid = spec.grid(size, stride)
+        return memory.estimate(size, grid, resolved["n_features"], model.backbone, weights, tile, batch_size)
+
+    estimate = plan(grid_stride)
+    if not quiet:
+        print(f"padim: {reason}; {estimate.describe()}", file=sys.stderr)
+    if estimate.fit_peak > memory.machine_memory():
+        fits = [g for g in (grid_stride * 2**k for k in range(1, 5)) if g <= min(size) and plan(g).fit_peak <= memory.machine_memory()]
+        memory.check(estimate, coarser_grid=fits[0] if fits else None)
+    model.image_size_, model.grid_stride_, model.tile_size_ = size, grid_stride, tile
+    model.feature_size_ = estimate.grid
+
+
+def runtime_factor(model: Padim) -> torch.Tensor:
+    """The precision factors as a predictor holds them: (P, D, D), float32 or, past
+    :func:`padim.memory.runtime_limit`, float16 (:func:`padim.anomaly_map.mahalanobis` casts them)."""
+    n_patches, dim = model.mean_.shape
+    dtype = torch.float32 if runtime_dtype(n_patches, dim) == "float32" else torch.float16
+    return unpack_triangular(model.precision_cholesky_packed_, dtype)
 
 
 class Padim:
@@ -83,7 +140,8 @@ class Padim:
             ``"wide_resnet50_2"``.
         layers: layer names (None: the backbone's defaults).
         n_features: d, channels kept (None: 100, or 550 for wide_resnet50_2, capped at the total).
-        image_size: int or (height, width) the images are resized to.
+        image_size: the working size: (height, width), or an int, the short side, with the long
+            side from the training files' median aspect ratio (:mod:`padim.working_size`).
         seed: seeds the channel selection, the hold-out split and random backbone weights.
         eps: added to each covariance's diagonal (Sec. 3.2).
         sigma: standard deviation of the map's Gaussian blur, in pixels.
@@ -95,10 +153,15 @@ class Padim:
         backend: ``"torch"`` (eager), ``"onnxruntime"`` (CPU; the pipeline traced in memory,
             several times faster) or ``"auto"`` (onnxruntime on the CPU, torch elsewhere).
         stats_dtype: ``"float32"`` (default) or ``"float64"`` scatter matrices while fitting.
+        grid_stride: pixels per Gaussian (None: the first layer's stride, PaDiM's grid); a
+            coarser grid (e.g. 16) divides the model's size by (grid_stride / 4)^2.
+        tile_size: run the backbone over overlapping tiles of this side (:mod:`padim.tiling`);
+            None: 1024-px tiles for working sizes over 1024 px, 0: never.
 
-    Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``extractor_`` (the cut backbone),
-    ``channel_idx_`` (D,), ``feature_size_`` (H, W grid), ``mean_`` (P, D),
-    ``precision_cholesky_`` (P, D, D; the precisions are C C^T, see :meth:`precision`),
+    Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``grid_stride_``, ``tile_size_`` (0:
+    untiled), ``extractor_`` (the cut backbone), ``channel_idx_`` (D,), ``feature_size_`` (H, W
+    grid), ``mean_`` (P, D), ``precision_cholesky_packed_`` (P, D(D+1)/2) float16: the upper
+    triangles of the factors C of the precisions C C^T (:func:`padim.gaussian.pack_triangular`),
     ``n_images_``, ``calibration_`` (or None), ``skipped_`` (unreadable files left out),
     ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``).
 
@@ -109,21 +172,18 @@ class Padim:
         (2, 64, 64)
     """
 
-    #: Images embedded at once while fitting: bounds the backbone's activations (about 80 MB at
-    #: 256 px for efficientnet_lite0) at a few percent of speed.
-    fit_chunk = 8
-
     def __init__(self, *, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
                  n_features: int | None = None, image_size: int | Sequence[int] = 256, seed: int = 0,
                  eps: float = 0.01, sigma: float = 4, pretrained: bool = True, weights: PathLike | None = None,
                  device: str | torch.device = "cpu", holdout: float = 0.1, quantile: float = 0.99,
-                 backend: str = "auto", stats_dtype: str = "float32") -> None:  # fmt: skip
+                 backend: str = "auto", stats_dtype: str = "float32", grid_stride: int | None = None,
+                 tile_size: int | None = None) -> None:  # fmt: skip
         self.backbone, self.layers, self.n_features, self.image_size = backbone, layers, n_features, image_size
         self.seed, self.eps, self.sigma, self.pretrained, self.weights = seed, eps, sigma, pretrained, weights
         self.device, self.holdout, self.quantile, self.backend = device, holdout, quantile, backend
-        self.stats_dtype = stats_dtype
+        self.stats_dtype, self.grid_stride, self.tile_size = stats_dtype, grid_stride, tile_size
 
-    def fit(self, data: Any, *, validation: Any = None, batch_size: int = 32, workers: int | None = None,
+    def fit(self, data: Any, *, validation: Any = None, batch_size: int | None = None, workers: int | None = None,
             quiet: bool = True, skip_bad: bool = False, keep_stats: bool = False) -> Padim:  # fmt: skip
         """Fit the per-patch Gaussians on good images, streaming; returns self.
 
@@ -133,25 +193,27 @@ class Padim:
             validation: good images for the threshold (same forms). If None and ``data`` names
                 files, a ``holdout`` fraction of them is kept out of the Gaussians for it.
             batch_size, workers, quiet, skip_bad: decoding of image files (see
-                :func:`padim.loading.iter_batches`); unreadable files skipped are in ``skipped_``.
-            keep_stats: keep the streamed statistics in ``stats_`` (mergeable with another
-                stream's); otherwise the precision reuses their memory.
+                :func:`padim.loading.iter_batches`; batch_size None: by working size, at most 32);
+                unreadable files skipped are in ``skipped_``. Unless ``quiet``, the working size
+                and the expected memory are printed first.
+            keep_stats: keep the streamed statistics in ``stats_`` (mergeable with another stream's).
 
         Raises:
-            OptionError: for a bad argument. DataError: for a missing or empty folder, fewer
-            than 2 images, or (unless ``skip_bad``) an unreadable image.
+            OptionError: for a bad argument, or a model too large for this machine's memory.
+            DataError: for a missing or empty folder, fewer than 2 images, or (unless ``skip_bad``)
+            an unreadable image.
         """
         resolved = resolve_params(self)
-        for name in ("stats_", "mean_", "precision_cholesky_", "_runners"):
+        for name in ("stats_", "mean_", "precision_cholesky_packed_", "_runners"):
             self.__dict__.pop(name, None)
-        layer_info, self.layers_, self.image_size_ = resolved["layer_info"], resolved["layers"], resolved["image_size"]
-        self.skipped_, self.calibration_ = {}, None
+        self.layers_, self.skipped_, self.calibration_ = resolved["layers"], {}, None
         self.extractor_ = FeatureExtractor(self.backbone, self.layers_, pretrained=self.pretrained,
                                            weights=self.weights, seed=self.seed).to(self.device)  # fmt: skip
-        total = sum(info.channels for info in layer_info)
+        total = sum(info.channels for info in resolved["layer_info"])
         self.channel_idx_ = select_channels(total, resolved["n_features"], self.seed)
-        self.feature_size_ = get_spec(self.backbone).grid(self.image_size_, layer_info[0].stride)
         samples = to_samples(data, folder="good")
+        plan_size(self, resolved, None if samples is None else [s.path for s in samples], batch_size, quiet)
+        batch_size = default_batch_size(self.image_size_) if batch_size is None else batch_size
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
@@ -177,9 +239,10 @@ class Padim:
     def _accumulate(self, data: Any, desc: str, **options: Any) -> None:
         dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
         skipped = self.__dict__.setdefault("skipped_", {})
+        step = images_per_run(self.image_size_, FIT_PIXELS)  # bounds the backbone's activations
         for batch in as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options):
-            for start in range(0, len(batch), self.fit_chunk):
-                patches = self.embed(batch[start : start + self.fit_chunk]).to(self.device)
+            for start in range(0, len(batch), step):
+                patches = self.embed(batch[start : start + step]).to(self.device)
                 if patches.shape[0] != math.prod(self.feature_size_):  # a backbone declared a wrong grid
                     raise RuntimeError(f"{patches.shape[0]} patches, expected the grid {self.feature_size_}")
                 self.stats_ = accumulate(self.__dict__.get("stats_"), patches, dtype)
@@ -190,8 +253,7 @@ class Padim:
         if stats is None:
             raise DataError("fitting needs at least 2 good images, got none")
         self.n_images_, self.mean_ = stats.count, stats.mean.float()
-        in_place = not keep_stats and stats.m2.dtype == torch.float32
-        self.precision_cholesky_ = precision_cholesky_from_stats(stats, self.eps, in_place=in_place)
+        self.precision_cholesky_packed_ = precision_cholesky_from_stats(stats, self.eps, packed=True)
         self.__dict__.get("_runners", {}).pop("pipeline", None)  # the Gaussians changed
         if not keep_stats:
             del self.stats_
@@ -218,7 +280,7 @@ class Padim:
     def precision(self) -> torch.Tensor:
         """The inverse covariances (P, D, D), computed from ``precision_cholesky_`` (for anomalib's API)."""
         check_fitted(self)
-        return precision_from_cholesky(self.precision_cholesky_)
+        return precision_from_cholesky(unpack_triangular(self.precision_cholesky_packed_))
 
     def predict(self, images: Any, **options: Any) -> Prediction:
         """:class:`padim.runtime.Prediction` of images in any form of :func:`padim.loading.as_batches`."""
@@ -234,8 +296,13 @@ class Padim:
     def pipeline(self) -> Pipeline:
         """The inference module of this fitted model (:mod:`padim.pipeline`); its state is passed as inputs."""
         check_fitted(self)
-        scorer = Scorer(self.feature_size_, self.image_size_, self.sigma)
-        return Pipeline(Embedder(self.extractor_, self.channel_idx_), scorer)
+        return Pipeline(self.embedder(), Scorer(self.feature_size_, self.image_size_, self.sigma))
+
+    def embedder(self) -> Embedder:
+        """The embedding module of this fitted model: backbone (tiled or not), channels, grid."""
+        align = self.extractor_.layer_info[-1].stride
+        tiles = TilePlan.make(self.image_size_, self.tile_size_, align) if self.tile_size_ else None
+        return Embedder(self.extractor_, self.channel_idx_, grid=self.feature_size_, tiles=tiles)
 
     def _runner(self, kind: str) -> Any:
         """The executor of the embedding (while fitting) or of the whole pipeline; built once, then reused."""
@@ -244,11 +311,10 @@ class Padim:
             images = torch.zeros(2, 3, *self.image_size_)
             options = dict(device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device))
             if kind == "embed":
-                module = Embedder(self.extractor_, self.channel_idx_)
-                runners[kind] = make_runner(module, {"images": images}, ["patches"], {"images": 0, "patches": 1},
-                                            **options)  # fmt: skip
+                runners[kind] = make_runner(self.embedder(), {"images": images}, ["patches"],
+                                            {"images": 0, "patches": 1}, **options)  # fmt: skip
             else:
-                example = {"images": images, "mean": self.mean_, "precision_cholesky": self.precision_cholesky_,
+                example = {"images": images, "mean": self.mean_, "precision_cholesky": runtime_factor(self),
                            "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
                 axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
                 runners[kind] = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
@@ -260,7 +326,8 @@ class Padim:
         check_fitted(self)
         return dict(backbone=self.backbone, layers=list(self.layers_), n_features=len(self.channel_idx_),
                     image_size=list(self.image_size_), seed=int(self.seed), eps=float(self.eps), sigma=self.sigma,
-                    holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained))  # fmt: skip
+                    holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained),
+                    grid_stride=int(self.grid_stride_), tile_size=int(self.tile_size_))  # fmt: skip
 
     def save(self, path: PathLike) -> Any:
         """Write the model to one safetensors file (atomic); see :func:`padim.model_file.save`."""
@@ -276,5 +343,5 @@ class Padim:
         return model_file.load(path, device=device, backend=backend)
 
     def __repr__(self) -> str:
-        names = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma")
+        names = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "grid_stride", "tile_size")
         return f"Padim({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"

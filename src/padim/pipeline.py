@@ -35,9 +35,10 @@ from torch import Tensor, nn
 
 from padim.anomaly_map import mahalanobis, resize_blur, resize_blur_matrix
 from padim.backbones import FeatureExtractor
-from padim.embedding import embed, split_channels
+from padim.embedding import embed, select, split_channels
 from padim.errors import OptionError
 from padim.scoring import image_score, label, normalize
+from padim.tiling import TilePlan, tiled_features
 
 #: Graph inputs besides ``images``, bound by the executor.
 STATE_INPUTS = ("mean", "precision_cholesky", "threshold", "scale")
@@ -52,16 +53,32 @@ class Embedder(nn.Module):
     Args:
         extractor: the cut backbone.
         channel_idx: (D,) sorted indices into the concatenated channels of its layers.
+        grid: (H, W) of the Gaussians; None: the first layer's grid (PaDiM's). A coarser grid
+            averages the finer layers (:func:`padim.embedding.embed`).
+        tiles: run the backbone over these tiles and stitch the features
+            (:mod:`padim.tiling`); None: over the whole image at once.
     """
 
-    def __init__(self, extractor: FeatureExtractor, channel_idx: Tensor) -> None:
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        channel_idx: Tensor,
+        grid: Sequence[int] | None = None,
+        tiles: TilePlan | None = None,
+    ) -> None:
         super().__init__()
         self.extractor = extractor
         # A plain list, not buffers: the tracer records the indices as constants.
         self.layer_idx = split_channels(channel_idx, [info.channels for info in extractor.layer_info])
+        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        self.tiles = tiles
 
     def forward(self, images: Tensor) -> Tensor:
-        return embed(self.extractor(images), self.layer_idx)
+        if self.tiles is None:
+            features = select(self.extractor(images), self.layer_idx)
+        else:
+            features = tiled_features(self.extractor, images, self.layer_idx, self.tiles.rows, self.tiles.cols)
+        return embed(features, grid=self.grid)
 
 
 class Scorer(nn.Module):
@@ -239,13 +256,18 @@ class TorchRunner:
         self.module = module.to(self.device).eval()
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
-        self.bound = {k: torch.as_tensor(v).to(self.device) for k, v in (bound or {}).items()}
+        self.bound = {k: _float(torch.as_tensor(v)).to(self.device) for k, v in (bound or {}).items()}
         self._lock = threading.Lock()
 
     def __call__(self, **inputs: Any) -> dict[str, Tensor]:
         feeds = {**self.bound, **inputs}
-        args = [torch.as_tensor(feeds[name]).to(self.device, torch.float32) for name in self.input_names]
+        args = [_float(torch.as_tensor(feeds[name])).to(self.device) for name in self.input_names]
         with self._lock, torch.inference_mode():
             outputs = self.module(*args)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return dict(zip(self.output_names, outputs))
+
+
+def _float(tensor: Tensor) -> Tensor:
+    """Float32, except float16 state (compact precision factors), which the graph casts itself."""
+    return tensor if tensor.dtype == torch.float16 else tensor.to(torch.float32)

@@ -1,0 +1,106 @@
+"""The working size: what (height, width) the images are resized to, chosen from the training images.
+
+Squashing every image into a square (anomalib's PaDiM works at 256 x 256) stretches elongated
+parts and throws away detail along their long side. The rule here keeps the training images'
+aspect ratio: the short side is ``image_size``, the long side follows their median aspect
+ratio, and both are rounded to a multiple of the backbone's largest stride (so every layer's
+grid divides evenly). When the aspect ratios vary widely (the 10th and 90th percentiles differ
+by more than :data:`SPREAD`, e.g. a mix of portrait and landscape pictures) there is no one
+shape to keep, and the working size is the square ``image_size`` x ``image_size``.
+
+Image sizes are read from the files' headers (Pillow opens a file lazily), without decoding.
+An explicit (height, width) always wins; the size chosen is saved in the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+#: Largest ratio between the 90th and 10th percentile of aspect ratios that still keeps the median one.
+SPREAD = 1.25
+#: Most headers read to choose the size (evenly spaced through the list).
+MAX_HEADERS = 2000
+
+
+def header_sizes(paths: Sequence[str | os.PathLike], limit: int = MAX_HEADERS) -> list[tuple[int, int]]:
+    """(width, height) of image files from their headers, skipping files that cannot be opened.
+
+    At most ``limit`` files are read, evenly spaced through ``paths``.
+    """
+    step = max(1, -(-len(paths) // limit))
+    sizes = []
+    for path in list(paths)[::step]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sizes.append(image.size)
+        except (OSError, SyntaxError, ValueError):
+            continue  # the decoding pipeline reports unreadable files with their reason
+    return sizes
+
+
+def round_to(value: float, multiple: int) -> int:
+    """``value`` rounded to the nearest multiple of ``multiple``, at least ``multiple``.
+
+    >>> round_to(4766.5, 16), round_to(3, 16)
+    (4768, 16)
+    """
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def from_sizes(sizes: Sequence[tuple[int, int]], short_side: int, align: int) -> tuple[tuple[int, int], str]:
+    """The working size for images of ``sizes`` (width, height), and a sentence saying why.
+
+    Args:
+        sizes: (width, height) of the training images.
+        short_side: the working size's short side (``image_size``).
+        align: the multiple both sides are rounded to (the backbone's largest stride).
+
+    Returns:
+        ((height, width), reason).
+
+    >>> from_sizes([(2048, 110)] * 3, 256, 16)[0], from_sizes([(900, 900)], 256, 16)[0]
+    ((256, 4768), (256, 256))
+    >>> from_sizes([(400, 300), (300, 400)], 256, 16)
+    ((256, 256), 'square: the aspect ratios of 2 images vary from 0.75 to 1.33')
+    """
+    if not sizes:
+        return (short_side, short_side), "square: no image sizes could be read"
+    ratios = np.array([w / h for w, h in sizes], dtype=np.float64)
+    low, high = np.percentile(ratios, [10, 90])
+    if high / low > SPREAD:
+        return (short_side, short_side), (
+            f"square: the aspect ratios of {len(sizes)} images vary from {low:.2f} to {high:.2f}"
+        )
+    aspect = float(np.median(ratios))  # width / height
+    short = round_to(short_side, align)
+    if aspect >= 1:
+        size = (short, round_to(short * aspect, align))
+    else:
+        size = (round_to(short / aspect, align), short)
+    return size, f"median aspect ratio {aspect:.3g} (width/height) of {len(sizes)} images"
+
+
+def working_size(
+    image_size: int | Sequence[int], paths: Sequence[str | os.PathLike] | None, align: int
+) -> tuple[tuple[int, int], str]:
+    """The working size for a model's ``image_size`` and its training files.
+
+    Args:
+        image_size: an int (the short side; the aspect ratio comes from the images) or
+            (height, width) (used as given).
+        paths: the training image files, or None when the images are not files (arrays,
+            tensors, PIL images): an int then gives a square.
+        align: the backbone's largest stride.
+
+    Returns:
+        ((height, width), reason).
+    """
+    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool):
+        return (int(image_size[0]), int(image_size[1])), "given as height x width"
+    if not paths:
+        return (int(image_size), int(image_size)), "square: the images are not files"
+    return from_sizes(header_sizes(paths), int(image_size), align)
