@@ -64,8 +64,8 @@ def from_sizes(sizes: Sequence[tuple[int, int]], short_side: int, align: int) ->
 
     >>> from_sizes([(2048, 110)] * 3, 256, 16)[0], from_sizes([(900, 900)], 256, 16)[0]
     ((256, 4768), (256, 256))
-    >>> from_sizes([(400, 300), (300, 400)], 256, 16)
-    ((256, 256), 'square: the aspect ratios of 2 images vary from 0.75 to 1.33')
+    >>> from_sizes([(400, 300), (300, 400)] * 5, 256, 16)
+    ((256, 256), 'square: the aspect ratios of 10 images vary from 0.75 to 1.33')
     """
     if not sizes:
         return (short_side, short_side), "square: no image sizes could be read"
