@@ -120,7 +120,10 @@ def child_float16(data: str) -> dict:
         "float32": {k: b.metrics["overall"][k] for k in METRICS},
         "float16": {k: a.metrics["overall"][k] for k in METRICS},
         "labels_identical": bool(np.array_equal(a.scores >= a.threshold, b.scores >= b.threshold)),
-        "factor_bytes": {"float32_full": exact.numel() * 4, "float16_packed": model.precision_cholesky_packed_.numel() * 2},
+        "factor_bytes": {
+            "float32_full": exact.numel() * 4,
+            "float16_packed": model.precision_cholesky_packed_.numel() * 2,
+        },
     }
 
 
@@ -190,9 +193,9 @@ def fit_and_evaluate(data: Path, image_size: str | None, work: Path, name: str, 
 
 
 def part_rule(work: Path) -> list[dict]:
+    from padim.datasets import train_samples
     from padim.synthetic import make_demo_dataset
     from padim.working_size import working_size
-    from padim.datasets import train_samples
 
     elongated = make_demo_dataset(work / "elongated", 30, 10, 20, size=(110, 2048), name="parts", overwrite=True)
     rows = []
@@ -236,7 +239,9 @@ def part_large(work: Path) -> list[dict]:
                            evaluate=False)  # fmt: skip
     rows.append({**fit, **run_child("predict_one", [str(work / "large.padim"), str(image), str(work / "out-large")])})
     bottle_image = work / "bottle_4000x3000.png"
-    Image.open(next((BOTTLE / "test" / "broken_large").glob("*.png"))).convert("RGB").resize((4000, 3000)).save(bottle_image)
+    Image.open(next((BOTTLE / "test" / "broken_large").glob("*.png"))).convert("RGB").resize((4000, 3000)).save(
+        bottle_image
+    )
     fit = fit_and_evaluate(BOTTLE, None, work, "bottle-default", evaluate=False)
     rows.append({**fit, **run_child("predict_one", [str(work / "bottle-default.padim"), str(bottle_image),
                                                      str(work / "out-bottle")])})  # fmt: skip
@@ -272,8 +277,14 @@ def markdown(results: dict) -> str:
                   "fit peak RSS MiB | model file MiB | evaluate peak RSS MiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in results[key]:
             cells = [r.get("code", "new"), r["data"], r["image_size"]] + [
-                "-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")]
-            cells += [f"{r['fit_seconds']:.0f}", mb(r["fit_peak_rss"]), mb(r["model_bytes"]), mb(r.get("evaluate_peak_rss", 0))]
+                "-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")
+            ]
+            cells += [
+                f"{r['fit_seconds']:.0f}",
+                mb(r["fit_peak_rss"]),
+                mb(r["model_bytes"]),
+                mb(r.get("evaluate_peak_rss", 0)),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + [f"- {r['name']}: {r['estimate']}" for r in results[key] if r.get("estimate")] + [""]
     if "float16" in results:
@@ -296,7 +307,9 @@ def markdown(results: dict) -> str:
                   "| bottle 512x512 | image AUROC | pixel AUROC | AUPRO | fit peak RSS MiB |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for name in ("untiled_512", "tiled_512_tile256"):
             r = t[name]
-            lines.append(f"| {name} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} | {mb(r['fit_peak_rss'])} |")
+            lines.append(
+                f"| {name} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} | {mb(r['fit_peak_rss'])} |"
+            )
         lines.append("")
     if "large" in results:
         lines += ["## One 4000x3000 image through `padim predict` (with its overlay)", "",
@@ -328,7 +341,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     json_path = args.out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
-    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    results["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
     for part in args.only:
         print(f"== {part}", flush=True)
         if part == "rule":

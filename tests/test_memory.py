@@ -24,6 +24,7 @@ def test_the_estimate_matches_the_saved_file(tmp_path, mvtec_tree):
     model = Padim(**TINY).fit(mvtec_tree)
     weights = sum(t.numel() * t.element_size() for t in model.extractor_.body.state_dict().values())
     plan = memory.estimate(model.image_size_, model.feature_size_, 16, model.backbone, weights)
+    assert model.feature_size_ == plan.grid == (16, 16)
     size = model.save(tmp_path / "m.padim").stat().st_size
     assert plan.model_file <= size <= plan.model_file * 1.01 + 100_000  # safetensors adds a header
 
@@ -34,7 +35,9 @@ def test_runtime_factors_are_float16_only_past_the_limit(monkeypatch):
     assert memory.runtime_dtype(4096, 100) == "float16"
 
 
-def test_a_fit_that_exceeds_the_memory_is_refused_in_one_line_naming_what_to_reduce(tmp_path, mvtec_tree, monkeypatch, capsys):
+def test_a_fit_that_exceeds_the_memory_is_refused_in_one_line_naming_what_to_reduce(
+    tmp_path, mvtec_tree, monkeypatch, capsys
+):
     from padim.cli import main
 
     monkeypatch.setattr(memory, "machine_memory", lambda: 100 * 2**20)
@@ -70,7 +73,7 @@ def test_predict_runs_the_graph_a_few_images_at_a_time_with_the_same_results(mon
     predictor.run = counting
     images = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
     whole = predictor.predict_batch(images)
-    monkeypatch.setattr("padim.runtime.images_per_run", lambda size: 2)
+    monkeypatch.setattr("padim.runtime.images_per_run", lambda size, pixels: 2)
     parts = predictor.predict_batch(images)
     assert calls == [5, 2, 2, 1]
     np.testing.assert_allclose(parts.anomaly_map, whole.anomaly_map, rtol=1e-5)  # BLAS rounds by batch size
@@ -83,7 +86,7 @@ def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model):
 
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     expected = tiny_model.predict(images).anomaly_map
-    monkeypatch.setattr("padim.model.runtime_dtype", lambda p, d: "float16")
+    monkeypatch.setattr("padim.memory.runtime_dtype", lambda p, d: "float16")
     monkeypatch.setattr("padim.anomaly_map.CAST_CHUNK_BYTES", 16 * 16 * 4 * 100)  # 100 patches a chunk
     for backend in ("onnxruntime", "torch"):
         small = copy.copy(tiny_model)

@@ -92,7 +92,9 @@ def test_the_command_keeps_the_aspect_ratio_unless_given_height_and_width(tmp_pa
     assert main(["fit", str(wide_tree), "-o", str(tmp_path / "a.padim"), "--image-size", "48", *base]) == 0
     assert "working size 48x96" in capsys.readouterr().err
     assert open_model(tmp_path / "a.padim").image_size == (48, 96)
-    assert main(["fit", str(wide_tree), "-o", str(tmp_path / "b.padim"), "--image-size", "64x64", "--quiet", *base]) == 0
+    assert (
+        main(["fit", str(wide_tree), "-o", str(tmp_path / "b.padim"), "--image-size", "64x64", "--quiet", *base]) == 0
+    )
     assert open_model(tmp_path / "b.padim").image_size == (64, 64)
 
 

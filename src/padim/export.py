@@ -34,8 +34,9 @@ import numpy as np
 
 from padim import __version__
 from padim.errors import OptionError
+from padim.gaussian import runtime_factors
 from padim.images import IMAGENET_MEAN, IMAGENET_STD
-from padim.model import Padim, check_fitted, runtime_factor
+from padim.model import Padim, check_fitted
 
 PathLike = str | os.PathLike
 
@@ -80,7 +81,7 @@ def model_proto(model: Padim):
     calibration = model.calibration_
     state = {
         "mean": model.mean_.detach().cpu().float().numpy(),
-        "precision_cholesky": runtime_factor(model).detach().cpu().numpy(),
+        "precision_cholesky": runtime_factors(model.precision_cholesky_packed_).detach().cpu().numpy(),
         "threshold": np.float32(math.nan if calibration is None else calibration.threshold),
         "scale": np.float32(1.0 if calibration is None else calibration.scale),
     }
@@ -92,7 +93,9 @@ def model_proto(model: Padim):
     proto.graph.input.extend(kept)
     for name, value in state.items():
         value = np.asarray(value)  # float32, or float16 factors for a model too large for float32 ones
-        proto.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32, copy=False) if value.dtype != np.float16 else value, name))
+        proto.graph.initializer.append(
+            numpy_helper.from_array(value.astype(np.float32, copy=False) if value.dtype != np.float16 else value, name)
+        )
     for key, value in model_metadata(model).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -1,11 +1,11 @@
-"""Streaming per-patch Gaussian statistics: constant memory, exact merges.
+"""Streaming per-patch Gaussian statistics: constant memory, exact merges, packed triangles.
 
 PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3.2) fits one Gaussian
 per patch position from the N training embeddings. Instead of keeping all N embeddings
 (anomalib does, and runs out of memory), we keep the sufficient statistics: a count, the
-mean (P, D) and the scatter matrix M2 = sum (x - mean)(x - mean)^T (P, D, D), in float64.
-Batches are combined with the pairwise update of Chan, Golub and LeVeque (1979), which is
-exact in exact arithmetic and numerically safe (no sum of squares minus square of sums):
+mean (P, D) and the scatter matrix M2 = sum (x - mean)(x - mean)^T per patch. Batches are
+combined with the pairwise update of Chan, Golub and LeVeque (1979), which is exact in exact
+arithmetic and numerically safe (no sum of squares minus square of sums):
 
     n = n_a + n_b,  delta = mean_b - mean_a
     mean = mean_a + delta * n_b / n
@@ -13,10 +13,16 @@ exact in exact arithmetic and numerically safe (no sum of squares minus square o
 
 The same rule merges statistics from two streams (or two machines) into exactly those of one.
 The covariance is the unbiased M2 / (n - 1) plus ``eps`` * I (Sec. 3.2: eps = 0.01).
+
+Symmetric and triangular matrices are stored packed: their upper triangles, row by row,
+(P, D(D+1)/2) (:func:`pack_triangular`). The scatter matrices take half the memory of full
+ones, and the precision factors C (precision = C C^T, upper triangular) are written packed in
+float16, a quarter of the float32 factors' bytes, the form of the model file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +42,10 @@ class GaussianStats:
     Attributes:
         count: number of samples seen (the same for every patch: each image gives every patch).
         mean: (P, D) float64.
-        m2: (P, D, D) scatter matrix about the mean, float64 or float32. Updates centre each
-            batch on its own mean before the product (Chan et al.), so float32 loses no digits
-            to cancellation and halves the memory; float64 merges exactly.
+        m2: (P, D(D+1)/2) scatter matrices about the mean, packed (:func:`pack_triangular`),
+            float64 or float32. Updates centre each batch on its own mean before the product
+            (Chan et al.), so float32 loses no digits to cancellation and halves the memory;
+            float64 merges exactly.
     """
 
     count: int
@@ -51,35 +58,43 @@ class GaussianStats:
     ) -> GaussianStats:
         """Statistics of no samples yet; ``dtype`` is that of the scatter matrices."""
         mean = torch.zeros(n_patches, dim, dtype=torch.float64, device=device)
-        return cls(0, mean, torch.zeros(n_patches, dim, dim, dtype=dtype, device=device))
+        return cls(0, mean, torch.zeros(n_patches, triangle_size(dim), dtype=dtype, device=device))
 
-    def update(self, samples: Tensor) -> GaussianStats:
+    def update(self, samples: Tensor | Sequence[Tensor]) -> GaussianStats:
         """Add a batch in place and return self.
 
         Args:
             samples: (P, N, D) patch-first embeddings of N images (:mod:`padim.embedding`), any
-                float dtype.
+                float dtype, or a list of such blocks (one batch, without concatenating them).
+                Pass many images at once: the packing costs about as much as a product of 8
+                images, whatever N.
         """
-        n_patches, n_b, dim = samples.shape
-        if (n_patches, dim) != tuple(self.mean.shape):
-            raise ValueError(
-                f"samples (P, N, D) must have (P, D) = {tuple(self.mean.shape)}, got {tuple(samples.shape)}"
-            )
+        parts = [samples] if isinstance(samples, Tensor) else list(samples)
+        n_patches, dim = parts[0].shape[0], parts[0].shape[2]
+        n_b = sum(part.shape[1] for part in parts)
+        if any((part.shape[0], part.shape[2]) != tuple(self.mean.shape) for part in parts):
+            shapes = [tuple(part.shape) for part in parts]
+            raise ValueError(f"samples (P, N, D) must have (P, D) = {tuple(self.mean.shape)}, got {shapes}")
         if n_b == 0:
             return self
         n_a, n = self.count, self.count + n_b
-        mean_b = samples.mean(dim=1, dtype=torch.float64)
+        mean_b = sum(part.sum(dim=1, dtype=torch.float64) for part in parts) / n_b
         delta = mean_b - self.mean
+        index = _upper_index(dim, self.m2.device)
         # Per chunk of patches, rows = [x - mean_b; sqrt(n_a n_b / n) delta] (P, N + 1, D), so
-        # M2 += C^T C + w delta delta^T is one batched product written in place.
-        step = max(1, CHUNK_BYTES // ((n_b + 1) * dim * self.m2.element_size()))
+        # M2 += C^T C + w delta delta^T is one batched product, whose upper triangle is added.
+        step = max(1, CHUNK_BYTES // (max(n_b + 1, dim) * dim * self.m2.element_size()))
         for start in range(0, n_patches, step):
             stop = min(start + step, n_patches)
             rows = torch.empty(stop - start, n_b + 1, dim, dtype=self.m2.dtype, device=self.m2.device)
-            rows[:, :n_b].copy_(samples[start:stop])
+            offset = 0
+            for part in parts:
+                rows[:, offset : offset + part.shape[1]].copy_(part[start:stop])
+                offset += part.shape[1]
             rows[:, :n_b].sub_(mean_b[start:stop, None, :].to(self.m2.dtype))
             rows[:, n_b].copy_(delta[start:stop] * (n_a * n_b / n) ** 0.5)
-            self.m2[start:stop].baddbmm_(rows.transpose(1, 2), rows)
+            product = torch.bmm(rows.transpose(1, 2), rows).view(stop - start, dim * dim)
+            self.m2[start:stop].add_(product.index_select(1, index))
         self.mean.add_(delta, alpha=n_b / n)
         self.count = n
         return self
@@ -93,7 +108,8 @@ class GaussianStats:
             return GaussianStats(0, self.mean.clone(), self.m2.clone())
         delta = other.mean - self.mean
         weight = self.count * other.count / n
-        m2 = self.m2 + other.m2 + (weight * delta[:, :, None] * delta[:, None, :]).to(self.m2.dtype)
+        rows, cols = torch.triu_indices(delta.shape[1], delta.shape[1], device=delta.device)
+        m2 = self.m2 + other.m2 + (weight * delta[:, rows] * delta[:, cols]).to(self.m2.dtype)
         return GaussianStats(n, self.mean + delta * (other.count / n), m2)
 
     def covariance(self, eps: float = 0.01) -> Tensor:
@@ -104,9 +120,18 @@ class GaussianStats:
         """
         if self.count < 2:
             raise DataError(f"fitting needs at least 2 good images, got {self.count}")
-        cov = self.m2.to(torch.float64) / (self.count - 1)
+        upper = unpack_triangular(self.m2, torch.float64)
+        cov = upper + upper.mT
+        cov.diagonal(dim1=1, dim2=2).div_(2)
+        cov /= self.count - 1
         cov.diagonal(dim1=1, dim2=2).add_(eps)
         return cov
+
+
+def _upper_index(dim: int, device: torch.device | str = "cpu") -> Tensor:
+    """Positions of the upper triangle in a flattened D x D matrix, row by row."""
+    rows, cols = torch.triu_indices(dim, dim, device=device)
+    return rows * dim + cols
 
 
 def precision_cholesky_from_stats(
@@ -192,8 +217,7 @@ def unpack_triangular(packed: Tensor, dtype: torch.dtype = torch.float32, chunk_
     dim = triangle_dim(size)
     out = torch.zeros(n_patches, dim, dim, dtype=dtype, device=packed.device)
     flat = out.view(n_patches, dim * dim)
-    rows, cols = torch.triu_indices(dim, dim, device=packed.device)
-    index = rows * dim + cols
+    index = _upper_index(dim, packed.device)
     step = max(1, chunk_bytes // (dim * dim * out.element_size()))
     for start in range(0, n_patches, step):
         flat[start : start + step, index] = packed[start : start + step].to(dtype)
@@ -205,8 +229,27 @@ def precision_from_cholesky(precision_cholesky: Tensor) -> Tensor:
     return torch.bmm(precision_cholesky, precision_cholesky.transpose(1, 2))
 
 
-def accumulate(stats: GaussianStats | None, patches: Tensor, dtype: torch.dtype = torch.float32) -> GaussianStats:
-    """Add a (P, N, D) batch of patch embeddings to ``stats`` (started with ``dtype`` scatter matrices if None)."""
+def accumulate(
+    stats: GaussianStats | None, patches: Tensor | Sequence[Tensor], dtype: torch.dtype = torch.float32
+) -> GaussianStats:
+    """Add (P, N, D) patch embeddings, or a list of them, to ``stats`` (started with ``dtype`` scatter matrices if None)."""
+    first = patches if isinstance(patches, Tensor) else patches[0]
     if stats is None:
-        stats = GaussianStats.empty(patches.shape[0], patches.shape[2], patches.device, dtype)
+        stats = GaussianStats.empty(first.shape[0], first.shape[2], first.device, dtype)
     return stats.update(patches)
+
+
+def runtime_factors(packed: Tensor, dtype: str | None = None) -> Tensor:
+    """The precision factors as a predictor holds them: (P, D, D) unpacked from (P, D(D+1)/2).
+
+    Args:
+        packed: the packed factors (:func:`precision_cholesky_from_stats` with ``packed``).
+        dtype: ``"float32"`` or ``"float16"``; None: float32 unless that would pass
+            :func:`padim.memory.runtime_limit` (:func:`padim.anomaly_map.mahalanobis` casts
+            float16 factors a chunk at a time).
+    """
+    from padim.memory import runtime_dtype
+
+    n_patches, size = packed.shape
+    dtype = runtime_dtype(n_patches, triangle_dim(size)) if dtype is None else dtype
+    return unpack_triangular(packed, torch.float32 if dtype == "float32" else torch.float16)

@@ -8,8 +8,9 @@ reduce it, a fit that would not fit in this machine's memory.
 
 What is held where (P patches, D kept channels):
 
-- fitting streams float32 scatter matrices (P, D, D) (:mod:`padim.gaussian`), then writes the
-  precision factors packed in float16, (P, D(D+1)/2): the model file's form;
+- fitting streams packed float32 scatter matrices, (P, D(D+1)/2) (:mod:`padim.gaussian`), then
+  writes the precision factors packed in float16, (P, D(D+1)/2): the model file's form; it
+  sets the threshold on those, unpacked a chunk at a time;
 - predicting holds the factors unpacked, (P, D, D), in float32 (fast: one batched matmul) or,
   for models whose float32 factors would pass :func:`runtime_limit`, in float16, cast a chunk
   at a time (half the memory; each cast costs about 5 ns per factor entry and batch on a CPU);
@@ -22,6 +23,7 @@ model of the network; the estimate is meant to be right within about 20%.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from collections.abc import Sequence
@@ -35,6 +37,8 @@ GB = 1e9
 RUN_PIXELS = 32 * 256 * 256
 #: Pixels the backbone runs at once while fitting (8 images at 256 x 256).
 FIT_PIXELS = 8 * 256 * 256
+#: Embeddings gathered before one update of the statistics (packing costs the same whatever N).
+UPDATE_BYTES = 48 * 2**20
 #: Resident memory of a process with torch, onnxruntime and a backbone loaded, before any data.
 BASE_BYTES = 450 * 2**20
 #: Peak activation bytes per input pixel of each backbone's cut graph (measured, default layers).
@@ -52,6 +56,32 @@ def machine_memory() -> int:
         if text.isdigit():
             total = min(total, int(text))
     return total
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by Python and torch back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Tracing a graph runs it once at the working size; without this, those activations stay in
+    the process's heap after they are freed and count in its resident memory.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def return_large_blocks(threshold: int = 4 * 2**20) -> None:
+    """Have glibc map every block of ``threshold`` bytes or more on its own, returned to the system when freed.
+
+    glibc raises its mmap threshold each time a large block is freed, up to 32 MB, after which
+    blocks of embeddings and activations (a few MB each, freed after every batch) come from
+    the heap, and its fragments stay resident: +300 MB over a fit at 512x512 here. Fixing the
+    threshold keeps the resident memory at what is live. Does nothing where glibc is absent.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def runtime_limit() -> int:
@@ -143,9 +173,14 @@ def estimate(
 
     batch = default_batch_size(image_size) if batch_size is None else batch_size
     decoded = batch * height * width * (3 * 4 + 3)  # pre-processed float32 and the decoded RGB bytes
-    scatter = n_patches * dim * (dim * 4 + 8)  # float32 scatter matrices and float64 means
-    fitting = max(scatter + packed, packed + runtime) + activations(images_per_run(image_size, FIT_PIXELS))
-    predicting = runtime + packed + activations(images_per_run(image_size)) + decoded
+    fit_run = activations(images_per_run(image_size, FIT_PIXELS))
+    scatter = packed * 2 + n_patches * dim * 8  # packed float32 scatter matrices, float64 means
+    fitting = max(
+        scatter + fit_run + UPDATE_BYTES,  # streaming: statistics, one backbone run, pending embeddings
+        scatter + packed,  # the factors written beside the statistics
+        packed + fit_run,  # the threshold, from the packed factors (see Padim.predictor)
+    )
+    predicting = packed + runtime + activations(images_per_run(image_size)) + decoded
     return Estimate(
         (height, width), (int(grid[0]), int(grid[1])), dim, tile, model_file, runtime,
         BASE_BYTES + fitting + decoded, BASE_BYTES + predicting,

@@ -24,14 +24,29 @@ from padim.backbones import FeatureExtractor, get_spec, resolve_layers
 from padim.datasets import split_holdout
 from padim.embedding import select_channels
 from padim.errors import DataError, NotFittedError, OptionError
-from padim.gaussian import accumulate, precision_cholesky_from_stats, precision_from_cholesky, unpack_triangular
+from padim.gaussian import (
+    accumulate,
+    precision_cholesky_from_stats,
+    precision_from_cholesky,
+    runtime_factors,
+    unpack_triangular,
+)
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
-from padim.memory import FIT_PIXELS, default_batch_size, images_per_run, runtime_dtype
-from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
+from padim.memory import (
+    FIT_PIXELS,
+    UPDATE_BYTES,
+    check,
+    default_batch_size,
+    images_per_run,
+    release_freed_memory,
+    return_large_blocks,
+)
+from padim.pipeline import OUTPUTS, ChainedRunner, Embedder, Pipeline, Scorer, TorchRunner, make_runner, use_onnxruntime
 from padim.runtime import Prediction, Predictor
 from padim.scoring import from_labelled_scores, from_normal_scores
 from padim.tiling import TilePlan
+from padim.working_size import plan
 
 PathLike = str | os.PathLike
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -85,51 +100,6 @@ def resolve_params(model: Padim) -> dict[str, Any]:
     layers = tuple(info.name for info in layer_info)
     return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size,
                 grid_stride=int(grid_stride))  # fmt: skip
-
-
-def plan_size(model: Padim, resolved: dict[str, Any], paths: Sequence[Any] | None, batch_size: int | None,
-              quiet: bool) -> None:  # fmt: skip
-    """Set a model's working size, Gaussian grid and tiling from its arguments and training files.
-
-    Prints the expected model size and memory unless ``quiet`` (:mod:`padim.memory`).
-
-    Raises:
-        OptionError: for a working size the backbone, the blur or the grid cannot use, or a fit
-        that would exceed this machine's memory (naming what to reduce).
-    """
-    from padim import memory, tiling, working_size
-
-    layer_info, grid_stride = resolved["layer_info"], resolved["grid_stride"]
-    align = max(layer_info[-1].stride, grid_stride)
-    size, reason = working_size.working_size(model.image_size, paths, align)
-    check_blur(size, model.sigma)
-    if min(size) <= layer_info[-1].stride or (grid_stride > layer_info[0].stride and (size[0] % grid_stride or size[1] % grid_stride)):
-        raise OptionError(f"image_size {size[0]}x{size[1]} must exceed {layer_info[-1].stride} pixels per side"
-                          + (f" and be a multiple of grid_stride={grid_stride}" if grid_stride > layer_info[0].stride else ""))  # fmt: skip
-    tile = tiling.resolve_tile(None if model.tile_size is None else int(model.tile_size), size, layer_info[-1].stride)
-    spec = get_spec(model.backbone)
-    weights = sum(t.numel() * t.element_size() for t in model.extractor_.body.state_dict().values())
-
-    def plan(stride: int) -> memory.Estimate:
-        grid = spec.grid(size, stride)
-        return memory.estimate(size, grid, resolved["n_features"], model.backbone, weights, tile, batch_size)
-
-    estimate = plan(grid_stride)
-    if not quiet:
-        print(f"padim: {reason}; {estimate.describe()}", file=sys.stderr)
-    if estimate.fit_peak > memory.machine_memory():
-        fits = [g for g in (grid_stride * 2**k for k in range(1, 5)) if g <= min(size) and plan(g).fit_peak <= memory.machine_memory()]
-        memory.check(estimate, coarser_grid=fits[0] if fits else None)
-    model.image_size_, model.grid_stride_, model.tile_size_ = size, grid_stride, tile
-    model.feature_size_ = estimate.grid
-
-
-def runtime_factor(model: Padim) -> torch.Tensor:
-    """The precision factors as a predictor holds them: (P, D, D), float32 or, past
-    :func:`padim.memory.runtime_limit`, float16 (:func:`padim.anomaly_map.mahalanobis` casts them)."""
-    n_patches, dim = model.mean_.shape
-    dtype = torch.float32 if runtime_dtype(n_patches, dim) == "float32" else torch.float16
-    return unpack_triangular(model.precision_cholesky_packed_, dtype)
 
 
 class Padim:
@@ -204,6 +174,7 @@ class Padim:
             an unreadable image.
         """
         resolved = resolve_params(self)
+        return_large_blocks()
         for name in ("stats_", "mean_", "precision_cholesky_packed_", "_runners"):
             self.__dict__.pop(name, None)
         self.layers_, self.skipped_, self.calibration_ = resolved["layers"], {}, None
@@ -212,16 +183,27 @@ class Padim:
         total = sum(info.channels for info in resolved["layer_info"])
         self.channel_idx_ = select_channels(total, resolved["n_features"], self.seed)
         samples = to_samples(data, folder="good")
-        plan_size(self, resolved, None if samples is None else [s.path for s in samples], batch_size, quiet)
-        batch_size = default_batch_size(self.image_size_) if batch_size is None else batch_size
+        weights = sum(t.numel() * t.element_size() for t in self.extractor_.body.state_dict().values())
+        fit_plan = plan(self.image_size, None if samples is None else [s.path for s in samples],
+                        backbone=self.backbone, layer_info=resolved["layer_info"], n_features=resolved["n_features"],
+                        grid_stride=resolved["grid_stride"], tile_size=self.tile_size, sigma=self.sigma,
+                        weights_bytes=weights, batch_size=batch_size)  # fmt: skip
+        if not quiet:
+            print(f"padim: {fit_plan.describe()}", file=sys.stderr)
+        check(fit_plan.estimate, fit_plan.coarser_grid)
+        self.image_size_, self.grid_stride_, self.tile_size_ = fit_plan.image_size, fit_plan.grid_stride, fit_plan.tile
+        self.feature_size_ = fit_plan.estimate.grid
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
+        batch_size = default_batch_size(self.image_size_) if batch_size is None else batch_size
         options = dict(batch_size=batch_size, workers=workers, quiet=quiet, skip_bad=skip_bad)
         self._accumulate(samples if samples is not None else data, desc="fit", **options)
         self._finish(keep_stats)
         if validation is not None:
-            self.calibrate(validation, **options)
+            self.calibrate(validation, compact=True, **options)
+        self.__dict__.get("_runners", {}).pop("embed", None)  # its onnxruntime arena is not needed any more
+        release_freed_memory()
         return self
 
     def partial_fit(self, images: Any) -> Padim:
@@ -237,15 +219,22 @@ class Padim:
         return self
 
     def _accumulate(self, data: Any, desc: str, **options: Any) -> None:
+        """Stream images into the statistics: the backbone sees a few at a time, updates take many."""
         dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
         skipped = self.__dict__.setdefault("skipped_", {})
         step = images_per_run(self.image_size_, FIT_PIXELS)  # bounds the backbone's activations
+        pending: list[torch.Tensor] = []
         for batch in as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options):
             for start in range(0, len(batch), step):
                 patches = self.embed(batch[start : start + step]).to(self.device)
                 if patches.shape[0] != math.prod(self.feature_size_):  # a backbone declared a wrong grid
                     raise RuntimeError(f"{patches.shape[0]} patches, expected the grid {self.feature_size_}")
-                self.stats_ = accumulate(self.__dict__.get("stats_"), patches, dtype)
+                pending.append(patches)
+                if sum(p.numel() * p.element_size() for p in pending) >= UPDATE_BYTES:
+                    self.stats_ = accumulate(self.__dict__.get("stats_"), pending, dtype)
+                    pending = []
+        if pending:
+            self.stats_ = accumulate(self.__dict__.get("stats_"), pending, dtype)
 
     def _finish(self, keep_stats: bool) -> None:
         """Means and precisions from the streamed statistics (Sec. 3.2)."""
@@ -257,18 +246,21 @@ class Padim:
         self.__dict__.get("_runners", {}).pop("pipeline", None)  # the Gaussians changed
         if not keep_stats:
             del self.stats_
+        release_freed_memory()
 
-    def calibrate(self, good: Any, defective: Any = None, **options: Any) -> Padim:
+    def calibrate(self, good: Any, defective: Any = None, *, compact: bool = False, **options: Any) -> Padim:
         """Set the threshold: a ``quantile`` of good images' scores, or F1-max with defective images too.
 
         ``good`` is read as fit's ``data`` (a folder: an MVTec category's ``train/good`` or its
-        images); ``defective`` as images (a folder: the images inside). Returns self.
+        images); ``defective`` as images (a folder: the images inside). ``compact``: predict
+        with the least memory (see :meth:`predictor`), as ``fit`` does. Returns self.
         """
-        good_scores = self.predictor().predict(good, **options).score
+        predictor = self.predictor(compact=compact)
+        good_scores = predictor.predict(good, **options).score
         if defective is None:
             self.calibration_ = from_normal_scores(good_scores, self.quantile)
         else:
-            self.calibration_ = from_labelled_scores(good_scores, self.predict(defective, **options).score)
+            self.calibration_ = from_labelled_scores(good_scores, predictor.predict(defective, **options).score)
         return self
 
     def embed(self, images: Any) -> torch.Tensor:
@@ -286,12 +278,24 @@ class Padim:
         """:class:`padim.runtime.Prediction` of images in any form of :func:`padim.loading.as_batches`."""
         return self.predictor().predict(images, **options)
 
-    def predictor(self) -> Predictor:
-        """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives)."""
+    def predictor(self, *, compact: bool = False) -> Predictor:
+        """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives).
+
+        ``compact``: a one-off predictor with the least memory, as ``fit`` sets the threshold:
+        the embedding's executor, then the scorer in eager PyTorch on the packed factors,
+        unpacked a chunk at a time (:class:`padim.pipeline.ChainedRunner`), a few images at a
+        time; not kept.
+        """
         check_fitted(self)
         kind = "onnxruntime" if use_onnxruntime(self.backend, self.device) else "torch"
-        return Predictor(self._runner("pipeline"), image_size=self.image_size_, calibration=self.calibration_,
-                         config=self.config(), kind=kind)  # fmt: skip
+        if not compact:
+            return Predictor(self._runner("pipeline"), image_size=self.image_size_, calibration=self.calibration_,
+                             config=self.config(), kind=kind)  # fmt: skip
+        state = {"mean": self.mean_, "precision_cholesky": self.precision_cholesky_packed_}
+        scorer = TorchRunner(Scorer(self.feature_size_, self.image_size_, self.sigma),
+                             ["patches", "mean", "precision_cholesky", "threshold", "scale"], OUTPUTS, state, self.device)  # fmt: skip
+        return Predictor(ChainedRunner(self._runner("embed"), scorer), image_size=self.image_size_,
+                         calibration=self.calibration_, config=self.config(), kind=kind, run_pixels=FIT_PIXELS)  # fmt: skip
 
     def pipeline(self) -> Pipeline:
         """The inference module of this fitted model (:mod:`padim.pipeline`); its state is passed as inputs."""
@@ -307,19 +311,23 @@ class Padim:
     def _runner(self, kind: str) -> Any:
         """The executor of the embedding (while fitting) or of the whole pipeline; built once, then reused."""
         runners = self.__dict__.setdefault("_runners", {})
-        if kind not in runners:
-            images = torch.zeros(2, 3, *self.image_size_)
-            options = dict(device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device))
-            if kind == "embed":
-                runners[kind] = make_runner(self.embedder(), {"images": images}, ["patches"],
-                                            {"images": 0, "patches": 1}, **options)  # fmt: skip
-            else:
-                example = {"images": images, "mean": self.mean_, "precision_cholesky": runtime_factor(self),
-                           "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
-                axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
-                runners[kind] = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
-                                            **options)  # fmt: skip
-        return runners[kind]
+        if kind in runners:
+            return runners[kind]
+        images = torch.zeros(2, 3, *self.image_size_)
+        options = dict(device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device))
+        if kind == "embed":
+            runner = make_runner(self.embedder(), {"images": images}, ["patches"], {"images": 0, "patches": 1},
+                                 **options)  # fmt: skip
+        else:
+            example = {"images": images, "mean": self.mean_,
+                       "precision_cholesky": runtime_factors(self.precision_cholesky_packed_),
+                       "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
+            axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
+            runner = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
+                                 **options)  # fmt: skip
+        release_freed_memory()  # tracing ran the module once at the working size
+        runners[kind] = runner
+        return runner
 
     def config(self) -> dict:
         """What defines this fitted model (JSON-serialisable; stored in its files)."""

@@ -229,6 +229,25 @@ def make_runner(
     return OrtRunner(graph, {name: t.detach().cpu().numpy() for name, t in state.items()})
 
 
+class ChainedRunner:
+    """:class:`Pipeline` run as its two stages by two executors: the embedding's, then the scorer's.
+
+    The same math as one pipeline runner; it lets a fit reuse the backbone's executor it
+    already holds and score in eager PyTorch, without tracing the whole graph once more.
+
+    Args:
+        embed: runs :class:`Embedder`: ``embed(images=...)["patches"]``.
+        score: runs :class:`Scorer` with ``mean`` and ``precision_cholesky`` bound.
+    """
+
+    def __init__(self, embed: Any, score: Any) -> None:
+        self.embed, self.score = embed, score
+
+    def __call__(self, *, images: Any, threshold: Any, scale: Any) -> dict[str, Any]:
+        patches = self.embed(images=images)["patches"]
+        return self.score(patches=patches, threshold=threshold, scale=scale)
+
+
 class TorchRunner:
     """Runs a module eagerly in PyTorch, with some inputs bound once.
 

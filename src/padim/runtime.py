@@ -23,7 +23,7 @@ import numpy as np
 
 from padim.errors import ModelFileError, OptionError
 from padim.images import as_size
-from padim.memory import default_batch_size, images_per_run
+from padim.memory import RUN_PIXELS, default_batch_size, images_per_run, return_large_blocks
 from padim.scoring import Calibration, label
 
 PathLike = str | os.PathLike
@@ -156,6 +156,8 @@ class Predictor:
         kind: what runs it: ``"onnxruntime"`` or ``"torch"``.
         threshold_input: whether ``run`` takes the threshold (files exported by padim-toolkit
             0.1 do not: their threshold cannot be changed at prediction time).
+        run_pixels: at most this many pixels of images per call of ``run`` (None:
+            :data:`padim.memory.RUN_PIXELS`).
     """
 
     def __init__(
@@ -167,8 +169,10 @@ class Predictor:
         config: dict,
         kind: str,
         threshold_input: bool = True,
+        run_pixels: int | None = None,
     ) -> None:
         self.run = run
+        self.run_pixels = RUN_PIXELS if run_pixels is None else run_pixels
         self.image_size = tuple(image_size)
         self.calibration = calibration
         self.config = config
@@ -188,7 +192,8 @@ class Predictor:
         if not self.threshold_input:
             raise OptionError("--threshold: this ONNX file was exported by padim-toolkit 0.1; export it again")
         new = replace(self.calibration, threshold=float(threshold), quantile=None, source="manual")
-        return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind)
+        return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind,
+                         run_pixels=self.run_pixels)  # fmt: skip
 
     def predict_batch(self, images: np.ndarray) -> Prediction:
         """Prediction for a pre-processed batch (N, 3, H, W) float32 (:func:`padim.images.preprocess`).
@@ -205,12 +210,14 @@ class Predictor:
         calibration = self.calibration
         threshold = math.nan if calibration is None else calibration.threshold
         scale = 1.0 if calibration is None else calibration.scale
-        step = images_per_run(self.image_size)
+        step = images_per_run(self.image_size, self.run_pixels)
         runs = [
             self.run(images=images[start : start + step], threshold=np.float32(threshold), scale=np.float32(scale))
             for start in range(0, max(len(images), 1), step)
         ]
-        out = {k: _numpy(v) if len(runs) == 1 else np.concatenate([_numpy(r[k]) for r in runs]) for k, v in runs[0].items()}
+        out = {
+            k: _numpy(v) if len(runs) == 1 else np.concatenate([_numpy(r[k]) for r in runs]) for k, v in runs[0].items()
+        }
         if calibration is None:
             return Prediction(out["anomaly_map"], out["score"])
         return Prediction(
@@ -318,6 +325,7 @@ def open_model(path: PathLike, device: str = "cpu", backend: str = "auto") -> Pr
     ...
     padim.errors.ModelFileError: missing.onnx: model file not found
     """
+    return_large_blocks()  # big images: activations and maps go back to the system once freed
     if Path(path).suffix.lower() == ".onnx":
         return open_onnx(path, device=device)
     if not Path(path).is_file():  # say so before importing torch

@@ -63,9 +63,7 @@ def plan_axis(length: int, tile: int, margin: int, align: int) -> list[Span]:
     while bounds[-1] + margin < length:  # the last tile can reach the border from its core start
         bounds.append(bounds[-1] + tile - 2 * margin)
     bounds[-1] = length
-    return [
-        Span(max(0, low - margin), min(length, high + margin), low, high) for low, high in zip(bounds, bounds[1:])
-    ]
+    return [Span(max(0, low - margin), min(length, high + margin), low, high) for low, high in zip(bounds, bounds[1:])]
 
 
 def check_tile(tile: int, align: int) -> None:

@@ -9,16 +9,21 @@ by more than :data:`SPREAD`, e.g. a mix of portrait and landscape pictures) ther
 shape to keep, and the working size is the square ``image_size`` x ``image_size``.
 
 Image sizes are read from the files' headers (Pillow opens a file lazily), without decoding.
-An explicit (height, width) always wins; the size chosen is saved in the model.
+An explicit (height, width) always wins; the size chosen is saved in the model. :func:`plan`
+adds what a fit needs besides: the Gaussian grid, the tiling and the memory estimate.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from padim.errors import OptionError
 
 #: Largest ratio between the 90th and 10th percentile of aspect ratios that still keeps the median one.
 SPREAD = 1.25
@@ -104,3 +109,82 @@ def working_size(
     if not paths:
         return (int(image_size), int(image_size)), "square: the images are not files"
     return from_sizes(header_sizes(paths), int(image_size), align)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a fit will use: working size, Gaussian grid, tiling, and the memory it expects.
+
+    Attributes:
+        image_size: the working size (H, W).
+        grid_stride: pixels per Gaussian.
+        tile: tile side (0: the backbone sees whole images).
+        estimate: model size and peak memory (:func:`padim.memory.estimate`).
+        reason: why this working size.
+        coarser_grid: the smallest coarser grid stride whose fit would fit in memory, or None.
+    """
+
+    image_size: tuple[int, int]
+    grid_stride: int
+    tile: int
+    estimate: Any
+    reason: str
+    coarser_grid: int | None
+
+    def describe(self) -> str:
+        return f"{self.reason}; {self.estimate.describe()}"
+
+
+def plan(
+    image_size: int | Sequence[int],
+    paths: Sequence[str | os.PathLike] | None,
+    *,
+    backbone: str,
+    layer_info: Sequence[Any],
+    n_features: int,
+    grid_stride: int,
+    tile_size: int | None,
+    sigma: float,
+    weights_bytes: int,
+    batch_size: int | None = None,
+) -> Plan:
+    """The working size, Gaussian grid and tiling of a fit, checked, with its memory estimate.
+
+    Args:
+        image_size, paths: as for :func:`working_size`.
+        backbone, layer_info: the backbone's name and its chosen layers (:class:`padim.backbones.LayerInfo`).
+        n_features: D.
+        grid_stride: pixels per Gaussian (the first layer's stride or a power-of-two multiple).
+        tile_size: :func:`padim.tiling.resolve_tile`'s argument.
+        sigma: the map's blur (the working size must exceed its radius).
+        weights_bytes: the cut backbone's weights, for the model file's size.
+        batch_size: images decoded per batch (None: by working size).
+
+    Raises:
+        OptionError: for a working size the backbone, the blur or the grid cannot use.
+    """
+    from padim import memory
+    from padim.anomaly_map import check_blur
+    from padim.backbones import get_spec
+    from padim.tiling import resolve_tile
+
+    first, last = layer_info[0].stride, layer_info[-1].stride
+    size, reason = working_size(image_size, paths, max(last, grid_stride))
+    check_blur(size, sigma)
+    if min(size) <= last:
+        raise OptionError(f"image_size must exceed {last} pixels per side for layer {layer_info[-1].name}, got {size}")
+    if grid_stride > first and (size[0] % grid_stride or size[1] % grid_stride):
+        raise OptionError(f"image_size {size[0]}x{size[1]} must be a multiple of grid_stride={grid_stride} "
+                          "(or give image_size as one int: it is then rounded)")  # fmt: skip
+    tile = resolve_tile(tile_size, size, last)
+    spec = get_spec(backbone)
+
+    def estimate(stride: int) -> memory.Estimate:
+        return memory.estimate(size, spec.grid(size, stride), n_features, backbone, weights_bytes, tile, batch_size)
+
+    chosen = estimate(grid_stride)
+    coarser = None
+    if chosen.fit_peak > memory.machine_memory():
+        strides = [grid_stride * 2**k for k in range(1, 5) if grid_stride * 2**k <= min(size)]
+        coarser = next((g for g in strides if estimate(g).fit_peak <= memory.machine_memory()), None)
+    return Plan(size, grid_stride, tile, chosen, reason, coarser)
