@@ -22,7 +22,7 @@ float16, a quarter of the float32 factors' bytes, the form of the model file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -237,6 +237,23 @@ def accumulate(
     if stats is None:
         stats = GaussianStats.empty(first.shape[0], first.shape[2], first.device, dtype)
     return stats.update(patches)
+
+
+def stream(
+    stats: GaussianStats | None, blocks: Iterable[Tensor], dtype: torch.dtype = torch.float32, group_bytes: int = 0
+) -> GaussianStats | None:
+    """Add blocks of patch embeddings (P, n, D) as they come, ``group_bytes`` of them per update.
+
+    The backbone gives a few images at a time (its activations bound the memory); the update
+    packs its products, which costs as much for 1 image as for 30, so blocks are grouped first.
+    Returns ``stats`` updated (None if there were no blocks and no statistics).
+    """
+    pending: list[Tensor] = []
+    for block in blocks:
+        pending.append(block)
+        if sum(p.numel() * p.element_size() for p in pending) >= group_bytes:
+            stats, pending = accumulate(stats, pending, dtype), []
+    return accumulate(stats, pending, dtype) if pending else stats
 
 
 def runtime_factors(packed: Tensor, dtype: str | None = None) -> Tensor:

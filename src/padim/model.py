@@ -12,41 +12,31 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from padim import memory
 from padim.anomaly_map import check_blur
 from padim.backbones import FeatureExtractor, get_spec, resolve_layers
 from padim.datasets import split_holdout
 from padim.embedding import select_channels
 from padim.errors import DataError, NotFittedError, OptionError
 from padim.gaussian import (
-    accumulate,
     precision_cholesky_from_stats,
     precision_from_cholesky,
-    runtime_factors,
+    stream,
     unpack_triangular,
 )
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
-from padim.memory import (
-    FIT_PIXELS,
-    UPDATE_BYTES,
-    check,
-    default_batch_size,
-    images_per_run,
-    release_freed_memory,
-    return_large_blocks,
-)
-from padim.pipeline import OUTPUTS, ChainedRunner, Embedder, Pipeline, Scorer, TorchRunner, make_runner, use_onnxruntime
+from padim.pipeline import Embedder, Pipeline, Scorer, model_runner, use_onnxruntime
 from padim.runtime import Prediction, Predictor
 from padim.scoring import from_labelled_scores, from_normal_scores
 from padim.tiling import TilePlan
-from padim.working_size import plan
+from padim.working_size import apply_plan
 
 PathLike = str | os.PathLike
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -123,10 +113,8 @@ class Padim:
         backend: ``"torch"`` (eager), ``"onnxruntime"`` (CPU; the pipeline traced in memory,
             several times faster) or ``"auto"`` (onnxruntime on the CPU, torch elsewhere).
         stats_dtype: ``"float32"`` (default) or ``"float64"`` scatter matrices while fitting.
-        grid_stride: pixels per Gaussian (None: the first layer's stride, PaDiM's grid); a
-            coarser grid (e.g. 16) divides the model's size by (grid_stride / 4)^2.
-        tile_size: run the backbone over overlapping tiles of this side (:mod:`padim.tiling`);
-            None: 1024-px tiles for working sizes over 1024 px, 0: never.
+        grid_stride: pixels per Gaussian (None: the first layer's stride); 16 makes the model 16 times smaller.
+        tile_size: backbone tiles' side (:mod:`padim.tiling`; None: 1024 past 1024 px; 0: never).
 
     Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``grid_stride_``, ``tile_size_`` (0:
     untiled), ``extractor_`` (the cut backbone), ``channel_idx_`` (D,), ``feature_size_`` (H, W
@@ -174,7 +162,7 @@ class Padim:
             an unreadable image.
         """
         resolved = resolve_params(self)
-        return_large_blocks()
+        memory.return_large_blocks()
         for name in ("stats_", "mean_", "precision_cholesky_packed_", "_runners"):
             self.__dict__.pop(name, None)
         self.layers_, self.skipped_, self.calibration_ = resolved["layers"], {}, None
@@ -183,27 +171,18 @@ class Padim:
         total = sum(info.channels for info in resolved["layer_info"])
         self.channel_idx_ = select_channels(total, resolved["n_features"], self.seed)
         samples = to_samples(data, folder="good")
-        weights = sum(t.numel() * t.element_size() for t in self.extractor_.body.state_dict().values())
-        fit_plan = plan(self.image_size, None if samples is None else [s.path for s in samples],
-                        backbone=self.backbone, layer_info=resolved["layer_info"], n_features=resolved["n_features"],
-                        grid_stride=resolved["grid_stride"], tile_size=self.tile_size, sigma=self.sigma,
-                        weights_bytes=weights, batch_size=batch_size)  # fmt: skip
-        if not quiet:
-            print(f"padim: {fit_plan.describe()}", file=sys.stderr)
-        check(fit_plan.estimate, fit_plan.coarser_grid)
-        self.image_size_, self.grid_stride_, self.tile_size_ = fit_plan.image_size, fit_plan.grid_stride, fit_plan.tile
-        self.feature_size_ = fit_plan.estimate.grid
+        apply_plan(self, resolved, None if samples is None else [s.path for s in samples], batch_size, quiet)
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
-        batch_size = default_batch_size(self.image_size_) if batch_size is None else batch_size
+        batch_size = memory.default_batch_size(self.image_size_) if batch_size is None else batch_size
         options = dict(batch_size=batch_size, workers=workers, quiet=quiet, skip_bad=skip_bad)
         self._accumulate(samples if samples is not None else data, desc="fit", **options)
         self._finish(keep_stats)
         if validation is not None:
             self.calibrate(validation, compact=True, **options)
         self.__dict__.get("_runners", {}).pop("embed", None)  # its onnxruntime arena is not needed any more
-        release_freed_memory()
+        memory.release_freed_memory()
         return self
 
     def partial_fit(self, images: Any) -> Padim:
@@ -219,22 +198,15 @@ class Padim:
         return self
 
     def _accumulate(self, data: Any, desc: str, **options: Any) -> None:
-        """Stream images into the statistics: the backbone sees a few at a time, updates take many."""
+        """Stream images into the statistics, the backbone a few images at a time (bounded activations)."""
         dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
         skipped = self.__dict__.setdefault("skipped_", {})
-        step = images_per_run(self.image_size_, FIT_PIXELS)  # bounds the backbone's activations
-        pending: list[torch.Tensor] = []
-        for batch in as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options):
-            for start in range(0, len(batch), step):
-                patches = self.embed(batch[start : start + step]).to(self.device)
-                if patches.shape[0] != math.prod(self.feature_size_):  # a backbone declared a wrong grid
-                    raise RuntimeError(f"{patches.shape[0]} patches, expected the grid {self.feature_size_}")
-                pending.append(patches)
-                if sum(p.numel() * p.element_size() for p in pending) >= UPDATE_BYTES:
-                    self.stats_ = accumulate(self.__dict__.get("stats_"), pending, dtype)
-                    pending = []
-        if pending:
-            self.stats_ = accumulate(self.__dict__.get("stats_"), pending, dtype)
+        step = memory.images_per_run(self.image_size_, memory.FIT_PIXELS)
+        batches = as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options)
+        blocks = (self.embed(b[i : i + step]).to(self.device) for b in batches for i in range(0, len(b), step))
+        self.stats_ = stream(self.__dict__.get("stats_"), blocks, dtype, memory.UPDATE_BYTES)
+        if self.stats_ is not None and self.stats_.mean.shape[0] != math.prod(self.feature_size_):
+            raise RuntimeError(f"{self.stats_.mean.shape[0]} patches, expected the grid {self.feature_size_}")
 
     def _finish(self, keep_stats: bool) -> None:
         """Means and precisions from the streamed statistics (Sec. 3.2)."""
@@ -246,7 +218,6 @@ class Padim:
         self.__dict__.get("_runners", {}).pop("pipeline", None)  # the Gaussians changed
         if not keep_stats:
             del self.stats_
-        release_freed_memory()
 
     def calibrate(self, good: Any, defective: Any = None, *, compact: bool = False, **options: Any) -> Padim:
         """Set the threshold: a ``quantile`` of good images' scores, or F1-max with defective images too.
@@ -270,7 +241,7 @@ class Padim:
         return torch.as_tensor(self._runner("embed")(images=images)["patches"])
 
     def precision(self) -> torch.Tensor:
-        """The inverse covariances (P, D, D), computed from ``precision_cholesky_`` (for anomalib's API)."""
+        """The inverse covariances (P, D, D), computed from the packed factors (for anomalib's API)."""
         check_fitted(self)
         return precision_from_cholesky(unpack_triangular(self.precision_cholesky_packed_))
 
@@ -281,21 +252,14 @@ class Padim:
     def predictor(self, *, compact: bool = False) -> Predictor:
         """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives).
 
-        ``compact``: a one-off predictor with the least memory, as ``fit`` sets the threshold:
-        the embedding's executor, then the scorer in eager PyTorch on the packed factors,
-        unpacked a chunk at a time (:class:`padim.pipeline.ChainedRunner`), a few images at a
-        time; not kept.
+        ``compact``: a one-off predictor with the least memory (as ``fit`` sets the threshold):
+        slower, a few images at a time, on the packed factors (:func:`padim.pipeline.model_runner`).
         """
         check_fitted(self)
         kind = "onnxruntime" if use_onnxruntime(self.backend, self.device) else "torch"
-        if not compact:
-            return Predictor(self._runner("pipeline"), image_size=self.image_size_, calibration=self.calibration_,
-                             config=self.config(), kind=kind)  # fmt: skip
-        state = {"mean": self.mean_, "precision_cholesky": self.precision_cholesky_packed_}
-        scorer = TorchRunner(Scorer(self.feature_size_, self.image_size_, self.sigma),
-                             ["patches", "mean", "precision_cholesky", "threshold", "scale"], OUTPUTS, state, self.device)  # fmt: skip
-        return Predictor(ChainedRunner(self._runner("embed"), scorer), image_size=self.image_size_,
-                         calibration=self.calibration_, config=self.config(), kind=kind, run_pixels=FIT_PIXELS)  # fmt: skip
+        run = model_runner(self, "compact") if compact else self._runner("pipeline")
+        return Predictor(run, image_size=self.image_size_, calibration=self.calibration_, config=self.config(),
+                         kind=kind, run_pixels=memory.FIT_PIXELS if compact else None)  # fmt: skip
 
     def pipeline(self) -> Pipeline:
         """The inference module of this fitted model (:mod:`padim.pipeline`); its state is passed as inputs."""
@@ -311,23 +275,9 @@ class Padim:
     def _runner(self, kind: str) -> Any:
         """The executor of the embedding (while fitting) or of the whole pipeline; built once, then reused."""
         runners = self.__dict__.setdefault("_runners", {})
-        if kind in runners:
-            return runners[kind]
-        images = torch.zeros(2, 3, *self.image_size_)
-        options = dict(device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device))
-        if kind == "embed":
-            runner = make_runner(self.embedder(), {"images": images}, ["patches"], {"images": 0, "patches": 1},
-                                 **options)  # fmt: skip
-        else:
-            example = {"images": images, "mean": self.mean_,
-                       "precision_cholesky": runtime_factors(self.precision_cholesky_packed_),
-                       "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
-            axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
-            runner = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
-                                 **options)  # fmt: skip
-        release_freed_memory()  # tracing ran the module once at the working size
-        runners[kind] = runner
-        return runner
+        if kind not in runners:
+            runners[kind] = model_runner(self, kind)
+        return runners[kind]
 
     def config(self) -> dict:
         """What defines this fitted model (JSON-serialisable; stored in its files)."""

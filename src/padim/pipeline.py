@@ -37,6 +37,8 @@ from padim.anomaly_map import mahalanobis, resize_blur, resize_blur_matrix
 from padim.backbones import FeatureExtractor
 from padim.embedding import embed, select, split_channels
 from padim.errors import OptionError
+from padim.gaussian import runtime_factors
+from padim.memory import release_freed_memory
 from padim.scoring import image_score, label, normalize
 from padim.tiling import TilePlan, tiled_features
 
@@ -233,19 +235,48 @@ class ChainedRunner:
     """:class:`Pipeline` run as its two stages by two executors: the embedding's, then the scorer's.
 
     The same math as one pipeline runner; it lets a fit reuse the backbone's executor it
-    already holds and score in eager PyTorch, without tracing the whole graph once more.
+    already holds and score in eager PyTorch on the packed precision factors (unpacked a chunk
+    at a time by :func:`padim.anomaly_map.mahalanobis`), without tracing the graph once more
+    nor unpacking the factors whole.
 
     Args:
         embed: runs :class:`Embedder`: ``embed(images=...)["patches"]``.
-        score: runs :class:`Scorer` with ``mean`` and ``precision_cholesky`` bound.
+        scorer: the :class:`Scorer`, run eagerly on ``device``.
+        state: ``mean`` (P, D) and ``precision_cholesky`` (P, D, D) or packed (P, D(D+1)/2).
     """
 
-    def __init__(self, embed: Any, score: Any) -> None:
-        self.embed, self.score = embed, score
+    def __init__(self, embed: Any, scorer: Scorer, state: dict[str, Tensor], device: str | torch.device) -> None:
+        self.embed = embed
+        self.score = TorchRunner(scorer, ["patches", *STATE_INPUTS], OUTPUTS, state, device)
 
     def __call__(self, *, images: Any, threshold: Any, scale: Any) -> dict[str, Any]:
         patches = self.embed(images=images)["patches"]
         return self.score(patches=patches, threshold=threshold, scale=scale)
+
+
+def model_runner(model: Any, kind: str) -> Any:
+    """The executor of a fitted :class:`padim.model.Padim`'s embedding (``"embed"``) or pipeline (``"pipeline"``).
+
+    ``"compact"``: the pipeline as the model's embedding executor, then its scorer in eager
+    PyTorch on the packed factors (:class:`padim.pipeline.ChainedRunner`): no copy of them.
+    """
+    if kind == "compact":
+        state = {"mean": model.mean_, "precision_cholesky": model.precision_cholesky_packed_}
+        return ChainedRunner(model._runner("embed"), Scorer(model.feature_size_, model.image_size_, model.sigma), state,
+                             model.device)  # fmt: skip
+    images = torch.zeros(2, 3, *model.image_size_)
+    options = dict(device=model.device, onnxruntime=use_onnxruntime(model.backend, model.device))
+    if kind == "embed":
+        runner = make_runner(model.embedder(), {"images": images}, ["patches"], {"images": 0, "patches": 1}, **options)
+    else:
+        example = {"images": images, "mean": model.mean_,
+                   "precision_cholesky": runtime_factors(model.precision_cholesky_packed_),
+                   "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
+        axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
+        runner = make_runner(model.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
+                             **options)  # fmt: skip
+    release_freed_memory()  # tracing ran the module once at the working size
+    return runner
 
 
 class TorchRunner:

@@ -16,6 +16,7 @@ adds what a fit needs besides: the Gaussian grid, the tiling and the memory esti
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from padim import memory
 from padim.errors import OptionError
 
 #: Largest ratio between the 90th and 10th percentile of aspect ratios that still keeps the median one.
@@ -163,7 +165,6 @@ def plan(
     Raises:
         OptionError: for a working size the backbone, the blur or the grid cannot use.
     """
-    from padim import memory
     from padim.anomaly_map import check_blur
     from padim.backbones import get_spec
     from padim.tiling import resolve_tile
@@ -188,3 +189,22 @@ def plan(
         strides = [grid_stride * 2**k for k in range(1, 5) if grid_stride * 2**k <= min(size)]
         coarser = next((g for g in strides if estimate(g).fit_peak <= memory.machine_memory()), None)
     return Plan(size, grid_stride, tile, chosen, reason, coarser)
+
+
+def apply_plan(model: Any, resolved: dict, paths: list | None, batch_size: int | None, quiet: bool) -> None:
+    """Set a :class:`padim.model.Padim`'s working size, grid and tiles (:func:`plan`); print and check its memory.
+
+    ``resolved`` is :func:`padim.model.resolve_params`'s result; the model's backbone is built.
+
+    Raises:
+        OptionError: for a working size the model cannot use, or a fit larger than the memory.
+    """
+    weights = sum(t.numel() * t.element_size() for t in model.extractor_.body.state_dict().values())
+    fit_plan = plan(model.image_size, paths, backbone=model.backbone, layer_info=resolved["layer_info"],
+                    n_features=resolved["n_features"], grid_stride=resolved["grid_stride"], tile_size=model.tile_size,
+                    sigma=model.sigma, weights_bytes=weights, batch_size=batch_size)  # fmt: skip
+    if not quiet:
+        print(f"padim: {fit_plan.describe()}", file=sys.stderr)
+    memory.check(fit_plan.estimate, fit_plan.coarser_grid)
+    model.image_size_, model.grid_stride_, model.tile_size_ = fit_plan.image_size, fit_plan.grid_stride, fit_plan.tile
+    model.feature_size_ = fit_plan.estimate.grid
