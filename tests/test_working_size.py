@@ -103,3 +103,23 @@ def test_a_grid_stride_that_does_not_divide_the_working_size_is_refused(wide_tre
         Padim(**dict(TINY, image_size=(48, 96), grid_stride=32)).fit(wide_tree)
     with pytest.raises(OptionError, match="grid_stride must be one of"):
         Padim(**dict(TINY, grid_stride=6)).fit(wide_tree)
+
+
+def test_the_service_serves_a_non_square_model(tmp_path, wide_tree, wide_model):
+    import base64
+    import io
+    import warnings
+
+    from padim.serve import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(export_onnx(wide_model, tmp_path / "wide.onnx")))
+    assert client.get("/health").json()["image_size"] == [48, 96]
+    path = sorted((wide_tree / "test" / "spot").glob("*.png"))[0]
+    body = client.post("/predict?heatmap=1", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+    assert body["score"] == pytest.approx(float(wide_model.predict([path]).score[0]), rel=1e-5)
+    with Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))) as picture:
+        assert picture.size[0] > picture.size[1]  # drawn at the image's landscape shape, not squashed
