@@ -120,18 +120,20 @@ class GaussianStats:
         """
         if self.count < 2:
             raise DataError(f"fitting needs at least 2 good images, got {self.count}")
-        upper = unpack_triangular(self.m2, torch.float64)
-        cov = upper + upper.mT
-        cov.diagonal(dim1=1, dim2=2).div_(2)
-        cov /= self.count - 1
+        n_patches, dim = self.mean.shape
+        scatter = self.m2.to(torch.float64) / (self.count - 1)
+        cov = torch.empty(n_patches, dim * dim, dtype=torch.float64, device=self.m2.device)
+        cov.index_copy_(1, _upper_index(dim, cov.device, lower=True), scatter)  # the mirror image first,
+        cov.index_copy_(1, _upper_index(dim, cov.device), scatter)  # then the upper triangle and diagonal
+        cov = cov.view(n_patches, dim, dim)
         cov.diagonal(dim1=1, dim2=2).add_(eps)
         return cov
 
 
-def _upper_index(dim: int, device: torch.device | str = "cpu") -> Tensor:
-    """Positions of the upper triangle in a flattened D x D matrix, row by row."""
+def _upper_index(dim: int, device: torch.device | str = "cpu", lower: bool = False) -> Tensor:
+    """Positions of the upper triangle in a flattened D x D matrix, row by row (``lower``: their mirror images)."""
     rows, cols = torch.triu_indices(dim, dim, device=device)
-    return rows * dim + cols
+    return cols * dim + rows if lower else rows * dim + cols
 
 
 def precision_cholesky_from_stats(
@@ -201,8 +203,7 @@ def pack_triangular(factor: Tensor) -> Tensor:
     [[1.0, 2.0, 3.0]]
     """
     dim = factor.shape[-1]
-    rows, cols = torch.triu_indices(dim, dim, device=factor.device)
-    return factor[:, rows, cols]
+    return factor.reshape(factor.shape[0], dim * dim).index_select(1, _upper_index(dim, factor.device))
 
 
 def unpack_triangular(packed: Tensor, dtype: torch.dtype = torch.float32, chunk_bytes: int = CHUNK_BYTES) -> Tensor:
@@ -220,7 +221,7 @@ def unpack_triangular(packed: Tensor, dtype: torch.dtype = torch.float32, chunk_
     index = _upper_index(dim, packed.device)
     step = max(1, chunk_bytes // (dim * dim * out.element_size()))
     for start in range(0, n_patches, step):
-        flat[start : start + step, index] = packed[start : start + step].to(dtype)
+        flat[start : start + step].index_copy_(1, index, packed[start : start + step].to(dtype))
     return out
 
 
