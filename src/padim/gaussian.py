@@ -30,9 +30,12 @@ from torch import Tensor
 
 from padim.errors import DataError
 
-#: Largest temporary (bytes) that an update or the precision builds at once; work is split over
-#: patches to stay under it, so fitting memory is the accumulators plus a few tens of MB.
+#: Largest temporary (bytes) that the precision builds at once; work is split over patches to
+#: stay under it, so fitting memory is the accumulators plus a few tens of MB.
 CHUNK_BYTES = 8 * 2**20
+#: Largest product (bytes) an update builds at once: fewer, larger steps (each small step costs
+#: a few thread hand-offs, which dominated with 8 MB steps on two busy cores).
+UPDATE_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -80,10 +83,10 @@ class GaussianStats:
         n_a, n = self.count, self.count + n_b
         mean_b = sum(part.sum(dim=1, dtype=torch.float64) for part in parts) / n_b
         delta = mean_b - self.mean
-        index = _upper_index(dim, self.m2.device)
+        index, shift = _upper_index(dim, self.m2.device), mean_b.to(self.m2.dtype)
         # Per chunk of patches, rows = [x - mean_b; sqrt(n_a n_b / n) delta] (P, N + 1, D), so
         # M2 += C^T C + w delta delta^T is one batched product, whose upper triangle is added.
-        step = max(1, CHUNK_BYTES // (max(n_b + 1, dim) * dim * self.m2.element_size()))
+        step = max(1, UPDATE_CHUNK_BYTES // (max(n_b + 1, dim) * dim * self.m2.element_size()))
         for start in range(0, n_patches, step):
             stop = min(start + step, n_patches)
             rows = torch.empty(stop - start, n_b + 1, dim, dtype=self.m2.dtype, device=self.m2.device)
@@ -91,7 +94,7 @@ class GaussianStats:
             for part in parts:
                 rows[:, offset : offset + part.shape[1]].copy_(part[start:stop])
                 offset += part.shape[1]
-            rows[:, :n_b].sub_(mean_b[start:stop, None, :].to(self.m2.dtype))
+            rows[:, :n_b].sub_(shift[start:stop, None, :])
             rows[:, n_b].copy_(delta[start:stop] * (n_a * n_b / n) ** 0.5)
             product = torch.bmm(rows.transpose(1, 2), rows).view(stop - start, dim * dim)
             self.m2[start:stop].add_(product.index_select(1, index))

@@ -37,12 +37,15 @@ GB = 1e9
 RUN_PIXELS = 32 * 256 * 256
 #: Pixels the backbone runs at once while fitting (8 images at 256 x 256).
 FIT_PIXELS = 8 * 256 * 256
-#: Embeddings gathered before one update of the statistics (packing costs the same whatever N).
+#: Least embeddings gathered before one update of the statistics (see :func:`update_bytes`).
 UPDATE_BYTES = 48 * 2**20
-#: Resident memory of a process with torch, onnxruntime and a backbone loaded, before any data.
-BASE_BYTES = 450 * 2**20
-#: Peak activation bytes per input pixel of each backbone's cut graph (measured, default layers).
-ACTIVATION_BYTES_PER_PIXEL = {"efficientnet_lite0": 450, "resnet18": 400, "wide_resnet50_2": 2000}
+#: Resident memory of a process with torch, onnxruntime and a backbone loaded, before any data
+#: (measured: 512 MiB after ``import torch`` with a CUDA build of torch 2.x).
+BASE_BYTES = 560 * 2**20
+#: Peak bytes per input pixel of each backbone's cut graph in onnxruntime, with the decoding
+#: threads' buffers (efficientnet_lite0 measured on MVTec bottle at 256 and 512 px; the
+#: ResNets scaled from it by their activations' widths).
+ACTIVATION_BYTES_PER_PIXEL = {"efficientnet_lite0": 600, "resnet18": 500, "wide_resnet50_2": 2500}
 
 
 def machine_memory() -> int:
@@ -92,6 +95,16 @@ def runtime_limit() -> int:
 def runtime_dtype(n_patches: int, dim: int) -> str:
     """``"float32"`` for factors (P, D, D) within :func:`runtime_limit`, else ``"float16"`` (see the module doc)."""
     return "float32" if n_patches * dim * dim * 4 <= runtime_limit() else "float16"
+
+
+def update_bytes(n_patches: int, dim: int) -> int:
+    """Embeddings (bytes) gathered per update: :data:`UPDATE_BYTES`, or a quarter of the packed
+    scatter matrices' bytes (P D^2 / 2) if that is more.
+
+    An update packs its (P, D, D) products into the scatter matrices' triangles, which costs
+    about as much as the products of 8 images whatever N: grouping more images spreads it.
+    """
+    return max(UPDATE_BYTES, n_patches * dim * dim // 2)
 
 
 def images_per_run(image_size: Sequence[int], pixels: int = RUN_PIXELS) -> int:
@@ -176,7 +189,7 @@ def estimate(
     fit_run = activations(images_per_run(image_size, FIT_PIXELS))
     scatter = packed * 2 + n_patches * dim * 8  # packed float32 scatter matrices, float64 means
     fitting = max(
-        scatter + fit_run + UPDATE_BYTES,  # streaming: statistics, one backbone run, pending embeddings
+        scatter + fit_run + update_bytes(n_patches, dim),  # streaming: statistics, a backbone run, embeddings
         scatter + packed,  # the factors written beside the statistics
         packed + fit_run,  # the threshold, from the packed factors (see Padim.predictor)
     )

@@ -204,7 +204,8 @@ class Padim:
         step = memory.images_per_run(self.image_size_, memory.FIT_PIXELS)
         batches = as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options)
         blocks = (self.embed(b[i : i + step]).to(self.device) for b in batches for i in range(0, len(b), step))
-        self.stats_ = stream(self.__dict__.get("stats_"), blocks, dtype, memory.UPDATE_BYTES)
+        group = memory.update_bytes(math.prod(self.feature_size_), len(self.channel_idx_))
+        self.stats_ = stream(self.__dict__.get("stats_"), blocks, dtype, group)
         if self.stats_ is not None and self.stats_.mean.shape[0] != math.prod(self.feature_size_):
             raise RuntimeError(f"{self.stats_.mean.shape[0]} patches, expected the grid {self.feature_size_}")
 
