@@ -80,9 +80,14 @@ def test_predict_runs_the_graph_a_few_images_at_a_time_with_the_same_results(mon
     np.testing.assert_array_equal(parts.label, whole.label)
 
 
-def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model):
-    """A model past the runtime limit holds float16 factors and casts them in chunks: same maps."""
+def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model, tmp_path):
+    """A model past the runtime limit holds float16 factors and casts them in chunks: same maps, exported too."""
     import copy
+
+    import onnx
+
+    from padim.export import export_onnx
+    from padim.runtime import open_model
 
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     expected = tiny_model.predict(images).anomaly_map
@@ -93,3 +98,8 @@ def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model):
         small.backend, small._runners = backend, {}
         got = small.predict(images).anomaly_map
         assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    path = export_onnx(tiny_model, tmp_path / "f16.onnx")
+    factors = next(t for t in onnx.load(str(path)).graph.initializer if t.name == "precision_cholesky")
+    assert factors.data_type == onnx.TensorProto.FLOAT16
+    got = open_model(path).predict(images.numpy()).anomaly_map
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
