@@ -16,6 +16,8 @@ Each measurement runs in its own Python process and reports its own peak residen
 - ``tiling``: tiled against untiled backbone features on bottle test images at 1024x1024
   (1024 px of real EfficientNet-Lite0, 512-px tiles), and bottle fitted at 512x512 with
   256-px tiles against untiled: metrics;
+- ``speed``: with ``--baseline``, fit times of the code before and after, alternating, bottle at
+  256 (three rounds) and 512x512 (one round), on this (shared, noisy) machine: medians and ratios;
 - ``large``: a model fitted at 3000x4000 (tiles, Gaussian grid stride 32) on generated
   4000x3000 images, and the default bottle model: ``padim predict`` of one 4000x3000 image,
   peak RSS above the loaded model (VmHWM reset after loading through ``/proc/self/clear_refs``).
@@ -44,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 BOTTLE = Path("/work/shared/data/mvtec_ad/bottle")
 HAZELNUT = Path("/work/shared/data/hazelnut_toy/hazelnut")
-PARTS = ("rule", "targets", "elongated", "float16", "tiling", "large")
+PARTS = ("rule", "targets", "elongated", "float16", "tiling", "large", "speed")
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
 
@@ -248,6 +250,21 @@ def part_large(work: Path) -> list[dict]:
     return rows
 
 
+def part_speed(work: Path, baseline: Path) -> dict:
+    times: dict[str, list[float]] = {}
+    for size, rounds in ((None, 3), ("512x512", 1)):
+        for _ in range(rounds):
+            for src, label in ((baseline, "before"), (SRC, "new")):
+                argv = ["fit", str(BOTTLE), "-o", str(work / "speed.padim"), "--quiet"] + (
+                    ["--image-size", size] if size else []
+                )
+                times.setdefault(f"{label}-{size or 256}", []).append(run_child("cli", argv, src)["seconds"])
+    result = {key: {"seconds": values, "median": float(np.median(values))} for key, values in times.items()}
+    for size in ("256", "512x512"):
+        result[f"ratio-{size}"] = result[f"new-{size}"]["median"] / result[f"before-{size}"]["median"]
+    return result
+
+
 def part_tiling(work: Path) -> dict:
     features = run_child("tile_features", [str(BOTTLE), 1024, 512])
     untiled = fit_and_evaluate(BOTTLE, "512x512", work, "bottle-512-untiled", extra=("--tile-size", "0"))
@@ -311,6 +328,14 @@ def markdown(results: dict) -> str:
                 f"| {name} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} | {mb(r['fit_peak_rss'])} |"
             )
         lines.append("")
+    if "speed" in results:
+        sp = results["speed"]
+        lines += ["## Fit time, code before and after, alternating (shared machine: ratios, not absolute times)", "",
+                  "| working size | before s (median) | new s (median) | new / before |", "|---|---:|---:|---:|"]  # fmt: skip
+        for size in ("256", "512x512"):
+            lines.append(f"| {size} | {sp[f'before-{size}']['median']:.0f} | {sp[f'new-{size}']['median']:.0f} | "
+                         f"{sp[f'ratio-{size}']:.2f} |")  # fmt: skip
+        lines.append("")
     if "large" in results:
         lines += ["## One 4000x3000 image through `padim predict` (with its overlay)", "",
                   "| model | working size | model file MiB | RSS after loading MiB | peak above loaded MiB | predict s |",
@@ -358,6 +383,8 @@ def main() -> None:
             results["tiling"] = part_tiling(work)
         elif part == "large":
             results["large"] = part_large(work)
+        elif part == "speed" and args.baseline:
+            results["speed"] = part_speed(work, args.baseline)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(markdown(results) + "\n")
