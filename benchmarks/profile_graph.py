@@ -42,6 +42,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
+    from padim.gaussian import runtime_factors
     from padim.model import Padim
     from padim.pipeline import OUTPUTS, onnx_bytes
     from padim.runtime import cpu_threads
@@ -50,7 +51,7 @@ def main() -> None:
     example = {
         "images": torch.zeros(2, 3, *model.image_size_),
         "mean": model.mean_,
-        "precision_cholesky": model.precision_cholesky_,
+        "precision_cholesky": runtime_factors(model.precision_cholesky_packed_),
         "threshold": torch.tensor(1.0),
         "scale": torch.tensor(1.0),
     }

@@ -311,7 +311,7 @@ def test_calibrate_by_hand_keeps_everything_else(tiny_padim, tmp_path, capsys):
     assert after.calibration_.threshold == 12.5 and after.calibration_.source == "manual"
     assert after.calibration_.center == before.calibration_.center  # the score scale is kept
     assert after.calibration_.pixel_threshold == before.calibration_.pixel_threshold
-    np.testing.assert_array_equal(after.precision_cholesky_, before.precision_cholesky_)
+    np.testing.assert_array_equal(after.precision_cholesky_packed_, before.precision_cholesky_packed_)
     assert after.config() == before.config() and after.n_images_ == before.n_images_
     # -o writes another file and leaves MODEL alone.
     assert run(capsys, "calibrate", target, "--threshold", "3", "-o", tmp_path / "b.padim")[0] == 0
@@ -384,9 +384,14 @@ def test_info_shows_what_the_file_holds(model, tiny_model, capsys, request):
     model_file = request.getfixturevalue(model)
     code, out, _ = run(capsys, "info", model_file)
     assert code == 0
+    # The .padim file keeps the factors' packed float16 triangles; the ONNX graph, the float32 matrices.
+    factors = {
+        "tiny_padim": "precision_cholesky_packed (256, 136) F16",
+        "tiny_onnx": "precision_cholesky (256, 16, 16) F32",
+    }
     assert hashlib.sha256(model_file.read_bytes()).hexdigest() in out
     for needle in ("resnet18", "layer1, layer2, layer3", "64 x 64 px", "d = 16", "trained on        7 good images",
-                   f"{tiny_model.calibration_.threshold:.6g}", "quantile 0.99", "precision_cholesky (256, 16, 16) F32"):  # fmt: skip
+                   f"{tiny_model.calibration_.threshold:.6g}", "quantile 0.99", factors[model]):  # fmt: skip
         assert needle in out, needle
     code, out, _ = run(capsys, "info", model_file, "--json")
     info = json.loads(out)
@@ -394,7 +399,12 @@ def test_info_shows_what_the_file_holds(model, tiny_model, capsys, request):
     assert info["n_images"] == 7 and info["format_version"] == version and info["config"]["n_features"] == 16
     assert info["calibration"]["threshold"] == pytest.approx(tiny_model.calibration_.threshold)
     sizes = {t["name"]: t["bytes"] for t in info["tensors"]}
-    assert sizes["mean"] == 256 * 16 * 4 and sizes["precision_cholesky"] == 256 * 16 * 16 * 4
+    factor_bytes = {
+        "tiny_padim": ("precision_cholesky_packed", 256 * 136 * 2),
+        "tiny_onnx": ("precision_cholesky", 256 * 16 * 16 * 4),
+    }
+    name, size = factor_bytes[model]
+    assert sizes["mean"] == 256 * 16 * 4 and sizes[name] == size
 
 
 def test_info_refuses_other_files(tmp_path, capsys):

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from padim.gaussian import GaussianStats, precision_cholesky_from_stats, precision_from_cholesky
+from padim.gaussian import (
+    GaussianStats,
+    pack_triangular,
+    precision_cholesky_from_stats,
+    precision_from_cholesky,
+    triangle_dim,
+    unpack_triangular,
+)
 
 
 def numpy_cov(x, eps):
@@ -82,6 +89,26 @@ def test_float32_scatter_is_numerically_safe(samples):
 
 def test_update_in_patch_chunks_equals_whole(samples, monkeypatch):
     whole = stream(samples, [20, 17])
-    monkeypatch.setattr("padim.gaussian.CHUNK_BYTES", 1)  # one patch per chunk
+    monkeypatch.setattr("padim.gaussian.UPDATE_CHUNK_BYTES", 1)  # one patch per chunk
     chunked = stream(samples, [20, 17])
     np.testing.assert_allclose(chunked.m2.numpy(), whole.m2.numpy(), rtol=1e-12)
+
+
+def test_packing_keeps_the_upper_triangles_row_by_row_and_unpacks_them():
+    factor = torch.randn(7, 5, 5, generator=torch.Generator().manual_seed(0)).triu()
+    packed = pack_triangular(factor)
+    expected = [[float(m[i, j]) for i in range(5) for j in range(i, 5)] for m in factor]  # naive row order
+    assert packed.shape == (7, 15) and packed.tolist() == expected
+    assert torch.equal(unpack_triangular(packed, chunk_bytes=2 * 25 * 4), factor)  # two patches a chunk
+    assert unpack_triangular(packed.half(), torch.float16).dtype == torch.float16
+    assert triangle_dim(15) == 5
+    with pytest.raises(ValueError, match="not the length"):
+        triangle_dim(14)
+
+
+def test_packed_factors_are_the_float32_factors_rounded_to_float16(samples):
+    stats = stream(samples, [37])
+    full = precision_cholesky_from_stats(stats, eps=0.01)
+    packed = precision_cholesky_from_stats(stats, eps=0.01, chunk_bytes=2 * 4 * 4 * 8, packed=True)
+    assert packed.dtype == torch.float16 and packed.shape == (5, 10)
+    assert torch.equal(packed, pack_triangular(full).half())

@@ -13,6 +13,7 @@ from PIL import Image
 from padim.anomaly_map import AnomalyMapGenerator
 from padim.embedding import embed, select_channels, split_channels, to_image_layout, to_patch_layout
 from padim.errors import DataError, ModelFileError, NotFittedError, OptionError
+from padim.gaussian import pack_triangular, precision_cholesky_from_stats, precision_from_cholesky
 from padim.images import preprocess
 from padim.model import Padim, resolve_params
 from padim.model_file import FORMAT_VERSION
@@ -45,6 +46,27 @@ def test_embedding_equals_concatenate_then_select():
     assert patches.shape == (64, 2, 7)
     assert torch.equal(patches, to_patch_layout(full[:, idx]))
     assert torch.equal(to_image_layout(patches, (8, 8)), full[:, idx])
+
+
+def test_embedding_on_a_coarser_grid_averages_finer_layers_and_resizes_coarser_ones():
+    g = torch.Generator().manual_seed(1)
+    features = [
+        torch.randn(2, 3, 8, 12, generator=g),
+        torch.randn(2, 4, 4, 6, generator=g),
+        torch.randn(2, 5, 2, 3, generator=g),
+    ]
+    idx = split_channels(select_channels(12, 9, seed=2), [3, 4, 5])
+    patches = embed(features, idx, grid=(4, 6)).numpy()  # the grid of the second layer
+    expected = np.zeros((4, 6, 2, 9))
+    for i in range(4):
+        for j in range(6):
+            parts = [
+                features[0][:, idx[0], 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(2, 3)),
+                features[1][:, idx[1], i, j],
+                features[2][:, idx[2], i // 2, j // 2],
+            ]
+            expected[i, j] = torch.cat(parts, dim=1).numpy()
+    np.testing.assert_allclose(patches, expected.reshape(24, 2, 9), rtol=1e-6, atol=1e-6)
 
 
 def test_init_only_stores_and_fit_checks():
@@ -84,11 +106,18 @@ def naive_fit(model, images):
 
 @pytest.mark.parametrize("stats_dtype", ["float32", "float64"])
 def test_fit_matches_naive_per_patch_covariance(stats_dtype):
+    """The float32 factors give the naive precision; the model keeps exactly them rounded to float16, packed."""
     images = batches(12)[0]
-    model = Padim(**SMALL, stats_dtype=stats_dtype).fit(images)
+    model = Padim(**SMALL, stats_dtype=stats_dtype).fit(images, keep_stats=True)
     mean, precision = naive_fit(model, images)
     np.testing.assert_allclose(model.mean_.numpy(), mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.precision().numpy(), precision, rtol=1e-3, atol=1e-3)
+    factor = precision_cholesky_from_stats(model.stats_, model.eps)
+    np.testing.assert_allclose(precision_from_cholesky(factor).numpy(), precision, rtol=1e-3, atol=1e-3)
+    assert model.precision_cholesky_packed_.dtype == torch.float16
+    assert torch.equal(model.precision_cholesky_packed_, pack_triangular(factor).half())
+    # float16 keeps 11 bits: the precision's entries within 2^-10 of its diagonal scale
+    scale = np.sqrt(np.einsum("pii,pjj->pij", precision, precision))
+    assert np.abs(model.precision().numpy() - precision).max() <= 2**-10 * 2 * scale.max()
 
 
 def test_streamed_fit_equals_one_shot_equals_merged_halves():
@@ -231,11 +260,12 @@ def test_fit_on_files_holds_out_good_images_for_the_threshold(mvtec_tree):
     order = np.random.default_rng(SMALL["seed"]).permutation(8)
     held = [paths[i] for i in sorted(order[:2])]
     held_scores = model.predict(held).score
+    # The fit scores them with its compact executor (Padim.predictor(compact=True)): equal to 1e-6.
     assert model.calibration_.threshold == pytest.approx(held_scores.max(), rel=1e-6)
     assert model.calibration_.center == pytest.approx(np.median(held_scores), rel=1e-6)
     prediction = model.predict(held)
-    assert prediction.label.tolist() == (held_scores >= held_scores.max()).tolist()
-    assert prediction.normalized_score.max() == pytest.approx(0.5)
+    assert prediction.label.tolist() == (held_scores >= model.calibration_.threshold).tolist()
+    assert prediction.normalized_score.max() == pytest.approx(0.5, abs=1e-5)
 
 
 def test_calibrate_with_defective_images_sets_the_f1_threshold(tiny_model, mvtec_tree):
@@ -284,7 +314,7 @@ def test_predict_before_fit_says_call_fit():
 def test_fit_memory_is_a_fixed_size_accumulator():
     model = Padim(**SMALL).fit(batches(3, count=4), keep_stats=True)
     p = math.prod(model.feature_size_)
-    assert model.stats_.m2.shape == (p, 24, 24) and model.stats_.count == 12
+    assert model.stats_.m2.shape == (p, 24 * 25 // 2) and model.stats_.count == 12  # packed upper triangles
 
 
 @pytest.mark.gpu
@@ -303,7 +333,7 @@ def test_precision_in_place_equals_kept_statistics():
     kept = Padim(**SMALL).fit(images, keep_stats=True)
     spent = Padim(**SMALL).fit(images)
     assert not hasattr(spent, "stats_")
-    np.testing.assert_array_equal(spent.precision_cholesky_.numpy(), kept.precision_cholesky_.numpy())
+    np.testing.assert_array_equal(spent.precision_cholesky_packed_.numpy(), kept.precision_cholesky_packed_.numpy())
 
 
 def test_partial_fit_then_predict_works_and_stays_mergeable():
@@ -314,17 +344,25 @@ def test_partial_fit_then_predict_works_and_stays_mergeable():
     assert model.stats_.count == model.n_images_ == 8
 
 
-def test_a_format_1_file_with_the_precision_loads_and_predicts_the_same(tmp_path, fitted):
-    """padim-toolkit 0.1 stored the precision itself; such files load into the factor form."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_formats_1_and_2_load_and_predict_the_same(tmp_path, fitted, version):
+    """padim-toolkit 0.1 stored the precision (format 1), then its full float32 factor (format 2)."""
     from safetensors.torch import save_file
 
+    from padim.gaussian import unpack_triangular
     from padim.model_file import read_model_file
 
     tensors, meta = read_model_file(fitted.save(tmp_path / "new.padim"))
-    tensors["precision"] = fitted.precision()
-    del tensors["precision_cholesky"]
-    save_file(tensors, str(tmp_path / "old.padim"), metadata={"padim": json.dumps({**meta, "format_version": 1})})
+    factor = unpack_triangular(tensors.pop("precision_cholesky_packed"))
+    if version == 1:
+        tensors["precision"] = precision_from_cholesky(factor)
+    else:
+        tensors["precision_cholesky"] = factor
+    meta = {k: v for k, v in meta.items() if k not in ("grid_stride", "tile_size", "backbone_dtype")}
+    save_file(tensors, str(tmp_path / "old.padim"), metadata={"padim": json.dumps({**meta, "format_version": version})})
     old = Padim.load(tmp_path / "old.padim")
+    assert (old.grid_stride_, old.tile_size_) == (4, 0)
+    assert old.backbone_dtype == "float32" and old.quantization_ is None
     images = batches(2, seed=6)[0]
     expected = fitted.predict(images).anomaly_map
     assert np.abs(old.predict(images).anomaly_map - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -60,7 +60,7 @@ def test_fit_and_predict_see_the_same_int8_features(mvtec_tree, int8, tiny_model
     batch = next(as_batches(paths, (64, 64), batch_size=len(paths)))
     patches = model.embed(batch)
     scorer = Scorer(model.feature_size_, model.image_size_, model.sigma)
-    maps = scorer(patches, model.mean_, model.precision_cholesky_, torch.tensor(1.0), torch.tensor(1.0))[0]
+    maps = scorer(patches, model.mean_, model.precision_cholesky_packed_, torch.tensor(1.0), torch.tensor(1.0))[0]
     assert relative_error(prediction.anomaly_map, maps.numpy()) < 1e-4
     # And they are int8 features: not the float32 ones.
     float_patches = tiny_model.embed(batch)
@@ -184,21 +184,6 @@ def test_int8_options_and_damaged_records(int8, tmp_path):
     write_model_file(tmp_path / "bad.padim", tensors, {k: v for k, v in meta.items() if k != "format_version"})
     with pytest.raises(ModelFileError, match="bad.padim: inconsistent"):
         Padim.load(tmp_path / "bad.padim")
-
-
-def test_format_2_files_still_load_as_float32(tiny_model, tmp_path):
-    from padim.model_file import save, write_model_file
-
-    tensors, meta = read_model_file(save(tiny_model, tmp_path / "new.padim"))
-    del meta["backbone_dtype"], meta["format_version"]
-    write_model_file(tmp_path / "old.padim", tensors, meta)
-    raw = (tmp_path / "old.padim").read_bytes().replace(b'format_version\\": 3', b'format_version\\": 2', 1)
-    (tmp_path / "old.padim").write_bytes(raw)
-    old = Padim.load(tmp_path / "old.padim")
-    assert read_model_file(tmp_path / "old.padim")[1]["format_version"] == 2
-    assert old.backbone_dtype == "float32" and old.quantization_ is None
-    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_array_equal(old.predict(images).anomaly_map, tiny_model.predict(images).anomaly_map)
 
 
 def test_cli_fit_export_predict_int8(mvtec_tree, tmp_path, capsys):

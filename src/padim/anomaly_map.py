@@ -30,7 +30,11 @@ from torch import Tensor, nn
 
 from padim.embedding import to_patch_layout
 from padim.errors import OptionError
+from padim.gaussian import unpack_triangular
 from padim.images import as_size
+
+#: Float32 bytes of the float16 factors cast at once by :func:`mahalanobis`.
+CAST_CHUNK_BYTES = 16 * 2**20
 
 
 def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Tensor:
@@ -40,12 +44,19 @@ def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Te
     batched matmul over all patches and a norm (ONNX ``ReduceL2``), instead of a product with
     the precision, an element-wise product and a sum.
 
+    Factors held in float16 (a model too large for float32 factors in memory, see
+    :func:`padim.memory.runtime_dtype`) are cast to the patches' dtype a chunk of patches at a
+    time, so the float32 copy never exists whole; factors given packed, (P, D(D+1)/2)
+    (:func:`padim.gaussian.pack_triangular`), are unpacked a chunk at a time likewise (eager
+    PyTorch only: how a fit sets its threshold with no unpacked copy). The arithmetic is float32.
+
     Args:
         patches: (P, N, D) patch-first embeddings of N images.
         mean: (P, D) per-patch means.
         precision_cholesky: (P, D, D) per-patch factors C of the inverse covariances,
             precision = C C^T (:func:`padim.gaussian.precision_cholesky_from_stats`; any C
-            with that product, e.g. ``torch.linalg.cholesky(precision)``).
+            with that product, e.g. ``torch.linalg.cholesky(precision)``), or their upper
+            triangles packed, (P, D(D+1)/2).
 
     Returns:
         (P, N) distances.
@@ -54,7 +65,18 @@ def mahalanobis(patches: Tensor, mean: Tensor, precision_cholesky: Tensor) -> Te
     >>> mahalanobis(x, torch.zeros(1, 2), torch.eye(2)[None]).item()
     5.0
     """
-    return torch.linalg.vector_norm(torch.bmm(patches - mean[:, None, :], precision_cholesky), dim=2)
+    centred = patches - mean[:, None, :]
+    packed = precision_cholesky.dim() == 2
+    if precision_cholesky.dtype == patches.dtype and not packed:
+        return torch.linalg.vector_norm(torch.bmm(centred, precision_cholesky), dim=2)
+    n_patches, dim = mean.shape
+    step = max(1, CAST_CHUNK_BYTES // (dim * dim * 4))
+    parts = []
+    for start in range(0, n_patches, step):
+        factor = precision_cholesky[start : start + step]
+        factor = unpack_triangular(factor, patches.dtype) if packed else factor.to(patches.dtype)
+        parts.append(torch.linalg.vector_norm(torch.bmm(centred[start : start + step], factor), dim=2))
+    return torch.cat(parts)
 
 
 def blur_radius(sigma: float) -> int:

@@ -68,17 +68,16 @@ def _finite(text: str) -> float:
     return value
 
 
-def _image_size(text: str) -> tuple[int, int]:
+def _image_size(text: str) -> int | tuple[int, int]:
+    """``"256"`` -> 256 (the short side); ``"256x512"`` -> (256, 512) (height, width)."""
     parts = text.lower().replace("x", ",").split(",")
     try:
         size = tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH in pixels, got {text!r}") from None
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
+    if len(size) not in (1, 2) or min(size) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive SIZE or HEIGHTxWIDTH, got {text!r}")
-    return size
+    return size[0] if len(size) == 1 else size
 
 
 # --- shared pieces ------------------------------------------------------------------------------
@@ -96,9 +95,15 @@ def _report_skipped(skipped: dict | Sequence) -> None:
             print(f"  {path}", file=sys.stderr)
 
 
-def _options(args: argparse.Namespace) -> dict:
-    """Decoding options shared by the commands that read images."""
-    return dict(batch_size=args.batch_size, workers=args.workers, quiet=args.quiet, skip_bad=args.skip_bad)
+def _options(args: argparse.Namespace, image_size: Sequence[int] | None = None) -> dict:
+    """Decoding options shared by the commands that read images (the batch size by working size if not given)."""
+    batch_size = args.batch_size
+    if batch_size is None and image_size is not None:
+        from padim.memory import default_batch_size
+
+        batch_size = min(args.batch_cap, default_batch_size(image_size))
+    options = dict(workers=args.workers, quiet=args.quiet, skip_bad=args.skip_bad)
+    return options if batch_size is None else {**options, "batch_size": batch_size}  # None: the library's default
 
 
 # --- subcommands ----------------------------------------------------------------------------------
@@ -122,6 +127,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         quantile=args.quantile,
         backbone_dtype=args.backbone_dtype,
+        grid_stride=args.grid_stride,
+        tile_size=args.tile_size,
     )
     start = time.perf_counter()
     model.fit(args.data, validation=args.validation, **_options(args))
@@ -163,7 +170,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             overlays=args.overlays,
             overlay_format=args.overlay_format,
             on_row=on_row,
-            **_options(args),
+            **_options(args, predictor.image_size),
         )
     _report_skipped(summary.skipped)
     if summary.left_out:
@@ -208,7 +215,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         predictor = open_model(args.model, device=args.device, backend=args.backend)
     if args.threshold is not None:
         predictor = predictor.with_threshold(args.threshold)
-    evaluation = evaluate_model(predictor, args.data, **_options(args))
+    evaluation = evaluate_model(predictor, args.data, **_options(args, predictor.image_size))
     metrics = evaluation.metrics
     print(format_table(metrics))
     overall = metrics["overall"]
@@ -342,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def common(p: argparse.ArgumentParser, batch_size: int = 32) -> None:
+        p.set_defaults(batch_cap=batch_size)
         p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
         p.add_argument(
             "--backend",
@@ -350,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="runs a .padim model (default: auto = onnxruntime on the CPU, torch on CUDA)",
         )
         p.add_argument(
-            "--batch-size", type=_positive_int, default=batch_size, help=f"images per batch (default: {batch_size})"
+            "--batch-size",
+            type=_positive_int,
+            default=None,
+            help=f"images per batch (default: by working size: {batch_size} at 256x256, 8 at 512x512, "
+            "1 from 1448x1448)",
         )
         p.add_argument(
             "--workers",
@@ -365,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="fit a model on good images",
         description="Fit a PaDiM model on good images. DATA is an MVTec category "
-        "(its train/good is used) or a folder of good images.",
+        "(its train/good is used) or a folder of good images. Prints the working size, the model's size "
+        "and the memory it expects first, and refuses a fit that would exceed this machine's memory.",
     )
     p.add_argument("data", metavar="DATA")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL", help="model file to write (.padim)")
@@ -377,7 +390,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--layers", help="comma-separated layer names (default: the backbone's three stages)")
     p.add_argument("--n-features", type=_positive_int, help="channels kept, d (default: 100; 550 for wide_resnet50_2)")
-    p.add_argument("--image-size", type=_image_size, default=(256, 256), help="SIZE or HxW (default: 256)")
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=256,
+        metavar="SIZE|HxW",
+        help="working size: SIZE is the short side, the long side follows the training images' median aspect "
+        "ratio (a square if they vary widely), rounded to the backbone's stride; HxW is used as given (default: 256)",
+    )
+    p.add_argument(
+        "--grid-stride",
+        type=_positive_int,
+        default=None,
+        metavar="PIXELS",
+        help="pixels per Gaussian (default: the first layer's stride, 4); 8 or 16 make the model 4 or 16 "
+        "times smaller, for large working sizes",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=_non_negative_int,
+        default=None,
+        metavar="PIXELS",
+        help="run the backbone over overlapping tiles of this side (default: 1024 when the working size "
+        "exceeds it; 0: never), so activation memory stays bounded",
+    )
     p.add_argument("--seed", type=int, default=0, help="channel selection seed (default: 0)")
     p.add_argument("--weights", help="backbone weights file (.pth or .safetensors) instead of the default location")
     p.add_argument("--random-weights", action="store_true", help="random backbone weights (for testing only)")

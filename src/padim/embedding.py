@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -66,26 +67,45 @@ def nearest_indices(size_in: int, size_out: int) -> Tensor:
     return (torch.arange(size_out, dtype=torch.float32) * scale).floor().long().clamp(max=size_in - 1)
 
 
-def embed(features: Sequence[Tensor], layer_idx: Sequence[Tensor]) -> Tensor:
+def select(features: Sequence[Tensor], layer_idx: Sequence[Tensor]) -> list[Tensor]:
+    """Each layer's kept channels: per layer (N, C_l, H_l, W_l) -> (N, d_l, H_l, W_l)."""
+    return [feature.index_select(1, local.to(feature.device)) for feature, local in zip(features, layer_idx)]
+
+
+def embed(
+    features: Sequence[Tensor], layer_idx: Sequence[Tensor] | None = None, grid: Sequence[int] | None = None
+) -> Tensor:
     """Patch-first PaDiM embedding from layer activations (Sec. 3.1).
 
     Each layer's kept channels are moved to the last axis while the layer is still small,
-    resized (nearest) onto the first layer's grid by gathering rows and columns, and the
-    layers are concatenated along channels. Traceable: the graph holds constant indices.
+    brought onto the grid of the Gaussians, and the layers are concatenated along channels.
+    A layer coarser than the grid is resized (nearest) onto it by gathering rows and columns,
+    as PaDiM does; a layer finer than the grid (a coarser Gaussian grid, chosen to bound the
+    model's memory) is averaged over the r x r cells that make one grid cell. Traceable: the
+    graph holds constant indices.
 
     Args:
-        features: per layer (N, C_l, H_l, W_l); the first on the finest grid (H, W).
-        layer_idx: per layer the local channel indices (:func:`split_channels`).
+        features: per layer (N, C_l, H_l, W_l); the first on the finest grid.
+        layer_idx: per layer the local channel indices (:func:`split_channels`); None when the
+            features hold only the kept channels already (:func:`select`).
+        grid: (H, W) of the Gaussians; None: the first layer's grid. A layer finer than it must
+            be an integer multiple of it on each side.
 
     Returns:
         (P, N, D) with P = H * W in row-major order, D = the total number of kept channels.
     """
-    n, _, height, width = features[0].shape
+    if layer_idx is not None:
+        features = select(features, layer_idx)
+    n = features[0].shape[0]
+    height, width = features[0].shape[2:] if grid is None else (int(grid[0]), int(grid[1]))
     parts = []
-    for feature, local in zip(features, layer_idx):
-        if local.numel() == 0:
+    for part in features:
+        if part.shape[1] == 0:
             continue
-        part = feature.index_select(1, local.to(feature.device)).permute(2, 3, 0, 1)  # (H_l, W_l, N, d_l)
+        h_l, w_l = int(part.shape[2]), int(part.shape[3])  # constants in a traced graph
+        if h_l > height or w_l > width:  # finer than the grid: average r x r cells
+            part = F.avg_pool2d(part, (h_l // height, w_l // width))
+        part = part.permute(2, 3, 0, 1)  # (H_l, W_l, N, d_l)
         h_l, w_l = part.shape[:2]
         if (h_l, w_l) != (height, width):
             part = part.index_select(0, nearest_indices(h_l, height).to(part.device))

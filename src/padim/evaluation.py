@@ -21,6 +21,7 @@ import numpy as np
 from padim.datasets import Sample, test_samples
 from padim.errors import DataError
 from padim.loading import iter_batches
+from padim.memory import default_batch_size
 from padim.metrics import (
     _as_labels,
     _as_scores,
@@ -229,7 +230,7 @@ def evaluate_model(
     predictor: Any,
     data: str | os.PathLike,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     quiet: bool = True,
     skip_bad: bool = False,
@@ -239,7 +240,8 @@ def evaluate_model(
     Args:
         predictor: a :class:`padim.runtime.Predictor` (``open_model(path)``, ``Padim.predictor()``).
         data: an MVTec category or a test folder (see :func:`padim.datasets.test_samples`).
-        batch_size, workers, quiet, skip_bad: see :func:`padim.loading.iter_batches`.
+        batch_size, workers, quiet, skip_bad: see :func:`padim.loading.iter_batches` (batch_size
+            None: by the working size, :func:`padim.memory.default_batch_size`).
 
     Raises:
         DataError: for a missing or mis-laid folder, or no readable test image.
@@ -250,7 +252,7 @@ def evaluate_model(
     for batch in iter_batches(
         samples,
         predictor.image_size,
-        batch_size=batch_size,
+        batch_size=default_batch_size(predictor.image_size) if batch_size is None else batch_size,
         workers=workers,
         skip_bad=skip_bad,
         quiet=quiet,

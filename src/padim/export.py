@@ -8,7 +8,7 @@ initializers that stay graph inputs too, so a caller may override the threshold 
 
 Graph interface (batch size N is dynamic, H x W is the model's working size):
 
-- input ``images``: (N, 3, H, W) float32, resized and normalised by
+- input ``images``: (N, 3, H, W) float32 (H x W need not be square), resized and normalised by
   :func:`padim.images.preprocess` (pre-processing stays outside the graph; its constants are
   in the metadata); optional inputs ``threshold`` and ``scale`` (float32 scalars);
 - outputs ``anomaly_map`` (N, H, W) float32, ``score`` (N,), ``normalized_score`` (N,) and
@@ -34,6 +34,7 @@ import numpy as np
 
 from padim import __version__
 from padim.errors import OptionError
+from padim.gaussian import runtime_factors
 from padim.images import IMAGENET_MEAN, IMAGENET_STD
 from padim.model import Padim, check_fitted
 
@@ -81,7 +82,7 @@ def model_proto(model: Padim):
     calibration = model.calibration_
     state = {
         "mean": model.mean_.detach().cpu().float().numpy(),
-        "precision_cholesky": model.precision_cholesky_.detach().cpu().float().numpy(),
+        "precision_cholesky": runtime_factors(model.precision_cholesky_packed_).detach().cpu().numpy(),
         "threshold": np.float32(math.nan if calibration is None else calibration.threshold),
         "scale": np.float32(1.0 if calibration is None else calibration.scale),
     }
@@ -97,7 +98,10 @@ def model_proto(model: Padim):
     del proto.graph.input[:]
     proto.graph.input.extend(kept)
     for name, value in state.items():
-        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        value = np.asarray(value)  # float32, or float16 factors for a model too large for float32 ones
+        proto.graph.initializer.append(
+            numpy_helper.from_array(value.astype(np.float32, copy=False) if value.dtype != np.float16 else value, name)
+        )
     for key, value in model_metadata(model).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

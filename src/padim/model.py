@@ -13,23 +13,30 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from padim import memory
 from padim.anomaly_map import check_blur
 from padim.backbones import FeatureExtractor, get_spec, resolve_layers
 from padim.datasets import split_holdout
 from padim.embedding import select_channels
 from padim.errors import DataError, NotFittedError, OptionError
-from padim.gaussian import accumulate, precision_cholesky_from_stats, precision_from_cholesky
+from padim.gaussian import (
+    precision_cholesky_from_stats,
+    precision_from_cholesky,
+    stream,
+    unpack_triangular,
+)
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
-from padim.pipeline import OUTPUTS, Embedder, Pipeline, Scorer, make_runner, use_onnxruntime
-from padim.quantize import calibrate_model, quantize
+from padim.pipeline import Embedder, Pipeline, Scorer, model_runner, use_onnxruntime
+from padim.quantize import calibrate_model
 from padim.runtime import Prediction, Predictor
+from padim.tiling import TilePlan
+from padim.working_size import apply_plan
 
 PathLike = str | os.PathLike
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -38,7 +45,7 @@ BACKBONE_DTYPES = ("float32", "int8")
 
 def check_fitted(model: Padim) -> None:
     """Raise :class:`NotFittedError` unless ``model`` has been fitted or loaded."""
-    if not hasattr(model, "precision_cholesky_"):
+    if not hasattr(model, "precision_cholesky_packed_"):
         raise NotFittedError("this Padim model is not fitted yet: call fit(images) or Padim.load(path) first")
 
 
@@ -75,8 +82,17 @@ def resolve_params(model: Padim) -> dict[str, Any]:
     if model.backend == "onnxruntime" and torch.device(model.device).type != "cpu":
         raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
     use_onnxruntime(model.backend, model.device, model.backbone_dtype)  # int8: only onnxruntime on the CPU
+    first = layer_info[0].stride
+    grid_stride = first if model.grid_stride is None else model.grid_stride
+    strides = [first * 2**k for k in range(7)]
+    if isinstance(grid_stride, bool) or grid_stride not in strides:
+        raise OptionError(f"grid_stride must be one of {strides} (pixels per Gaussian), got {model.grid_stride!r}")
+    tile = model.tile_size
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0):
+        raise OptionError(f"tile_size must be an int >= 0 (0: no tiling) or None (automatic), got {tile!r}")
     layers = tuple(info.name for info in layer_info)
-    return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size)
+    return dict(layer_info=layer_info, layers=layers, n_features=int(n_features), image_size=image_size,
+                grid_stride=int(grid_stride))  # fmt: skip
 
 
 class Padim:
@@ -87,7 +103,8 @@ class Padim:
             ``"wide_resnet50_2"``.
         layers: layer names (None: the backbone's defaults).
         n_features: d, channels kept (None: 100, or 550 for wide_resnet50_2, capped at the total).
-        image_size: int or (height, width) the images are resized to.
+        image_size: the working size: (height, width), or an int, the short side, with the long
+            side from the training files' median aspect ratio (:mod:`padim.working_size`).
         seed: seeds the channel selection, the hold-out split and random backbone weights.
         eps: added to each covariance's diagonal (Sec. 3.2).
         sigma: standard deviation of the map's Gaussian blur, in pixels.
@@ -101,11 +118,15 @@ class Padim:
         stats_dtype: ``"float32"`` (default) or ``"float64"`` scatter matrices while fitting.
         backbone_dtype: ``"float32"`` (default) or ``"int8"``: the backbone quantised (onnxruntime,
             CPU), calibrated on a seeded subset of the good images given to ``fit`` (:mod:`padim.quantize`).
+        grid_stride: pixels per Gaussian (None: the first layer's stride); 16 makes the model 16 times smaller.
+        tile_size: backbone tiles' side (:mod:`padim.tiling`; None: 1024 past 1024 px; 0: never).
 
-    Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``extractor_`` (the cut backbone),
-    ``channel_idx_`` (D,), ``feature_size_`` (H, W grid), ``mean_`` (P, D),
-    ``precision_cholesky_`` (P, D, D; the precisions are C C^T, see :meth:`precision`),
-    ``n_images_``, ``calibration_`` (or None), ``quantization_`` (int8 ranges, or None), ``skipped_``,
+    Fitted attributes: ``layers_``, ``image_size_`` (H, W), ``grid_stride_``, ``tile_size_`` (0:
+    untiled), ``extractor_`` (the cut backbone), ``channel_idx_`` (D,), ``feature_size_`` (H, W
+    grid), ``mean_`` (P, D), ``precision_cholesky_packed_`` (P, D(D+1)/2) float16: the upper
+    triangles of the factors C of the precisions C C^T (:func:`padim.gaussian.pack_triangular`),
+    ``n_images_``, ``calibration_`` (or None), ``quantization_`` (int8 ranges, or None), ``skipped_``
+    (unreadable files left out),
     ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``).
 
     Example:
@@ -115,21 +136,19 @@ class Padim:
         (2, 64, 64)
     """
 
-    #: Images embedded at once while fitting: bounds the backbone's activations (about 80 MB at
-    #: 256 px for efficientnet_lite0) at a few percent of speed.
-    fit_chunk = 8
-
     def __init__(self, *, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
                  n_features: int | None = None, image_size: int | Sequence[int] = 256, seed: int = 0,
                  eps: float = 0.01, sigma: float = 4, pretrained: bool = True, weights: PathLike | None = None,
                  device: str | torch.device = "cpu", holdout: float = 0.1, quantile: float = 0.99,
-                 backend: str = "auto", stats_dtype: str = "float32", backbone_dtype: str = "float32") -> None:  # fmt: skip
+                 backend: str = "auto", stats_dtype: str = "float32", backbone_dtype: str = "float32",
+                 grid_stride: int | None = None, tile_size: int | None = None) -> None:  # fmt: skip
         self.backbone, self.layers, self.n_features, self.image_size = backbone, layers, n_features, image_size
         self.seed, self.eps, self.sigma, self.pretrained, self.weights = seed, eps, sigma, pretrained, weights
         self.device, self.holdout, self.quantile, self.backend = device, holdout, quantile, backend
         self.stats_dtype, self.backbone_dtype = stats_dtype, backbone_dtype
+        self.grid_stride, self.tile_size = grid_stride, tile_size
 
-    def fit(self, data: Any, *, validation: Any = None, batch_size: int = 32, workers: int | None = None,
+    def fit(self, data: Any, *, validation: Any = None, batch_size: int | None = None, workers: int | None = None,
             quiet: bool = True, skip_bad: bool = False, keep_stats: bool = False) -> Padim:  # fmt: skip
         """Fit the per-patch Gaussians on good images, streaming; returns self.
 
@@ -139,28 +158,31 @@ class Padim:
             validation: good images for the threshold (same forms). If None and ``data`` names
                 files, a ``holdout`` fraction of them is kept out of the Gaussians for it.
             batch_size, workers, quiet, skip_bad: decoding of image files (see
-                :func:`padim.loading.iter_batches`); unreadable files skipped are in ``skipped_``.
-            keep_stats: keep the streamed statistics in ``stats_`` (mergeable with another
-                stream's); otherwise the precision reuses their memory.
+                :func:`padim.loading.iter_batches`; batch_size None: by working size, at most 32);
+                unreadable files skipped are in ``skipped_``. Unless ``quiet``, the working size
+                and the expected memory are printed first.
+            keep_stats: keep the streamed statistics in ``stats_`` (mergeable with another stream's).
 
         Raises:
-            OptionError: for a bad argument. DataError: for a missing or empty folder, fewer
-            than 2 images, or (unless ``skip_bad``) an unreadable image.
+            OptionError: for a bad argument, or a model too large for this machine's memory.
+            DataError: for a missing or empty folder, fewer than 2 images, or (unless ``skip_bad``)
+            an unreadable image.
         """
         resolved = resolve_params(self)
-        for name in ("stats_", "mean_", "precision_cholesky_", "_runners"):
+        memory.return_large_blocks()
+        for name in ("stats_", "mean_", "precision_cholesky_packed_", "_runners"):
             self.__dict__.pop(name, None)
-        layer_info, self.layers_, self.image_size_ = resolved["layer_info"], resolved["layers"], resolved["image_size"]
-        self.skipped_, self.calibration_, self.quantization_ = {}, None, None
+        self.layers_, self.skipped_, self.calibration_, self.quantization_ = resolved["layers"], {}, None, None
         self.extractor_ = FeatureExtractor(self.backbone, self.layers_, pretrained=self.pretrained,
                                            weights=self.weights, seed=self.seed).to(self.device)  # fmt: skip
-        total = sum(info.channels for info in layer_info)
+        total = sum(info.channels for info in resolved["layer_info"])
         self.channel_idx_ = select_channels(total, resolved["n_features"], self.seed)
-        self.feature_size_ = get_spec(self.backbone).grid(self.image_size_, layer_info[0].stride)
         samples = to_samples(data, folder="good")
+        apply_plan(self, resolved, None if samples is None else [s.path for s in samples], batch_size, quiet)
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
+        batch_size = memory.default_batch_size(self.image_size_) if batch_size is None else batch_size
         options = dict(batch_size=batch_size, workers=workers, quiet=quiet, skip_bad=skip_bad)
         source = samples if samples is not None else data
         if self.backbone_dtype == "int8":  # the backbone is calibrated on the first images of the stream
@@ -168,7 +190,9 @@ class Padim:
         self._accumulate(source, desc="fit", **options)
         self._finish(keep_stats)
         if validation is not None:
-            self.calibrate(validation, **options)
+            self.calibrate(validation, compact=True, **options)
+        self.__dict__.get("_runners", {}).pop("embed", None)  # its onnxruntime arena is not needed any more
+        memory.release_freed_memory()
         return self
 
     def partial_fit(self, images: Any) -> Padim:
@@ -184,14 +208,16 @@ class Padim:
         return self
 
     def _accumulate(self, data: Any, desc: str, **options: Any) -> None:
+        """Stream images into the statistics, the backbone a few images at a time (bounded activations)."""
         dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
         skipped = self.__dict__.setdefault("skipped_", {})
-        for batch in as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options):
-            for start in range(0, len(batch), self.fit_chunk):
-                patches = self.embed(batch[start : start + self.fit_chunk]).to(self.device)
-                if patches.shape[0] != math.prod(self.feature_size_):  # a backbone declared a wrong grid
-                    raise RuntimeError(f"{patches.shape[0]} patches, expected the grid {self.feature_size_}")
-                self.stats_ = accumulate(self.__dict__.get("stats_"), patches, dtype)
+        step = memory.images_per_run(self.image_size_, memory.FIT_PIXELS)
+        batches = as_batches(data, self.image_size_, folder="good", desc=desc, skipped=skipped, **options)
+        blocks = (self.embed(b[i : i + step]).to(self.device) for b in batches for i in range(0, len(b), step))
+        group = memory.update_bytes(math.prod(self.feature_size_), len(self.channel_idx_))
+        self.stats_ = stream(self.__dict__.get("stats_"), blocks, dtype, group)
+        if self.stats_ is not None and self.stats_.mean.shape[0] != math.prod(self.feature_size_):
+            raise RuntimeError(f"{self.stats_.mean.shape[0]} patches, expected the grid {self.feature_size_}")
 
     def _finish(self, keep_stats: bool) -> None:
         """Means and precisions from the streamed statistics (Sec. 3.2)."""
@@ -199,23 +225,23 @@ class Padim:
         if stats is None:
             raise DataError("fitting needs at least 2 good images, got none")
         self.n_images_, self.mean_ = stats.count, stats.mean.float()
-        in_place = not keep_stats and stats.m2.dtype == torch.float32
-        self.precision_cholesky_ = precision_cholesky_from_stats(stats, self.eps, in_place=in_place)
+        self.precision_cholesky_packed_ = precision_cholesky_from_stats(stats, self.eps, packed=True)
         self.__dict__.get("_runners", {}).pop("pipeline", None)  # the Gaussians changed
         if not keep_stats:
             del self.stats_
 
-    def calibrate(self, good: Any, defective: Any = None, **options: Any) -> Padim:
+    def calibrate(self, good: Any, defective: Any = None, *, compact: bool = False, **options: Any) -> Padim:
         """Set the thresholds: a ``quantile`` of good images' scores, or F1-max with defective images too.
 
         ``good`` is read as fit's ``data`` (a folder: an MVTec category's ``train/good`` or its
         images); ``defective`` as images (a folder: the images inside). The pixel threshold of
-        the regions comes from the good images' maps (:mod:`padim.calibration`). Returns self.
+        the regions comes from the good images' maps (:mod:`padim.calibration`). ``compact``:
+        predict with the least memory (see :meth:`predictor`), as ``fit`` does. Returns self.
         """
         from padim.calibration import calibration_from_images
 
         self.calibration_, _, _ = calibration_from_images(
-            self.predictor(), good, defective, quantile=self.quantile, good_folder="good", **options
+            self.predictor(compact=compact), good, defective, quantile=self.quantile, good_folder="good", **options
         )
         return self
 
@@ -226,47 +252,42 @@ class Padim:
         return torch.as_tensor(self._runner("embed")(images=images)["patches"])
 
     def precision(self) -> torch.Tensor:
-        """The inverse covariances (P, D, D), computed from ``precision_cholesky_`` (for anomalib's API)."""
+        """The inverse covariances (P, D, D), computed from the packed factors (for anomalib's API)."""
         check_fitted(self)
-        return precision_from_cholesky(self.precision_cholesky_)
+        return precision_from_cholesky(unpack_triangular(self.precision_cholesky_packed_))
 
     def predict(self, images: Any, **options: Any) -> Prediction:
         """:class:`padim.runtime.Prediction` of images in any form of :func:`padim.loading.as_batches`."""
         return self.predictor().predict(images, **options)
 
-    def predictor(self) -> Predictor:
-        """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives)."""
+    def predictor(self, *, compact: bool = False) -> Predictor:
+        """This model behind the predictor interface of :mod:`padim.runtime` (as ``open_model`` gives).
+
+        ``compact``: a one-off predictor with the least memory (as ``fit`` sets the threshold):
+        slower, a few images at a time, on the packed factors (:func:`padim.pipeline.model_runner`).
+        """
         check_fitted(self)
         kind = "onnxruntime" if use_onnxruntime(self.backend, self.device, self.backbone_dtype) else "torch"
-        return Predictor(self._runner("pipeline"), image_size=self.image_size_, calibration=self.calibration_,
-                         config=self.config(), kind=kind)  # fmt: skip
+        run = model_runner(self, "compact") if compact else self._runner("pipeline")
+        return Predictor(run, image_size=self.image_size_, calibration=self.calibration_, config=self.config(),
+                         kind=kind, run_pixels=memory.FIT_PIXELS if compact else None)  # fmt: skip
 
     def pipeline(self) -> Pipeline:
         """The inference module of this fitted model (:mod:`padim.pipeline`); its state is passed as inputs."""
         check_fitted(self)
-        scorer = Scorer(self.feature_size_, self.image_size_, self.sigma)
-        return Pipeline(Embedder(self.extractor_, self.channel_idx_), scorer)
+        return Pipeline(self.embedder(), Scorer(self.feature_size_, self.image_size_, self.sigma))
+
+    def embedder(self) -> Embedder:
+        """The embedding module of this fitted model: backbone (tiled or not), channels, grid."""
+        align = self.extractor_.layer_info[-1].stride
+        tiles = TilePlan.make(self.image_size_, self.tile_size_, align) if self.tile_size_ else None
+        return Embedder(self.extractor_, self.channel_idx_, grid=self.feature_size_, tiles=tiles)
 
     def _runner(self, kind: str) -> Any:
         """The executor of the embedding (while fitting) or of the whole pipeline; built once, then reused."""
         runners = self.__dict__.setdefault("_runners", {})
         if kind not in runners:
-            images = torch.zeros(2, 3, *self.image_size_)
-            options = dict(
-                device=self.device, onnxruntime=use_onnxruntime(self.backend, self.device, self.backbone_dtype)
-            )
-            if self.__dict__.get("quantization_") is not None:  # int8: the same ranges for every graph
-                options["transform"] = partial(quantize, quantization=self.quantization_)
-            if kind == "embed":
-                module = Embedder(self.extractor_, self.channel_idx_)
-                runners[kind] = make_runner(module, {"images": images}, ["patches"], {"images": 0, "patches": 1},
-                                            **options)  # fmt: skip
-            else:
-                example = {"images": images, "mean": self.mean_, "precision_cholesky": self.precision_cholesky_,
-                           "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
-                axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
-                runners[kind] = make_runner(self.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
-                                            **options)  # fmt: skip
+            runners[kind] = model_runner(self, kind)
         return runners[kind]
 
     def config(self) -> dict:
@@ -275,7 +296,8 @@ class Padim:
         return dict(backbone=self.backbone, layers=list(self.layers_), n_features=len(self.channel_idx_),
                     image_size=list(self.image_size_), seed=int(self.seed), eps=float(self.eps), sigma=self.sigma,
                     holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained),
-                    backbone_dtype=self.backbone_dtype)  # fmt: skip
+                    backbone_dtype=self.backbone_dtype, grid_stride=int(self.grid_stride_),
+                    tile_size=int(self.tile_size_))  # fmt: skip
 
     def save(self, path: PathLike) -> Any:
         """Write the model to one safetensors file (atomic); see :func:`padim.model_file.save`."""
@@ -291,5 +313,6 @@ class Padim:
         return model_file.load(path, device=device, backend=backend)
 
     def __repr__(self) -> str:
-        names = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "backbone_dtype")
+        names = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "backbone_dtype",
+                 "grid_stride", "tile_size")  # fmt: skip
         return f"Padim({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"

@@ -6,13 +6,20 @@ carries the format version and the configuration needed to rebuild the model; th
 holds the backbone weights the model uses, so it loads on a machine without torchvision's
 cache. Writes are atomic: a temporary file in the same folder, renamed into place.
 
-Tensors: ``mean`` (P, D) float32, ``precision_cholesky`` (P, D, D) float32 (the precisions'
-factors, precision = C C^T), ``channel_idx`` (D,) int64, ``backbone.<name>`` for each weight of
-the cut backbone. Format 1 (padim-toolkit 0.1) stored ``precision`` itself; it is read too.
-Format 3 adds ``backbone_dtype`` and, for an int8 backbone, the ``quantization`` record
+Tensors: ``mean`` (P, D) float32, ``precision_cholesky_packed`` (P, D(D+1)/2) float16, the
+upper triangles of the precisions' factors C (precision = C C^T), row by row
+(:func:`padim.gaussian.pack_triangular`): a quarter of the float32 factors' bytes, and maps
+within about 1e-4 of the map maximum of theirs (``benchmarks/native_resolution.py``);
+``channel_idx`` (D,) int64; ``backbone.<name>`` for each weight of the cut backbone. The
+metadata holds the working size, the Gaussian grid's stride, the tile size, the
+``backbone_dtype`` and, for an int8 backbone, the ``quantization`` record
 (:class:`padim.quantize.Quantization`: the calibrated activation ranges), from which the same
 int8 graph is rebuilt without the training images; an older reader refuses the file rather
-than run Gaussians fitted on int8 features with a float32 backbone. Formats 1 and 2 are float32.
+than run Gaussians fitted on int8 features with a float32 backbone.
+
+Older formats are read, with a float32 backbone: format 2 stored ``precision_cholesky``
+(P, D, D) float32, format 1 (padim-toolkit 0.1) the ``precision`` itself; their factors are
+kept in float32 when loaded.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ FORMAT_VERSION = 3
 _KEY = "padim"
 #: Constructor arguments of :class:`padim.model.Padim` stored in the metadata.
 PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
+#: Parameters added in format 3, with the values that describe models of older formats.
+NEW_PARAMS = {"grid_stride": None, "tile_size": 0}
 
 
 def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None:
@@ -91,7 +100,8 @@ def save(model: Padim, path: str | os.PathLike) -> Path:
     from padim.model import check_fitted
 
     check_fitted(model)
-    tensors = {"mean": model.mean_, "precision_cholesky": model.precision_cholesky_, "channel_idx": model.channel_idx_}
+    packed = model.precision_cholesky_packed_.half()
+    tensors = {"mean": model.mean_, "precision_cholesky_packed": packed, "channel_idx": model.channel_idx_}
     tensors.update({f"backbone.{k}": v for k, v in model.extractor_.body.state_dict().items()})
     meta = {
         **model.config(),
@@ -114,12 +124,14 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
     """
     import torch
 
-    from padim.backbones import FeatureExtractor
+    from padim.backbones import FeatureExtractor, get_spec
     from padim.errors import PadimError
+    from padim.gaussian import pack_triangular
     from padim.model import Padim, resolve_params
     from padim.pipeline import use_onnxruntime
     from padim.quantize import Quantization
     from padim.scoring import Calibration
+    from padim.tiling import resolve_tile
 
     tensors, meta = read_model_file(path)
     dtype = meta.get("backbone_dtype", "float32")
@@ -130,6 +142,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             raise OptionError(f"{path} is an int8 model: {error}") from None
     try:
         params = {key: meta[key] for key in PARAMS}
+        params.update({key: meta.get(key, default) for key, default in NEW_PARAMS.items()})
         params["image_size"] = tuple(params["image_size"])
         if dtype not in ("float32", "int8") or (dtype == "int8") != ("quantization" in meta):
             raise ValueError(f"backbone_dtype {dtype!r} with{'out' * ('quantization' not in meta)} int8 ranges")
@@ -138,10 +151,14 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
         p = math.prod(_pair(meta["feature_size"]))
         d = resolved["n_features"]
         _expect(tensors, "mean", (p, d))
-        if meta["format_version"] == 1:  # the precision itself: any factor C with C C^T = precision serves
+        if meta["format_version"] == 1:  # the precision: its upper factor, C = J chol(J precision J) J
             _expect(tensors, "precision", (p, d, d))
-            tensors["precision_cholesky"] = torch.linalg.cholesky(tensors.pop("precision").double()).float()
-        _expect(tensors, "precision_cholesky", (p, d, d))
+            flipped = torch.linalg.cholesky(tensors.pop("precision").double().flip(1, 2))
+            tensors["precision_cholesky"] = flipped.flip(1, 2).float()
+        if meta["format_version"] < 3:
+            _expect(tensors, "precision_cholesky", (p, d, d))
+            tensors["precision_cholesky_packed"] = pack_triangular(tensors.pop("precision_cholesky"))
+        _expect(tensors, "precision_cholesky_packed", (p, d * (d + 1) // 2))
         _expect(tensors, "channel_idx", (d,))
         channel_idx = tensors["channel_idx"].long()
         total = sum(info.channels for info in resolved["layer_info"])
@@ -150,19 +167,24 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
         body = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
         extractor = FeatureExtractor(model.backbone, resolved["layers"], state_dict=body)
         calibration = meta.get("calibration")
+        align = resolved["layer_info"][-1].stride
         fitted = dict(
             layers_=resolved["layers"],
             image_size_=resolved["image_size"],
+            grid_stride_=resolved["grid_stride"],
+            tile_size_=resolve_tile(params["tile_size"], resolved["image_size"], align),
             extractor_=extractor,
             channel_idx_=channel_idx,
             feature_size_=_pair(meta["feature_size"]),
             mean_=tensors["mean"].float().to(model.device),
-            precision_cholesky_=tensors["precision_cholesky"].float().to(model.device),
+            precision_cholesky_packed_=tensors["precision_cholesky_packed"].to(model.device),
             n_images_=int(meta["n_images"]),
             calibration_=None if calibration is None else Calibration(**calibration),
             quantization_=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
         )
-        for value in (fitted["mean_"], fitted["precision_cholesky_"]):
+        if fitted["feature_size_"] != get_spec(model.backbone).grid(fitted["image_size_"], fitted["grid_stride_"]):
+            raise ValueError(f"feature_size {fitted['feature_size_']} does not match the working size and grid stride")
+        for value in (fitted["mean_"], fitted["precision_cholesky_packed_"]):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError("the Gaussians hold NaN or infinite values")
     except (KeyError, TypeError, RuntimeError, ValueError) as error:

@@ -35,9 +35,12 @@ from torch import Tensor, nn
 
 from padim.anomaly_map import mahalanobis, resize_blur, resize_blur_matrix
 from padim.backbones import FeatureExtractor
-from padim.embedding import embed, split_channels
+from padim.embedding import embed, select, split_channels
 from padim.errors import OptionError
+from padim.gaussian import runtime_factors
+from padim.memory import release_freed_memory
 from padim.scoring import image_score, label, normalize
+from padim.tiling import TilePlan, tiled_features
 
 #: Graph inputs besides ``images``, bound by the executor.
 STATE_INPUTS = ("mean", "precision_cholesky", "threshold", "scale")
@@ -52,16 +55,32 @@ class Embedder(nn.Module):
     Args:
         extractor: the cut backbone.
         channel_idx: (D,) sorted indices into the concatenated channels of its layers.
+        grid: (H, W) of the Gaussians; None: the first layer's grid (PaDiM's). A coarser grid
+            averages the finer layers (:func:`padim.embedding.embed`).
+        tiles: run the backbone over these tiles and stitch the features
+            (:mod:`padim.tiling`); None: over the whole image at once.
     """
 
-    def __init__(self, extractor: FeatureExtractor, channel_idx: Tensor) -> None:
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        channel_idx: Tensor,
+        grid: Sequence[int] | None = None,
+        tiles: TilePlan | None = None,
+    ) -> None:
         super().__init__()
         self.extractor = extractor
         # A plain list, not buffers: the tracer records the indices as constants.
         self.layer_idx = split_channels(channel_idx, [info.channels for info in extractor.layer_info])
+        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        self.tiles = tiles
 
     def forward(self, images: Tensor) -> Tensor:
-        return embed(self.extractor(images), self.layer_idx)
+        if self.tiles is None:
+            features = select(self.extractor(images), self.layer_idx)
+        else:
+            features = tiled_features(self.extractor, images, self.layer_idx, self.tiles.rows, self.tiles.cols)
+        return embed(features, grid=self.grid)
 
 
 class Scorer(nn.Module):
@@ -224,6 +243,60 @@ def make_runner(
     return OrtRunner(graph, {name: t.detach().cpu().numpy() for name, t in state.items()})
 
 
+class ChainedRunner:
+    """:class:`Pipeline` run as its two stages by two executors: the embedding's, then the scorer's.
+
+    The same math as one pipeline runner; it lets a fit reuse the backbone's executor it
+    already holds and score in eager PyTorch on the packed precision factors (unpacked a chunk
+    at a time by :func:`padim.anomaly_map.mahalanobis`), without tracing the graph once more
+    nor unpacking the factors whole.
+
+    Args:
+        embed: runs :class:`Embedder`: ``embed(images=...)["patches"]``.
+        scorer: the :class:`Scorer`, run eagerly on ``device``.
+        state: ``mean`` (P, D) and ``precision_cholesky`` (P, D, D) or packed (P, D(D+1)/2).
+    """
+
+    def __init__(self, embed: Any, scorer: Scorer, state: dict[str, Tensor], device: str | torch.device) -> None:
+        self.embed = embed
+        self.score = TorchRunner(scorer, ["patches", *STATE_INPUTS], OUTPUTS, state, device)
+
+    def __call__(self, *, images: Any, threshold: Any, scale: Any) -> dict[str, Any]:
+        patches = self.embed(images=images)["patches"]
+        return self.score(patches=patches, threshold=threshold, scale=scale)
+
+
+def model_runner(model: Any, kind: str) -> Any:
+    """The executor of a fitted :class:`padim.model.Padim`'s embedding (``"embed"``) or pipeline (``"pipeline"``).
+
+    ``"compact"``: the pipeline as the model's embedding executor, then its scorer in eager
+    PyTorch on the packed factors (:class:`padim.pipeline.ChainedRunner`): no copy of them.
+    """
+    if kind == "compact":
+        state = {"mean": model.mean_, "precision_cholesky": model.precision_cholesky_packed_}
+        return ChainedRunner(model._runner("embed"), Scorer(model.feature_size_, model.image_size_, model.sigma), state,
+                             model.device)  # fmt: skip
+    from functools import partial
+
+    from padim.quantize import quantize
+
+    images = torch.zeros(2, 3, *model.image_size_)
+    options = dict(device=model.device, onnxruntime=use_onnxruntime(model.backend, model.device, model.backbone_dtype))
+    if model.__dict__.get("quantization_") is not None:  # int8: the same ranges for every graph
+        options["transform"] = partial(quantize, quantization=model.quantization_)
+    if kind == "embed":
+        runner = make_runner(model.embedder(), {"images": images}, ["patches"], {"images": 0, "patches": 1}, **options)
+    else:
+        example = {"images": images, "mean": model.mean_,
+                   "precision_cholesky": runtime_factors(model.precision_cholesky_packed_),
+                   "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
+        axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
+        runner = make_runner(model.pipeline(), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"),
+                             **options)  # fmt: skip
+    release_freed_memory()  # tracing ran the module once at the working size
+    return runner
+
+
 class TorchRunner:
     """Runs a module eagerly in PyTorch, with some inputs bound once.
 
@@ -251,13 +324,18 @@ class TorchRunner:
         self.module = module.to(self.device).eval()
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
-        self.bound = {k: torch.as_tensor(v).to(self.device) for k, v in (bound or {}).items()}
+        self.bound = {k: _float(torch.as_tensor(v)).to(self.device) for k, v in (bound or {}).items()}
         self._lock = threading.Lock()
 
     def __call__(self, **inputs: Any) -> dict[str, Tensor]:
         feeds = {**self.bound, **inputs}
-        args = [torch.as_tensor(feeds[name]).to(self.device, torch.float32) for name in self.input_names]
+        args = [_float(torch.as_tensor(feeds[name])).to(self.device) for name in self.input_names]
         with self._lock, torch.inference_mode():
             outputs = self.module(*args)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return dict(zip(self.output_names, outputs))
+
+
+def _float(tensor: Tensor) -> Tensor:
+    """Float32, except float16 state (compact precision factors), which the graph casts itself."""
+    return tensor if tensor.dtype == torch.float16 else tensor.to(torch.float32)

@@ -23,6 +23,7 @@ import numpy as np
 
 from padim.errors import ModelFileError, OptionError
 from padim.images import as_size
+from padim.memory import RUN_PIXELS, default_batch_size, images_per_run, return_large_blocks
 from padim.scoring import Calibration, manual, region
 
 PathLike = str | os.PathLike
@@ -84,12 +85,18 @@ class OrtRunner:
         overridable = self.session.get_overridable_initializers()
         self.input_names = {i.name for i in [*self.session.get_inputs(), *overridable]}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.bound = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (bound or {}).items()}
+        self.bound = {k: _float(v) for k, v in (bound or {}).items()}
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
-        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in {**self.bound, **inputs}.items()}
+        feeds = {k: _float(v) for k, v in {**self.bound, **inputs}.items()}
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+def _float(array: Any) -> np.ndarray:
+    """A contiguous float32 array, except float16 state (compact precision factors), kept as it is."""
+    array = np.asarray(array)
+    return np.ascontiguousarray(array, dtype=np.float16 if array.dtype == np.float16 else np.float32)
 
 
 @dataclass
@@ -155,6 +162,8 @@ class Predictor:
         kind: what runs it: ``"onnxruntime"`` or ``"torch"``.
         threshold_input: whether ``run`` takes the threshold (files exported by padim-toolkit
             0.1 do not: their threshold cannot be changed at prediction time).
+        run_pixels: at most this many pixels of images per call of ``run`` (None:
+            :data:`padim.memory.RUN_PIXELS`).
     """
 
     def __init__(
@@ -166,8 +175,10 @@ class Predictor:
         config: dict,
         kind: str,
         threshold_input: bool = True,
+        run_pixels: int | None = None,
     ) -> None:
         self.run = run
+        self.run_pixels = RUN_PIXELS if run_pixels is None else run_pixels
         self.image_size = tuple(image_size)
         self.calibration = calibration
         self.config = config
@@ -188,10 +199,15 @@ class Predictor:
         if not self.threshold_input:
             raise OptionError("--threshold: this ONNX file was exported by padim-toolkit 0.1; export it again")
         new = manual(float(threshold), self.calibration)
-        return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind)
+        return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind,
+                         run_pixels=self.run_pixels)  # fmt: skip
 
     def predict_batch(self, images: np.ndarray) -> Prediction:
-        """Prediction for a pre-processed batch (N, 3, H, W) float32 (:func:`padim.images.preprocess`)."""
+        """Prediction for a pre-processed batch (N, 3, H, W) float32 (:func:`padim.images.preprocess`).
+
+        The images go through the graph a few at a time (:func:`padim.memory.images_per_run`), so
+        the activations stay bounded at large working sizes whatever the batch size.
+        """
         images = np.asarray(images) if not hasattr(images, "detach") else images
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, *self.image_size):
             raise OptionError(
@@ -201,9 +217,13 @@ class Predictor:
         calibration = self.calibration
         threshold = math.nan if calibration is None else calibration.threshold
         scale = 1.0 if calibration is None else calibration.scale
+        step = images_per_run(self.image_size, self.run_pixels)
+        runs = [
+            self.run(images=images[start : start + step], threshold=np.float32(threshold), scale=np.float32(scale))
+            for start in range(0, max(len(images), 1), step)
+        ]
         out = {
-            k: _numpy(v)
-            for k, v in self.run(images=images, threshold=np.float32(threshold), scale=np.float32(scale)).items()
+            k: _numpy(v) if len(runs) == 1 else np.concatenate([_numpy(r[k]) for r in runs]) for k, v in runs[0].items()
         }
         if calibration is None:
             return Prediction(out["anomaly_map"], out["score"])
@@ -214,19 +234,22 @@ class Predictor:
         self,
         images: Any,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         quiet: bool = True,
         skip_bad: bool = False,
     ) -> Prediction:
-        """Prediction for images in any form :func:`padim.loading.as_batches` takes (a folder: its images)."""
+        """Prediction for images in any form :func:`padim.loading.as_batches` takes (a folder: its images).
+
+        ``batch_size`` None: by the working size (:func:`padim.memory.default_batch_size`).
+        """
         from padim.loading import as_batches
 
         batches = as_batches(
             images,
             self.image_size,
             folder="images",
-            batch_size=batch_size,
+            batch_size=default_batch_size(self.image_size) if batch_size is None else batch_size,
             workers=workers,
             quiet=quiet,
             skip_bad=skip_bad,
@@ -308,6 +331,7 @@ def open_model(path: PathLike, device: str = "cpu", backend: str = "auto") -> Pr
     ...
     padim.errors.ModelFileError: missing.onnx: model file not found
     """
+    return_large_blocks()  # big images: activations and maps go back to the system once freed
     if Path(path).suffix.lower() == ".onnx":
         return open_onnx(path, device=device)
     if not Path(path).is_file():  # say so before importing torch
