@@ -67,9 +67,15 @@ def colormap(values: Any) -> np.ndarray:
     >>> colormap(np.array([[-1.0, 0.0, 1.0, 2.0]])).tolist()
     [[[0, 0, 128], [0, 0, 128], [128, 0, 0], [128, 0, 0]]]
     """
-    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
-    index = np.round(np.clip(values, 0.0, 1.0) * (len(_JET) - 1)).astype(np.intp)
-    return _JET[index]
+    return _JET[_table_index(np.asarray(values, dtype=np.float32))]
+
+
+def _table_index(values: np.ndarray) -> np.ndarray:
+    """Index into the 256-entry table of positions in [0, 1] (clipped; NaN -> 0), as uint8."""
+    index = np.clip(values, 0.0, 1.0)
+    index *= len(_JET) - 1
+    index = np.rint(index, out=index)
+    return np.nan_to_num(index, copy=False, nan=0.0).astype(np.uint8)
 
 
 def region_boundary(region: Any) -> np.ndarray:
@@ -124,13 +130,17 @@ def fade_weights(values: Any, alpha: float, fade: tuple[float, float] | None) ->
     >>> fade_weights(np.array([0.0, 0.25, 0.375, 0.5, 1.0]), 0.4, (0.25, 0.5)).tolist()
     [0.0, 0.0, 0.2, 0.4, 0.4]
     """
-    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=1.0)
+    values = np.asarray(values)
+    values = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
     if fade is None:
-        return np.full(values.shape, alpha)
+        return np.full(values.shape, alpha, dtype=values.dtype)
     low, high = fade
     if not 0.0 <= low < high:
         raise ValueError(f"fade must be (low, high) with 0 <= low < high, got {fade!r}")
-    return alpha * np.clip((values - low) / (high - low), 0.0, 1.0)
+    weight = values - values.dtype.type(low)
+    weight *= values.dtype.type(alpha / (high - low))
+    np.clip(weight, 0.0, alpha, out=weight)
+    return np.nan_to_num(weight, copy=False, nan=alpha)
 
 
 def contour_width(size: tuple[int, int]) -> int:
@@ -186,7 +196,7 @@ def overlay(
     >>> overlay(image, np.zeros((2, 2)), vmin=0.0, vmax=1.0, alpha=0.5)[0, 0].tolist()
     [100, 100, 100]
     """
-    anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
+    anomaly_map = np.asarray(anomaly_map)
     if anomaly_map.ndim != 2:
         raise ValueError(f"anomaly_map must have shape (H, W), got shape {anomaly_map.shape}")
     if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
@@ -198,10 +208,16 @@ def overlay(
         raise ValueError(f"contour_color must be three ints in [0, 255], got {contour_color!r}")
 
     base = _as_rgb_image(image, anomaly_map.shape)
-    position = (anomaly_map - vmin) / (vmax - vmin)
-    weight = fade_weights(position, alpha, fade)[..., None].astype(np.float32)
-    blended = (1.0 - weight) * base.astype(np.float32) + weight * colormap(position).astype(np.float32)
-    out = np.round(blended).astype(np.uint8)
+    # float32 throughout (a 900x900 picture in about a third of float64's time): the colours
+    # are 8-bit, far coarser than float32's rounding.
+    position = (anomaly_map.astype(np.float32) - np.float32(vmin)) * np.float32(1.0 / (vmax - vmin))
+    weight = fade_weights(position, alpha, fade)
+    out = base.copy()
+    shown = weight > 0  # most of a picture is usually faded out: blend only where colour shows
+    if shown.any():
+        blended = base[shown].astype(np.float32)
+        blended += weight[shown][:, None] * (_JET[_table_index(position[shown])] - blended)
+        out[shown] = np.rint(blended, out=blended).astype(np.uint8)
     if region is not None:
         region = np.asarray(region, dtype=bool)
         if region.shape != anomaly_map.shape:
