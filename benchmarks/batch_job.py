@@ -165,9 +165,10 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
     if which == "old":
         from padim.cli import overlay_at_image_size
         from padim.files import write_bytes
+        from padim.pictures import png_bytes
         from padim.runtime import open_model
         from padim.transforms import load_image, preprocess
-        from padim.visualize import heatmap_range, png_bytes
+        from padim.visualize import heatmap_range
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)
@@ -189,9 +190,10 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         from padim.decoding import reduced
         from padim.files import LineAppender, write_bytes
         from padim.images import load_image, preprocess
+        from padim.pictures import picture_bytes
         from padim.runtime import open_model
         from padim.verdicts import Row, region_extent
-        from padim.visualize import heatmap_range, overlay_at_image_size, picture_bytes
+        from padim.visualize import heatmap_range, overlay_at_image_size
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)

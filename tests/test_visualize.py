@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim import visualize
+from padim import pictures, visualize
 
 
 def _naive_boundary(region: np.ndarray) -> np.ndarray:
@@ -165,21 +165,21 @@ def test_overlay_rejects_bad_arguments(kwargs, error, match):
 
 def test_png_bytes_round_trip():
     array = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    decoded = np.asarray(Image.open(io.BytesIO(visualize.png_bytes(array))))
+    decoded = np.asarray(Image.open(io.BytesIO(pictures.png_bytes(array))))
     np.testing.assert_array_equal(decoded, array)
 
 
 def test_save_png_is_atomic(tmp_path):
     array = np.zeros((4, 4, 3), dtype=np.uint8)
     target = tmp_path / "sub" / "a.png"
-    visualize.save_png(target, array)
+    pictures.save_png(target, array)
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]  # no temporary left
     np.testing.assert_array_equal(np.asarray(Image.open(target)), array)
 
     with pytest.raises(TypeError, match="uint8"):
-        visualize.save_png(tmp_path / "b.png", array.astype(np.float32))
+        pictures.save_png(tmp_path / "b.png", array.astype(np.float32))
     with pytest.raises(ValueError, match="shape"):
-        visualize.save_png(target, np.zeros((4, 4, 2), dtype=np.uint8))
+        pictures.save_png(target, np.zeros((4, 4, 2), dtype=np.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(target)), array)  # old file intact
@@ -187,7 +187,7 @@ def test_save_png_is_atomic(tmp_path):
 
 def test_save_png_interrupted_keeps_old_file(tmp_path, monkeypatch):
     target = tmp_path / "a.png"
-    visualize.save_png(target, np.zeros((2, 2, 3), dtype=np.uint8))
+    pictures.save_png(target, np.zeros((2, 2, 3), dtype=np.uint8))
     before = target.read_bytes()
 
     def crash(self, data):
@@ -196,7 +196,7 @@ def test_save_png_interrupted_keeps_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(target), "write_bytes", crash)
     with pytest.raises(OSError, match="disk full"):
-        visualize.save_png(target, np.full((2, 2, 3), 255, dtype=np.uint8))
+        pictures.save_png(target, np.full((2, 2, 3), 255, dtype=np.uint8))
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

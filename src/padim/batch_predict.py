@@ -5,7 +5,7 @@ loading pipeline (:mod:`padim.loading`: threads, in order, a batch decoded ahead
 on one batch while a pool of threads finishes the images of the previous one: the predicted
 region's bounding box and area in pixels of the original image (:func:`padim.verdicts.region_extent`, the rule
 of :mod:`padim.regions`), and the overlay picture (:func:`padim.visualize.overlay_at_image_size`)
-encoded (:func:`padim.visualize.picture_bytes`) and written under ``overlays/``, mirroring the
+encoded (:func:`padim.pictures.picture_bytes`) and written under ``overlays/``, mirroring the
 images' folders. Each image's row is appended to ``predictions.csv`` as soon as it and every
 image before it are done (:class:`padim.files.LineAppender`: whole lines, one write each), so an
 interrupted job keeps a row for every image it finished, in the input order. Memory is bounded
@@ -27,9 +27,10 @@ from padim.datasets import Sample
 from padim.errors import DataError, OptionError, OutputError
 from padim.files import LineAppender, write_bytes
 from padim.loading import default_workers, iter_batches
+from padim.pictures import PICTURE_FORMATS, picture_bytes
 from padim.progress import progress
 from padim.verdicts import CSV_COLUMNS, Row, overlay_names, region_extent
-from padim.visualize import PICTURE_FORMATS, heatmap_range, overlay_at_image_size, picture_bytes
+from padim.visualize import heatmap_range, overlay_at_image_size
 
 #: Which images get an overlay picture: every one, the anomalous ones (and, for a model without
 #: a threshold, every one), or none.
@@ -126,7 +127,7 @@ def predict_files(
         samples: the images (:func:`padim.datasets.image_samples`).
         output: the folder to write (created if missing); None writes nothing (``on_row`` gets the rows).
         overlays: which images get a picture (:data:`OVERLAY_CHOICES`).
-        overlay_format: a key of :data:`padim.visualize.PICTURE_FORMATS`.
+        overlay_format: a key of :data:`padim.pictures.PICTURE_FORMATS`.
         batch_size, workers, skip_bad: as :func:`padim.loading.iter_batches`; ``workers`` threads
             also finish the images (0 or 1: in this thread).
         quiet: no progress display (it counts finished images, with images/s and the time left).

@@ -27,7 +27,7 @@ from padim import report_tables as tables
 from padim.charts import svg_histogram, svg_pro, svg_roc
 from padim.files import write_text
 from padim.operating_points import confusion, image_rows, threshold_table
-from padim.visualize import save_png
+from padim.pictures import save_png
 
 # Matplotlib's "tab10": distinct for the per-defect ROC curves.
 _PALETTE = (

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
 import time
@@ -47,7 +46,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image
@@ -58,6 +56,7 @@ from padim.drift import DriftMonitor
 from padim.errors import ImageError, ModelFileError, OutputError
 from padim.images import load_image
 from padim.model_info import file_sha256
+from padim.pictures import picture_bytes
 from padim.runtime import open_model
 from padim.uploads import UploadError, multipart_file, read_body
 from padim.verdict_log import VerdictLog, utc_now
@@ -105,16 +104,8 @@ def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
     if heatmap:
         vmin, vmax = heatmap_range(calibration, anomaly_map)
         picture = overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, HEATMAP_MAX_SIDE, score=score)
-        answer["heatmap_png"] = base64.b64encode(_quick_png(picture)).decode("ascii")
+        answer["heatmap_png"] = base64.b64encode(picture_bytes(picture, "png")).decode("ascii")
     return answer
-
-
-def _quick_png(picture: np.ndarray) -> bytes:
-    """PNG at zlib level 1: 4x faster than the default level 6 for a 16% larger file (512 px overlay:
-    51 ms against 218 ms), which matters per request and not for files written once."""
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def _check_positive(name: str, value: Any) -> None:
