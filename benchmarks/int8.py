@@ -70,6 +70,9 @@ def histogram_calibrate(method: str):
 
         model = q.optimized(graph) if isinstance(graph, bytes) else graph
         wanted = sorted(set(q.backbone_activations(model)[1].values()))
+        # onnxruntime's histogram collectors stack the batches' arrays: every batch must have one
+        # shape, so the largest divisor of the image count up to batch_size.
+        batch_size = max(k for k in range(1, batch_size + 1) if len(images) % k == 0)
         batches = iter([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
 
         class Reader(CalibrationDataReader):
@@ -320,7 +323,13 @@ def main() -> None:
                 (("MVTec bottle", args.bottle), ("hazelnut toy", args.hazelnut))}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="padim-int8-bench-") as tmp:
         if "quality" not in args.skip:
-            report["quality"] = {name: quality(name, prefix) for name, prefix in prefixes.items()}
+            report["quality"] = {}
+            for name, prefix in prefixes.items():  # each data set's result kept, so a rerun resumes
+                done = args.out.parent / f".{args.out.name}-quality-{name.replace(' ', '_')}.json"
+                if not done.exists():
+                    done.parent.mkdir(parents=True, exist_ok=True)
+                    done.write_text(json.dumps(quality(name, prefix)))
+                report["quality"][name] = json.loads(done.read_text())
         if "parity" not in args.skip:
             report["parity"] = parity(prefixes["MVTec bottle"], Path(tmp))
         if "jobs" not in args.skip:
