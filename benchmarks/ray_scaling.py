@@ -102,7 +102,8 @@ def merge_costs(shards: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), patches: int
         parts.append(stats)
     rows = {}
     for k in shards:
-        seconds = statistics.median(timed(lambda: functools.reduce(lambda a, b: a.merge(b), parts[:k])) for _ in range(3))
+        merge = functools.partial(functools.reduce, lambda a, b: a.merge(b), parts[:k])
+        seconds = statistics.median(timed(merge) for _ in range(3))
         rows[k] = {"merge_s": seconds, "bytes_received": k * (parts[0].mean.nbytes + parts[0].m2.nbytes)}
     merged = functools.reduce(lambda a, b: a.merge(b), parts)
     factor_s = timed(lambda: precision_cholesky_from_stats(merged, 0.01, packed=True))
