@@ -23,7 +23,9 @@ object-store URL that Ray Data reads); rows and pictures come back to the driver
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -163,7 +165,7 @@ class _Scorer:
     """
 
     def __init__(self, model_bytes: bytes, suffix: str, device: str, backend: str, threshold: float | None,
-                 threads: int, job: Any, image_size: tuple[int, int]) -> None:  # fmt: skip
+                 threads: int, job: Any) -> None:  # fmt: skip
         import tempfile
 
         import torch
@@ -183,7 +185,8 @@ class _Scorer:
             self.predictor = open_model(path, device=device, backend=backend)
         if threshold is not None:
             self.predictor = self.predictor.with_threshold(threshold)
-        self.job, self.image_size = job, image_size
+        self.job = dataclasses.replace(job, calibration=self.predictor.calibration)
+        self.image_size = self.predictor.image_size
 
     def __call__(self, batch: dict) -> dict:
         import pickle
@@ -252,14 +255,15 @@ def predict_files(model_path: str | os.PathLike, samples: Sequence[Any], output:
     from padim.batch_predict import RowWriter, prepare_job
     from padim.errors import ImageError
     from padim.files import write_bytes
+    from padim.model_info import model_info
     from padim.progress import progress
-    from padim.runtime import open_model
 
     ray = connect()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # padim's own progress display
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     gpu = str(device).startswith("cuda")
-    head = open_model(model_path, device="cpu", backend=backend) if not gpu else open_model(model_path, device, backend)
-    calibration = head.with_threshold(threshold).calibration if threshold is not None else head.calibration
-    job, samples, names, summary = prepare_job(calibration, samples, output, overlays, overlay_format)
+    model_info(model_path)  # a padim model, or one line saying why not; the actors open it
+    job, samples, names, summary = prepare_job(None, samples, output, overlays, overlay_format)
     resources = ray.cluster_resources()
     if n_actors is None:
         n_actors = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1)) // threads
@@ -272,16 +276,7 @@ def predict_files(model_path: str | os.PathLike, samples: Sequence[Any], output:
     model_ref = ray.put(Path(model_path).read_bytes())
     scored = data.map_batches(
         _Scorer,
-        fn_constructor_args=(
-            model_ref,
-            Path(model_path).suffix,
-            str(device),
-            backend,
-            threshold,
-            threads,
-            job,
-            tuple(head.image_size),
-        ),  # fmt: skip
+        fn_constructor_args=(model_ref, Path(model_path).suffix, str(device), backend, threshold, threads, job),
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=n_actors),
