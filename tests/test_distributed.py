@@ -132,3 +132,15 @@ def test_cli_fit_update_and_predict_on_ray(mvtec_tree: Path, tiny_padim: Path, t
     assert len(local_rows) == 7 and ray_rows == local_rows
     for row in local_rows:
         assert (tmp_path / "ray" / row["overlay"]).read_bytes() == (tmp_path / "local" / row["overlay"]).read_bytes()
+
+
+def test_an_unreadable_image_on_ray_is_one_line(mvtec_tree: Path, tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    for path in sorted((mvtec_tree / "train" / "good").iterdir())[:3]:
+        (good / path.name).write_bytes(path.read_bytes())
+    (good / "broken.png").write_bytes(b"not an image")
+    flags = ["--backbone", "resnet18", "--random-weights", "--image-size", "64", "--backend", "torch", "--quiet"]
+    assert main(["fit", str(good), "-o", str(tmp_path / "m.padim"), *flags, "--holdout", "0", "--ray"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("padim fit: error:") and "broken.png" in error[0]

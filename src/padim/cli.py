@@ -135,6 +135,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from padim import distributed
 
+        if args.backbone_dtype == "int8" and args.update is None:  # before starting Ray
+            raise OptionError(distributed.INT8_REFUSAL)
         distributed.connect(args.ray or None)
     if args.update is not None:
         from padim.incremental import update

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import logging
 import os
 import sys
@@ -33,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from padim.errors import DataError, OptionError
+from padim.errors import DataError, OptionError, PadimError
 
+#: int8 backbones are calibrated on the first images of one stream; a sharded fit does not do that.
+INT8_REFUSAL = "--ray fits a float32 backbone only; fit an int8 model without --ray (--backbone-dtype int8)"
 #: Ray's retries of a task whose worker died (each retry restarts its shard from the first image).
 MAX_RETRIES = 3
 
@@ -111,10 +112,17 @@ def shard_statistics(model: Any, samples: Sequence[Any], *, n_shards: int | None
     task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(_shard_statistics)
     options = {**(options or {}), "quiet": True}
     futures = [task.remote(ref, part, options, threads, before_shard) for part in shards(list(samples), n_shards)]
-    results = ray.get(futures)  # in shard order, whatever order they finish in
-    parts = [stats for stats, _ in results if stats is not None]
-    skipped = {path: reason for _, part in results for path, reason in part.items()}
-    return (functools.reduce(lambda a, b: a.merge(b), parts) if parts else None), skipped
+    merged, skipped = None, {}
+    while futures:  # merged in shard order (the same sums every run), one shard's statistics held at a time
+        try:
+            stats, part = ray.get(futures.pop(0))
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, PadimError):  # an unreadable image: its one line, not a traceback
+                raise error.cause from None
+            raise
+        skipped.update(part)
+        merged = stats if merged is None else (merged if stats is None else merged.merge(stats))
+    return merged, skipped
 
 
 def fit(model: Any, data: Any, *, validation: Any = None, n_shards: int | None = None, threads: int = 1,
@@ -138,7 +146,7 @@ def fit(model: Any, data: Any, *, validation: Any = None, n_shards: int | None =
         DataError: as :meth:`padim.model.Padim.fit`.
     """
     if model.backbone_dtype == "int8":
-        raise OptionError("--ray fits a float32 backbone only; fit an int8 model without --ray")
+        raise OptionError(INT8_REFUSAL)
     source, validation, options = model._start(data, validation, batch_size, 0, quiet, skip_bad)
     if not isinstance(source, list):
         raise OptionError("a distributed fit reads image files: give a folder or a list of paths")
