@@ -70,8 +70,9 @@ class _Job:
     kind: str
 
 
-def _finish(job: _Job, path: Path, size, anomaly_map, score, normalized, flagged, picture, name) -> Row:
-    """One image after the model: its label, region, overlay picture (written) and row."""
+def finish_image(job: _Job, path: Path, size, anomaly_map, score, normalized, flagged, picture,
+                 name) -> tuple[Row, bytes | None]:  # fmt: skip
+    """One image after the model: its row (label, region) and its overlay picture's bytes (or None)."""
     score = float(score)
     if not math.isfinite(score):
         label, normalized = "error", None  # never "normal": the verdict fails closed, and says why
@@ -80,16 +81,75 @@ def _finish(job: _Job, path: Path, size, anomaly_map, score, normalized, flagged
     else:
         label, normalized = ("anomalous" if flagged else "normal"), float(normalized)
     region = None if label == "error" else region_extent(anomaly_map, size, job.calibration, score)
-    overlay = ""
+    overlay, encoded = "", None
     wanted = job.overlays == "all" or (job.overlays == "anomalous" and label in ("anomalous", ""))
     if picture is not None and wanted and label != "error":
         vmin, vmax = heatmap_range(job.calibration, anomaly_map)
         drawn = overlay_at_image_size(
             picture, anomaly_map, job.calibration, vmin, vmax, max_side=OVERLAY_MAX_SIDE, score=score
         )
-        overlay = f"overlays/{name}"
-        write_bytes(job.output / overlay, picture_bytes(drawn, job.kind))
-    return Row(path, score, normalized, label, overlay, tuple(size), region)
+        overlay, encoded = f"overlays/{name}", picture_bytes(drawn, job.kind)
+    return Row(path, score, normalized, label, overlay, tuple(size), region), encoded
+
+
+def _finish(job: _Job, *args: Any) -> Row:
+    """:func:`finish_image`, its picture written under the output folder."""
+    row, encoded = finish_image(job, *args)
+    if encoded is not None:
+        write_bytes(job.output / row.overlay, encoded)
+    return row
+
+
+class RowWriter:
+    """Appends rows to ``predictions.csv`` (when there is an output folder) and counts them in a :class:`JobSummary`."""
+
+    def __init__(self, summary: JobSummary, bar: Any, on_row: Callable[[Row], None] | None) -> None:
+        self.summary, self.bar, self.on_row = summary, bar, on_row
+        path = summary.csv_path
+        self.lines = None if path is None else LineAppender(path, ",".join(CSV_COLUMNS) + "\n")
+
+    def __call__(self, row: Row) -> None:
+        if self.lines is not None:
+            self.lines.append(row.csv_line())
+        self.summary.n_images += 1
+        self.summary.n_anomalous += row.label == "anomalous"
+        self.summary.n_overlays += bool(row.overlay)
+        if row.label == "error":
+            self.summary.errors.append(row.path)
+        self.bar.update(1)
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def close(self) -> None:
+        if self.lines is not None:
+            self.lines.close()
+
+
+def prepare_job(calibration: Any, samples: Sequence[Sample], output: str | os.PathLike | None, overlays: str,
+                overlay_format: str) -> tuple[_Job, list[Sample], list[str] | None, JobSummary]:  # fmt: skip
+    """Check a job's options and output folder; (job, samples to read, overlay names or None, summary).
+
+    Raises:
+        OptionError, OutputError, DataError: as :func:`predict_files`.
+    """
+    if overlays not in OVERLAY_CHOICES:
+        raise OptionError(f"--overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {overlays!r}")
+    if overlay_format not in PICTURE_FORMATS:
+        raise OptionError(f"--overlay-format must be one of {', '.join(PICTURE_FORMATS)}, got {overlay_format!r}")
+    output = None if output is None else Path(output)
+    summary = JobSummary(None if output is None else output / "predictions.csv")
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            raise OutputError(f"{output}: exists and is not a folder; expected an output folder (-o)")
+        inside = Path(os.path.abspath(output))
+        kept = [s for s in samples if inside not in Path(os.path.abspath(s.path)).parents]
+        summary.left_out, samples = len(samples) - len(kept), kept
+        if not samples:
+            raise DataError(f"{output}: every image given is inside the output folder; write the results elsewhere")
+    samples = list(samples)
+    draw = output is not None and overlays != "none"
+    names = overlay_names([s.path for s in samples], PICTURE_FORMATS[overlay_format][0]) if draw else None
+    return _Job(calibration, output, overlays, overlay_format), samples, names, summary
 
 
 class _InThisThread:
@@ -142,42 +202,14 @@ def predict_files(
         OptionError: for an unknown ``overlays`` or ``overlay_format``.
         OutputError: when the output folder cannot be written.
     """
-    if overlays not in OVERLAY_CHOICES:
-        raise OptionError(f"--overlays must be one of {', '.join(OVERLAY_CHOICES)}, got {overlays!r}")
-    if overlay_format not in PICTURE_FORMATS:
-        raise OptionError(f"--overlay-format must be one of {', '.join(PICTURE_FORMATS)}, got {overlay_format!r}")
-    output = None if output is None else Path(output)
-    summary = JobSummary(None if output is None else output / "predictions.csv")
-    if output is not None:
-        if output.exists() and not output.is_dir():
-            raise OutputError(f"{output}: exists and is not a folder; expected an output folder (-o)")
-        inside = Path(os.path.abspath(output))
-        kept = [s for s in samples if inside not in Path(os.path.abspath(s.path)).parents]
-        summary.left_out, samples = len(samples) - len(kept), kept
-        if not samples:
-            raise DataError(f"{output}: every image given is inside the output folder; write the results elsewhere")
-    samples = list(samples)
-    draw = output is not None and overlays != "none"
-    names = overlay_names([s.path for s in samples], PICTURE_FORMATS[overlay_format][0]) if draw else None
-    job = _Job(predictor.calibration, output, overlays, overlay_format)
+    job, samples, names, summary = prepare_job(predictor.calibration, samples, output, overlays, overlay_format)
+    draw = names is not None
     workers = default_workers() if workers is None else workers
-    rows = None if output is None else LineAppender(summary.csv_path, ",".join(CSV_COLUMNS) + "\n")
     # The first rows come after a batch is decoded and the model's first run (slower): say so.
     bar = progress(total=len(samples), desc="predict (decoding the first batch)", quiet=quiet, unit="img")
     pool = ThreadPoolExecutor(workers, thread_name_prefix="padim-finish") if workers > 1 else _InThisThread()
     pending: collections.deque[Future] = collections.deque()
-
-    def write(row: Row) -> None:
-        if rows is not None:
-            rows.append(row.csv_line())
-        summary.n_images += 1
-        summary.n_anomalous += row.label == "anomalous"
-        summary.n_overlays += bool(row.overlay)
-        if row.label == "error":
-            summary.errors.append(row.path)
-        bar.update(1)
-        if on_row is not None:
-            on_row(row)
+    write = RowWriter(summary, bar, on_row)
 
     counted, first = 0, True  # skipped files counted by the progress display; before the first batch
 
@@ -243,6 +275,5 @@ def predict_files(
     finally:
         pool.shutdown(wait=True)
         bar.close()
-        if rows is not None:
-            rows.close()
+        write.close()
     return summary

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from padim import __version__
 from padim.errors import ModelFileError, OptionError, PadimError
@@ -131,7 +132,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
     )
     start = time.perf_counter()
-    model.fit(args.data, validation=args.validation, **_options(args))
+    if args.ray is not None:
+        from padim import distributed
+
+        if args.backbone_dtype == "int8" and args.update is None:  # before starting Ray
+            raise OptionError(distributed.INT8_REFUSAL)
+        distributed.connect(args.ray or None)
+    if args.update is not None:
+        from padim.incremental import update
+
+        options = {**_options(args), "distributed": args.ray is not None}
+        model = update(args.update, args.data, device=args.device, backend=args.backend, **options)
+    elif args.ray is not None:
+        options = {k: v for k, v in _options(args).items() if k != "workers"}
+        distributed.fit(model, args.data, validation=args.validation, keep_stats=args.keep_stats, **options)
+    else:
+        model.fit(args.data, validation=args.validation, keep_stats=args.keep_stats, **_options(args))
     model.save(args.output)
     _report_skipped(model.skipped_)
     calibration = model.calibration_
@@ -156,6 +172,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         samples = image_samples(args.inputs, recursive=args.recursive)
     if args.output is None and len(samples) > 1:
         raise OptionError(f"-o OUTDIR is needed for {len(samples)} images (without it, give one image)")
+    if args.ray is not None:
+        return _predict_on_ray(args, samples)
     with phase(f"opening {args.model}", args.quiet):
         predictor = open_model(args.model, device=args.device, backend=args.backend)
     if args.threshold is not None:
@@ -172,6 +190,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
             on_row=on_row,
             **_options(args, predictor.image_size),
         )
+    return _predict_summary(args, summary, start)
+
+
+def _predict_on_ray(args: argparse.Namespace, samples: list) -> int:
+    """``padim predict --ray``: the batch job on a Ray cluster (:func:`padim.distributed.predict_files`)."""
+    from padim import distributed
+    from padim.model_file import read_model_file
+
+    start = time.perf_counter()
+    distributed.connect(args.ray or None)
+    size = args.batch_size
+    if size is None and not str(args.model).endswith(".onnx"):  # by working size, as the local command
+        size = _options(args, read_model_file(args.model)[1]["image_size"]).get("batch_size")
+    on_row = (lambda row: print(row.verdict(), flush=True)) if args.output is None else None
+    with _sigterm_as_interrupt():
+        summary = distributed.predict_files(
+            args.model, samples, args.output, overlays=args.overlays, overlay_format=args.overlay_format,
+            batch_size=size or args.batch_cap, device=args.device, backend=args.backend, threshold=args.threshold,
+            skip_bad=args.skip_bad, quiet=args.quiet, on_row=on_row,
+        )  # fmt: skip
+    return _predict_summary(args, summary, start)
+
+
+def _predict_summary(args: argparse.Namespace, summary: Any, start: float) -> int:
     _report_skipped(summary.skipped)
     if summary.left_out:
         _say(args, f"padim: left out {summary.left_out} image(s) inside the output folder {args.output}")
@@ -339,6 +381,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------------------
 
 
+def _ray_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help=f"{what}. ADDRESS: a cluster (ray://HOST:10001, HOST:6379 or auto); without it RAY_ADDRESS, "
+        "else a local cluster on this machine. Needs pip install 'padim-toolkit[ray]'",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="padim",
@@ -437,6 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.99,
         help="threshold = this quantile of held-out good scores (default: 0.99)",
     )
+    p.add_argument(
+        "--keep-stats",
+        action="store_true",
+        help="also store the mergeable statistics (about 3x the file size) and the held-out images' paths, "
+        "so that good images can be added later with --update",
+    )
+    p.add_argument(
+        "--update",
+        type=Path,
+        metavar="MODEL",
+        help="add the good images DATA to MODEL (fitted with --keep-stats), exactly as if fitted on both sets; "
+        "MODEL's settings are kept, the threshold is set again from both fits' held-out images",
+    )
+    _ray_option(p, "shard the images over the workers of a Ray cluster; each streams its shard into statistics, "
+                "merged once (float32 backbones)")  # fmt: skip
     common(p)
     p.set_defaults(func=cmd_fit)
 
@@ -477,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", dest="overlays", action="store_const", const="none", help=argparse.SUPPRESS)
     # 16, not 32: onnxruntime keeps the memory of its largest batch (390 MB at 32 images of 256 px,
     # 200 MB at 16) for 2% more time per image; 8000x8000 images then stay under 1.5 GB.
+    _ray_option(p, "read and decode the images with Ray Data and score them on a pool of actors, one "
+                "model each (one GPU each with --device cuda); rows are written as they arrive")  # fmt: skip
     common(p, batch_size=16)
     p.set_defaults(func=cmd_predict)
 

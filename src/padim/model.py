@@ -127,7 +127,8 @@ class Padim:
     triangles of the factors C of the precisions C C^T (:func:`padim.gaussian.pack_triangular`),
     ``n_images_``, ``calibration_`` (or None), ``quantization_`` (int8 ranges, or None), ``skipped_``
     (unreadable files left out),
-    ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``).
+    ``stats_`` (streamed statistics, after ``partial_fit`` or ``fit(keep_stats=True)``),
+    ``holdout_paths_`` (the files that set the threshold, for updates: :mod:`padim.incremental`).
 
     Example:
         >>> model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=20, sigma=2)
@@ -168,6 +169,20 @@ class Padim:
             DataError: for a missing or empty folder, fewer than 2 images, or (unless ``skip_bad``)
             an unreadable image.
         """
+        source, validation, options = self._start(data, validation, batch_size, workers, quiet, skip_bad)
+        if self.backbone_dtype == "int8":  # the backbone is calibrated on the first images of the stream
+            source = calibrate_model(self, source, **options)
+        self._accumulate(source, desc="fit", **options)
+        self._finish(keep_stats)
+        if validation is not None:
+            self.calibrate(validation, compact=True, **options)
+        self.__dict__.get("_runners", {}).pop("embed", None)  # its onnxruntime arena is not needed any more
+        memory.release_freed_memory()
+        return self
+
+    def _start(self, data: Any, validation: Any, batch_size: int | None, workers: int | None, quiet: bool,
+               skip_bad: bool) -> tuple[Any, Any, dict]:  # fmt: skip
+        """Fit's first steps: backbone, channels, working size, hold-out split; (images, validation, options)."""
         resolved = resolve_params(self)
         memory.return_large_blocks()
         for name in ("stats_", "mean_", "precision_cholesky_packed_", "_runners"):
@@ -182,18 +197,11 @@ class Padim:
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
+        named = None if validation is None else to_samples(validation, folder="good")
+        self.holdout_paths_ = [] if named is None else [s.path for s in named]  # for updates (padim.incremental)
         batch_size = memory.default_batch_size(self.image_size_) if batch_size is None else batch_size
         options = dict(batch_size=batch_size, workers=workers, quiet=quiet, skip_bad=skip_bad)
-        source = samples if samples is not None else data
-        if self.backbone_dtype == "int8":  # the backbone is calibrated on the first images of the stream
-            source = calibrate_model(self, source, **options)
-        self._accumulate(source, desc="fit", **options)
-        self._finish(keep_stats)
-        if validation is not None:
-            self.calibrate(validation, compact=True, **options)
-        self.__dict__.get("_runners", {}).pop("embed", None)  # its onnxruntime arena is not needed any more
-        memory.release_freed_memory()
-        return self
+        return (samples if samples is not None else data), validation, options
 
     def partial_fit(self, images: Any) -> Padim:
         """Add pre-processed good images (N, 3, H, W) to the statistics and refit; returns self.

@@ -17,6 +17,12 @@ metadata holds the working size, the Gaussian grid's stride, the tile size, the
 int8 graph is rebuilt without the training images; an older reader refuses the file rather
 than run Gaussians fitted on int8 features with a float32 backbone.
 
+A model fitted with ``keep_stats`` (``padim fit --keep-stats``) also holds its mergeable
+statistics, so that :mod:`padim.incremental` can add good images to it: ``stats_mean`` (P, D)
+float64, ``stats_m2`` (P, D(D+1)/2) in the fit's ``stats_dtype`` (float32 by default: twice
+the bytes of the float16 factors), and in the metadata ``stats_count`` and ``holdout_paths``
+(the absolute paths of the images that set the threshold). Readers that predate them ignore them.
+
 Older formats are read, with a float32 backbone: format 2 stored ``precision_cholesky``
 (P, D, D) float32, format 1 (padim-toolkit 0.1) the ``precision`` itself; their factors are
 kept in float32 when loaded.
@@ -112,6 +118,11 @@ def save(model: Padim, path: str | os.PathLike) -> Path:
     }
     if getattr(model, "quantization_", None) is not None:
         meta["quantization"] = model.quantization_.to_dict()
+    stats = model.__dict__.get("stats_")
+    if stats is not None:  # fit --keep-stats: what an update (padim.incremental) adds images to
+        tensors.update(stats_mean=stats.mean, stats_m2=stats.m2)
+        meta["stats_count"] = stats.count
+        meta["holdout_paths"] = [os.path.abspath(p) for p in getattr(model, "holdout_paths_", [])]
     write_model_file(path, tensors, meta)
     return Path(path)
 
@@ -126,7 +137,7 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
 
     from padim.backbones import FeatureExtractor, get_spec
     from padim.errors import PadimError
-    from padim.gaussian import pack_triangular
+    from padim.gaussian import GaussianStats, pack_triangular
     from padim.model import Padim, resolve_params
     from padim.pipeline import use_onnxruntime
     from padim.quantize import Quantization
@@ -182,6 +193,17 @@ def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             calibration_=None if calibration is None else Calibration(**calibration),
             quantization_=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
         )
+        if "stats_mean" in tensors:  # optional: the mergeable statistics (fit --keep-stats)
+            _expect(tensors, "stats_mean", (p, d))
+            _expect(tensors, "stats_m2", (p, d * (d + 1) // 2))
+            count, m2 = meta["stats_count"], tensors["stats_m2"]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+                raise ValueError(f"stats_count must be an int >= 2, got {count!r}")
+            fitted["stats_"] = GaussianStats(
+                count, tensors["stats_mean"].double().to(model.device), m2.to(model.device)
+            )
+            fitted["holdout_paths_"] = [Path(str(q)) for q in meta.get("holdout_paths", [])]
+            model.stats_dtype = "float64" if m2.dtype == torch.float64 else "float32"
         if fitted["feature_size_"] != get_spec(model.backbone).grid(fitted["image_size_"], fitted["grid_stride_"]):
             raise ValueError(f"feature_size {fitted['feature_size_']} does not match the working size and grid stride")
         for value in (fitted["mean_"], fitted["precision_cholesky_packed_"]):

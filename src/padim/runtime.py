@@ -33,7 +33,13 @@ ONNX_FORMAT_VERSION = 2
 
 
 def cpu_threads() -> int:
-    """CPUs this process may use (its affinity mask, not the machine's count)."""
+    """CPUs this process may use (its affinity mask, not the machine's count; ``PADIM_THREADS`` caps it).
+
+    A Ray worker of :mod:`padim.distributed` sets ``PADIM_THREADS`` to the CPUs it was given.
+    """
+    limit = os.environ.get("PADIM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        return int(limit)
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
