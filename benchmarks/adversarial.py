@@ -169,6 +169,7 @@ def no_normal(work: Path, proc: subprocess.CompletedProcess) -> str | None:
 
 def build_cases(base: Path) -> list[Case]:
     cases: list[Case] = []
+
     # --- images ---
     def bomb(work: Path) -> None:
         png_header_bomb(work / "imgs" / "bomb.png", 50000, 50000)
@@ -185,7 +186,12 @@ def build_cases(base: Path) -> list[Case]:
         return prepare
 
     cases += [
-        Case("bomb PNG 50000x50000: predict", "images", ["predict", "m.padim", "imgs", "-o", "out"], prepare=prep_imgs(bomb)),
+        Case(
+            "bomb PNG 50000x50000: predict",
+            "images",
+            ["predict", "m.padim", "imgs", "-o", "out"],
+            prepare=prep_imgs(bomb),
+        ),
         Case(
             "bomb PNG: predict --skip-bad",
             "images",
@@ -194,19 +200,41 @@ def build_cases(base: Path) -> list[Case]:
             prepare=prep_imgs(bomb),
         ),
         Case("bomb PNG: predict one file", "images", ["predict", "m.onnx", "imgs/bomb.png"], prepare=prep_imgs(bomb)),
-        Case("12000x12000 1-bit PNG: predict", "images", ["predict", "m.onnx", "imgs/big.png"], prepare=prep_imgs(oversize)),
+        Case(
+            "12000x12000 1-bit PNG: predict",
+            "images",
+            ["predict", "m.onnx", "imgs/big.png"],
+            prepare=prep_imgs(oversize),
+        ),
         Case(
             "bomb PNG in train/good: fit",
             "images",
             ["fit", "bombtree", "-o", "x.padim", "--random-weights", "--image-size", "64", "--n-features", "8"],
-            prepare=lambda w: (shutil.copytree(w / "data", w / "bombtree"), png_header_bomb(w / "bombtree/train/good/zz.png", 50000, 50000)),
+            prepare=lambda w: (
+                shutil.copytree(w / "data", w / "bombtree"),
+                png_header_bomb(w / "bombtree/train/good/zz.png", 50000, 50000),
+            ),
         ),
         Case(
             "bomb PNG in train/good: fit --skip-bad",
             "images",
-            ["fit", "bombtree", "-o", "x.padim", "--random-weights", "--image-size", "64", "--n-features", "8", "--skip-bad"],
+            [
+                "fit",
+                "bombtree",
+                "-o",
+                "x.padim",
+                "--random-weights",
+                "--image-size",
+                "64",
+                "--n-features",
+                "8",
+                "--skip-bad",
+            ],
             expect_ok=True,
-            prepare=lambda w: (shutil.copytree(w / "data", w / "bombtree"), png_header_bomb(w / "bombtree/train/good/zz.png", 50000, 50000)),
+            prepare=lambda w: (
+                shutil.copytree(w / "data", w / "bombtree"),
+                png_header_bomb(w / "bombtree/train/good/zz.png", 50000, 50000),
+            ),
         ),
         Case(
             "bomb PNG as a mask: evaluate",
@@ -217,14 +245,24 @@ def build_cases(base: Path) -> list[Case]:
                 [png_header_bomb(p, 50000, 50000) for p in sorted((w / "masktree/ground_truth").rglob("*.png"))[:1]],
             ),
         ),
-        Case("zero-byte image", "images", ["predict", "m.onnx", "empty.png"], prepare=lambda w: (w / "empty.png").write_bytes(b"")),
+        Case(
+            "zero-byte image",
+            "images",
+            ["predict", "m.onnx", "empty.png"],
+            prepare=lambda w: (w / "empty.png").write_bytes(b""),
+        ),
         Case(
             "truncated PNG",
             "images",
             ["predict", "m.onnx", "trunc.png"],
             prepare=lambda w: (w / "trunc.png").write_bytes((w / "one.png").read_bytes()[:200]),
         ),
-        Case("text file named .png", "images", ["predict", "m.onnx", "t.png"], prepare=lambda w: (w / "t.png").write_text("hello")),
+        Case(
+            "text file named .png",
+            "images",
+            ["predict", "m.onnx", "t.png"],
+            prepare=lambda w: (w / "t.png").write_text("hello"),
+        ),
         Case("a folder named x.png", "images", ["predict", "m.onnx", "d.png"], prepare=lambda w: (w / "d.png").mkdir()),
         Case("missing image", "images", ["predict", "m.onnx", "nope.png"]),
         Case(
@@ -234,10 +272,34 @@ def build_cases(base: Path) -> list[Case]:
             expect_ok=os.geteuid() == 0,
             prepare=lambda w: (shutil.copy(w / "one.png", w / "locked.png"), os.chmod(w / "locked.png", 0)),
         ),
-        Case("1x1 image", "images", ["predict", "m.onnx", "tiny.png"], expect_ok=True, prepare=lambda w: Image.new("L", (1, 1)).save(w / "tiny.png")),
-        Case("16-bit PNG", "images", ["predict", "m.onnx", "i16.png"], expect_ok=True, prepare=lambda w: Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(w / "i16.png")),
-        Case("CMYK JPEG", "images", ["predict", "m.onnx", "c.jpg"], expect_ok=True, prepare=lambda w: Image.new("CMYK", (40, 40)).save(w / "c.jpg")),
-        Case("animated GIF named .png", "images", ["predict", "m.onnx", "g.png"], expect_ok=True, prepare=lambda w: Image.new("P", (40, 40)).save(w / "g.png", format="GIF")),
+        Case(
+            "1x1 image",
+            "images",
+            ["predict", "m.onnx", "tiny.png"],
+            expect_ok=True,
+            prepare=lambda w: Image.new("L", (1, 1)).save(w / "tiny.png"),
+        ),
+        Case(
+            "16-bit PNG",
+            "images",
+            ["predict", "m.onnx", "i16.png"],
+            expect_ok=True,
+            prepare=lambda w: Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(w / "i16.png"),
+        ),
+        Case(
+            "CMYK JPEG",
+            "images",
+            ["predict", "m.onnx", "c.jpg"],
+            expect_ok=True,
+            prepare=lambda w: Image.new("CMYK", (40, 40)).save(w / "c.jpg"),
+        ),
+        Case(
+            "animated GIF named .png",
+            "images",
+            ["predict", "m.onnx", "g.png"],
+            expect_ok=True,
+            prepare=lambda w: Image.new("P", (40, 40)).save(w / "g.png", format="GIF"),
+        ),
     ]
     # --- model files ---
     cases += meta_case("null", lambda m: None)
@@ -250,7 +312,10 @@ def build_cases(base: Path) -> list[Case]:
     cases += meta_case("format_version 99", lambda m: {**m, "format_version": 99})
     cases += meta_case("feature_size '16x16'", lambda m: {**m, "feature_size": "16x16"})
     cases += meta_case("threshold 'high'", lambda m: {**m, "calibration": {**m["calibration"], "threshold": "high"}})
-    cases += meta_case("threshold NaN", lambda m: json.loads(json.dumps({**m, "calibration": {**m["calibration"], "threshold": float("nan")}})))
+    cases += meta_case(
+        "threshold NaN",
+        lambda m: json.loads(json.dumps({**m, "calibration": {**m["calibration"], "threshold": float("nan")}})),
+    )
     cases += meta_case("threshold inf", lambda m: {**m, "calibration": {**m["calibration"], "threshold": float("inf")}})
     cases += meta_case("calibration a string", lambda m: {**m, "calibration": "yes"})
     cases += meta_case("image_size [100000, 100000]", lambda m: {**m, "image_size": [100000, 100000]})
@@ -275,20 +340,70 @@ def build_cases(base: Path) -> list[Case]:
             Case(f"{label}: export", "model file", ["export", "bad.padim", "-o", "bad.onnx"], prepare=make),
         ]
 
-    cases += tensor_cases("NaN in the mean", lambda w: tensor_edit(w / "m.padim", w / "bad.padim", "mean", float("nan")))
-    cases += tensor_cases("inf in the precision factor", lambda w: tensor_edit(w / "m.padim", w / "bad.padim", "precision_cholesky_packed", float("inf")))
+    cases += tensor_cases(
+        "NaN in the mean", lambda w: tensor_edit(w / "m.padim", w / "bad.padim", "mean", float("nan"))
+    )
+    cases += tensor_cases(
+        "inf in the precision factor",
+        lambda w: tensor_edit(w / "m.padim", w / "bad.padim", "precision_cholesky_packed", float("inf")),
+    )
     cases += tensor_cases("bit flip in the mean", lambda w: bit_flip(w / "m.padim", w / "bad.padim", "mean"))
-    cases += tensor_cases("bit flip in the precision", lambda w: bit_flip(w / "m.padim", w / "bad.padim", "precision_cholesky_packed", 1, 5))
-    cases += tensor_cases("bit flip in the backbone", lambda w: bit_flip(w / "m.padim", w / "bad.padim", "backbone.conv1.weight"))
+    cases += tensor_cases(
+        "bit flip in the precision",
+        lambda w: bit_flip(w / "m.padim", w / "bad.padim", "precision_cholesky_packed", 1, 5),
+    )
+    cases += tensor_cases(
+        "bit flip in the backbone", lambda w: bit_flip(w / "m.padim", w / "bad.padim", "backbone.conv1.weight")
+    )
     cases += [
-        Case("truncated .padim", "model file", ["predict", "bad.padim", "one.png"], prepare=lambda w: (w / "bad.padim").write_bytes((w / "m.padim").read_bytes()[:5000])),
-        Case("pickle renamed .padim", "model file", ["predict", "bad.padim", "one.png"], prepare=lambda w: __import__("pickle").dump({"a": 1}, open(w / "bad.padim", "wb"))),
-        Case("empty .onnx", "model file", ["predict", "bad.onnx", "one.png"], prepare=lambda w: (w / "bad.onnx").write_bytes(b"")),
-        Case("truncated .onnx", "model file", ["predict", "bad.onnx", "one.png"], prepare=lambda w: (w / "bad.onnx").write_bytes((w / "m.onnx").read_bytes()[:4000])),
-        Case("foreign ONNX graph with padim metadata", "model file", ["predict", "foreign.onnx", "one.png"], prepare=lambda w: foreign_onnx(w)),
-        Case("foreign ONNX graph with padim metadata: info", "model file", ["info", "foreign.onnx"], prepare=lambda w: foreign_onnx(w)),
-        Case("ONNX metadata image_size [100000,100000]", "model file", ["predict", "bad.onnx", "one.png"], prepare=lambda w: onnx_meta(w, "padim.image_size", "[100000, 100000]")),
-        Case("ONNX metadata calibration NaN", "model file", ["predict", "bad.onnx", "one.png"], prepare=lambda w: onnx_meta(w, "padim.calibration", '{"threshold": NaN, "scale": 1.0}')),
+        Case(
+            "truncated .padim",
+            "model file",
+            ["predict", "bad.padim", "one.png"],
+            prepare=lambda w: (w / "bad.padim").write_bytes((w / "m.padim").read_bytes()[:5000]),
+        ),
+        Case(
+            "pickle renamed .padim",
+            "model file",
+            ["predict", "bad.padim", "one.png"],
+            prepare=lambda w: __import__("pickle").dump({"a": 1}, open(w / "bad.padim", "wb")),
+        ),
+        Case(
+            "empty .onnx",
+            "model file",
+            ["predict", "bad.onnx", "one.png"],
+            prepare=lambda w: (w / "bad.onnx").write_bytes(b""),
+        ),
+        Case(
+            "truncated .onnx",
+            "model file",
+            ["predict", "bad.onnx", "one.png"],
+            prepare=lambda w: (w / "bad.onnx").write_bytes((w / "m.onnx").read_bytes()[:4000]),
+        ),
+        Case(
+            "foreign ONNX graph with padim metadata",
+            "model file",
+            ["predict", "foreign.onnx", "one.png"],
+            prepare=lambda w: foreign_onnx(w),
+        ),
+        Case(
+            "foreign ONNX graph with padim metadata: info",
+            "model file",
+            ["info", "foreign.onnx"],
+            prepare=lambda w: foreign_onnx(w),
+        ),
+        Case(
+            "ONNX metadata image_size [100000,100000]",
+            "model file",
+            ["predict", "bad.onnx", "one.png"],
+            prepare=lambda w: onnx_meta(w, "padim.image_size", "[100000, 100000]"),
+        ),
+        Case(
+            "ONNX metadata calibration NaN",
+            "model file",
+            ["predict", "bad.onnx", "one.png"],
+            prepare=lambda w: onnx_meta(w, "padim.calibration", '{"threshold": NaN, "scale": 1.0}'),
+        ),
     ]
     # --- options ---
     fit = ["fit", "data", "-o", "o.padim", "--random-weights", "--n-features", "8"]
@@ -319,8 +434,12 @@ def build_cases(base: Path) -> list[Case]:
             )
         )
     for device in ("cuda", "cuda:7", "mps", "meta"):
-        cases.append(Case(f"predict .padim --device {device}", "options", ["predict", "m.padim", "one.png", "--device", device]))
-        cases.append(Case(f"predict .onnx --device {device}", "options", ["predict", "m.onnx", "one.png", "--device", device]))
+        cases.append(
+            Case(f"predict .padim --device {device}", "options", ["predict", "m.padim", "one.png", "--device", device])
+        )
+        cases.append(
+            Case(f"predict .onnx --device {device}", "options", ["predict", "m.onnx", "one.png", "--device", device])
+        )
     for name, extra in [
         ("--max-upload-mb inf", ["--max-upload-mb", "inf"]),
         ("--max-upload-mb nan", ["--max-upload-mb", "nan"]),
@@ -333,23 +452,97 @@ def build_cases(base: Path) -> list[Case]:
     ]:
         cases.append(Case(f"serve {name}", "options", ["serve", "m.onnx", "--port", str(free_port()), *extra]))
     cases.append(Case("serve a port in use", "service", lambda w: ["serve", "m.onnx", "--port", str(BUSY_PORT)]))
-    cases.append(Case("serve a malformed model", "service", ["serve", "bad.padim", "--port", str(free_port())], prepare=lambda w: tensor_edit(w / "m.padim", w / "bad.padim", "mean", float("nan"))))
+    cases.append(
+        Case(
+            "serve a malformed model",
+            "service",
+            ["serve", "bad.padim", "--port", str(free_port())],
+            prepare=lambda w: tensor_edit(w / "m.padim", w / "bad.padim", "mean", float("nan")),
+        )
+    )
     cases.append(Case("predict --threshold nan", "options", ["predict", "m.onnx", "one.png", "--threshold", "nan"]))
     cases.append(Case("evaluate --threshold inf", "options", ["evaluate", "m.onnx", "data", "--threshold", "inf"]))
-    cases.append(Case("calibrate --quantile 2", "options", ["calibrate", "m.padim", "--good", "data/train/good", "--quantile", "2"]))
+    cases.append(
+        Case(
+            "calibrate --quantile 2",
+            "options",
+            ["calibrate", "m.padim", "--good", "data/train/good", "--quantile", "2"],
+        )
+    )
     # --- outputs ---
     cases += [
-        Case("predict -o onto a file", "outputs", ["predict", "m.onnx", "data/test/good", "-o", "afile"], prepare=lambda w: (w / "afile").write_text("mine"), check=unchanged("afile", {"afile": hashlib.sha256(b"mine").hexdigest()})),
-        Case("fit -o onto a folder", "outputs", fit + ["--image-size", "64", "-o", "adir"], prepare=lambda w: (w / "adir").mkdir()),
-        Case("fit -o into a read-only folder", "outputs", fit + ["--image-size", "64", "-o", "ro/x.padim"], prepare=lambda w: ((w / "ro").mkdir(), os.chmod(w / "ro", 0o500)), expect_ok=os.geteuid() == 0),
-        Case("fit -o under a file", "outputs", fit + ["--image-size", "64", "-o", "afile/x.padim"], prepare=lambda w: (w / "afile").write_text("mine")),
-        Case("export -o /dev/null (a device)", "outputs", ["export", "m.padim", "-o", "/dev/null"], check=lambda w, p: None if Path("/dev/null").is_char_device() else "lost: /dev/null replaced"),
-        Case("export -o a fifo", "outputs", ["export", "m.padim", "-o", "fifo"], prepare=lambda w: os.mkfifo(w / "fifo"), check=lambda w, p: None if (w / "fifo").is_fifo() else "lost: the fifo was replaced"),
-        Case("export -o a symlink to a file", "outputs", ["export", "m.padim", "-o", "link.onnx"], prepare=lambda w: ((w / "target.txt").write_text("mine"), os.symlink(w / "target.txt", w / "link.onnx")), check=lambda w, p: None if (w / "link.onnx").is_symlink() and (w / "target.txt").read_text() == "mine" else "lost: the symlink or its target was replaced"),
-        Case("demo -o DIR with user files in DIR/data/weave", "outputs", ["demo", "-o", "demodir", "--quiet"], prepare=lambda w: ((w / "demodir/data/weave").mkdir(parents=True), (w / "demodir/data/weave/mine.txt").write_text("mine")), check=lambda w, p: None if (w / "demodir/data/weave/mine.txt").exists() else "lost: demo deleted the user's file"),
+        Case(
+            "predict -o onto a file",
+            "outputs",
+            ["predict", "m.onnx", "data/test/good", "-o", "afile"],
+            prepare=lambda w: (w / "afile").write_text("mine"),
+            check=unchanged("afile", {"afile": hashlib.sha256(b"mine").hexdigest()}),
+        ),
+        Case(
+            "fit -o onto a folder",
+            "outputs",
+            fit + ["--image-size", "64", "-o", "adir"],
+            prepare=lambda w: (w / "adir").mkdir(),
+        ),
+        Case(
+            "fit -o into a read-only folder",
+            "outputs",
+            fit + ["--image-size", "64", "-o", "ro/x.padim"],
+            prepare=lambda w: ((w / "ro").mkdir(), os.chmod(w / "ro", 0o500)),
+            expect_ok=os.geteuid() == 0,
+        ),
+        Case(
+            "fit -o under a file",
+            "outputs",
+            fit + ["--image-size", "64", "-o", "afile/x.padim"],
+            prepare=lambda w: (w / "afile").write_text("mine"),
+        ),
+        Case(
+            "export -o /dev/null (a device)",
+            "outputs",
+            ["export", "m.padim", "-o", "/dev/null"],
+            check=lambda w, p: None if Path("/dev/null").is_char_device() else "lost: /dev/null replaced",
+        ),
+        Case(
+            "export -o a fifo",
+            "outputs",
+            ["export", "m.padim", "-o", "fifo"],
+            prepare=lambda w: os.mkfifo(w / "fifo"),
+            check=lambda w, p: None if (w / "fifo").is_fifo() else "lost: the fifo was replaced",
+        ),
+        Case(
+            "export -o a symlink to a file",
+            "outputs",
+            ["export", "m.padim", "-o", "link.onnx"],
+            prepare=lambda w: ((w / "target.txt").write_text("mine"), os.symlink(w / "target.txt", w / "link.onnx")),
+            check=lambda w, p: (
+                None
+                if (w / "link.onnx").is_symlink() and (w / "target.txt").read_text() == "mine"
+                else "lost: the symlink or its target was replaced"
+            ),
+        ),
+        Case(
+            "demo -o DIR with user files in DIR/data/weave",
+            "outputs",
+            ["demo", "-o", "demodir", "--quiet"],
+            prepare=lambda w: (
+                (w / "demodir/data/weave").mkdir(parents=True),
+                (w / "demodir/data/weave/mine.txt").write_text("mine"),
+            ),
+            check=lambda w, p: (
+                None if (w / "demodir/data/weave/mine.txt").exists() else "lost: demo deleted the user's file"
+            ),
+        ),
     ]
     if Path("/dev/full").exists():
-        cases.append(Case("export -o /dev/full (disk full)", "outputs", ["export", "m.padim", "-o", "/dev/full"], check=lambda w, p: None if Path("/dev/full").is_char_device() else "lost: /dev/full replaced"))
+        cases.append(
+            Case(
+                "export -o /dev/full (disk full)",
+                "outputs",
+                ["export", "m.padim", "-o", "/dev/full"],
+                check=lambda w, p: None if Path("/dev/full").is_char_device() else "lost: /dev/full replaced",
+            )
+        )
     return cases
 
 
@@ -398,7 +591,7 @@ def run_case(case: Case, base: Path) -> Result:
         start = time.perf_counter()
         try:
             proc = padim(*argv, cwd=work, timeout=25 if argv[0] == "serve" else 300)
-        except subprocess.TimeoutExpired as error:
+        except subprocess.TimeoutExpired:
             kind = "clean" if argv[0] == "serve" and case.expect_ok else "accepted"
             return Result(case.name, case.group, kind, "still running after the time-out (it started)", 0.0)
         outcome, detail = classify(case, proc, work)
@@ -416,7 +609,21 @@ def make_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="adv-base-"))
     category = make_demo_dataset(base / "gen", n_train=8, n_test_good=2, n_test_defect=2, size=64)
     shutil.move(category, base / "data")
-    fit = padim("fit", "data", "-o", "m.padim", "--random-weights", "--image-size", "64", "--n-features", "16", "--backbone", "resnet18", "--quiet", cwd=base)
+    fit = padim(
+        "fit",
+        "data",
+        "-o",
+        "m.padim",
+        "--random-weights",
+        "--image-size",
+        "64",
+        "--n-features",
+        "16",
+        "--backbone",
+        "resnet18",
+        "--quiet",
+        cwd=base,
+    )
     assert fit.returncode == 0, fit.stderr
     assert padim("export", "m.padim", "-o", "m.onnx", "--quiet", cwd=base).returncode == 0
     shutil.copy(sorted((base / "data/test/good").iterdir())[0], base / "one.png")
@@ -438,13 +645,20 @@ def main() -> int:
         result = run_case(case, base)
         results.append(result)
         print(f"{result.outcome:10s} {result.name}: {result.detail}", flush=True)
-    counts = {kind: sum(r.outcome == kind for r in results) for kind in ("clean", "traceback", "accepted", "lost", "temp_left")}
+    counts = {
+        kind: sum(r.outcome == kind for r in results)
+        for kind in ("clean", "traceback", "accepted", "lost", "temp_left")
+    }
     counts["tried"] = len(results)
     print(json.dumps(counts))
     if not only:
         out = ROOT / "benchmarks" / "results"
-        (out / "adversarial.json").write_text(json.dumps({"counts": counts, "cases": [asdict(r) for r in results]}, indent=2) + "\n")
-        rows = "\n".join(f"| {r.group} | {r.name} | {r.outcome} | {r.detail.replace('|', '/')[:120]} |" for r in results)
+        (out / "adversarial.json").write_text(
+            json.dumps({"counts": counts, "cases": [asdict(r) for r in results]}, indent=2) + "\n"
+        )
+        rows = "\n".join(
+            f"| {r.group} | {r.name} | {r.outcome} | {r.detail.replace('|', '/')[:120]} |" for r in results
+        )
         (out / "adversarial.md").write_text(
             "# Adversarial catalogue\n\n`PYTHONPATH=src python benchmarks/adversarial.py`\n\n"
             + " ".join(f"{k}: {v}." for k, v in counts.items())

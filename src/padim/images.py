@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from padim.errors import DataError, ImageError, OptionError
+from padim.errors import DataError, ImageError, ImageTooLargeError, OptionError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,12 +62,21 @@ def max_pixels() -> int:
     return max(1, int(value * 1_000_000))
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height from an image file's header (no decoding); 0 when it cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except Exception:  # any failure is raised, with its one-line message, by decode()
+        return 0
+
+
 def check_pixels(size: tuple[int, int], name: str, what: str = "image") -> None:
-    """Raise an :class:`ImageError` naming ``name`` if ``size`` (width, height) is over :func:`max_pixels`."""
+    """Raise an :class:`ImageTooLargeError` naming ``name`` if ``size`` (width, height) is over :func:`max_pixels`."""
     width, height = size
     cap = max_pixels()
     if width * height > cap:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{name}: {what} of {width}x{height} pixels is over the cap of {cap / 1e6:g} megapixels "
             f"(a decompression bomb, or set --max-megapixels)"
         )
@@ -141,7 +150,7 @@ def decode(source: PathLike | bytes, what: str = "image") -> Image.Image:
     except (ImageError, OptionError):
         raise
     except Image.DecompressionBombError as error:  # Pillow's own limit, at open, when ours is set higher
-        raise ImageError(f"{name}: {what} has too many pixels ({str(error).split(',')[0]})") from None
+        raise ImageTooLargeError(f"{name}: {what} has too many pixels ({str(error).split(',')[0]})") from None
     except FileNotFoundError:
         raise ImageError(f"{name}: {what} file not found") from None
     except PermissionError:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from padim import __version__
-from padim.errors import ModelFileError, OptionError
+from padim.errors import ModelFileError, OptionError, OutputError
 from padim.files import atomic_path
 
 if TYPE_CHECKING:
@@ -75,11 +75,15 @@ def is_pair(value: Any, high: int) -> bool:
 #: key -> (test, what it must be); keys older formats lack are filled in before the check.
 SCHEMA = {
     "backbone": (lambda v: isinstance(v, str) and 0 < len(v) < 100, "a backbone name"),
-    "layers": (lambda v: isinstance(v, list) and 0 < len(v) < 10 and all(isinstance(x, str) for x in v),
-               "a list of layer names"),
+    "layers": (
+        lambda v: isinstance(v, list) and 0 < len(v) < 10 and all(isinstance(x, str) for x in v),
+        "a list of layer names",
+    ),
     "n_features": (lambda v: _is_int(v, 1, MAX_FEATURES), f"an int in 1..{MAX_FEATURES}"),
-    "image_size": (lambda v: is_pair(v, MAX_SIDE) and v[0] * v[1] <= MAX_WORKING_PIXELS,
-                   f"[height, width] of at most {MAX_WORKING_PIXELS:,} pixels"),
+    "image_size": (
+        lambda v: is_pair(v, MAX_SIDE) and v[0] * v[1] <= MAX_WORKING_PIXELS,
+        f"[height, width] of at most {MAX_WORKING_PIXELS:,} pixels",
+    ),
     "feature_size": (lambda v: is_pair(v, MAX_SIDE), "[height, width] of the feature grid"),
     "seed": (lambda v: _is_int(v, 0, 2**63 - 1), "an int in [0, 2**63)"),
     "eps": (lambda v: _is_number(v, 0, 1e6), "a finite number >= 0"),
@@ -124,7 +128,9 @@ def check_metadata(meta: Any, path: str | os.PathLike) -> dict:
         if key not in meta:
             raise ModelFileError(f"{path}: inconsistent padim model file (metadata {key!r} is missing)")
         if not test(meta[key]):
-            raise ModelFileError(f"{path}: inconsistent padim model file ({key} must be {expected}, got {meta[key]!r:.80})")
+            raise ModelFileError(
+                f"{path}: inconsistent padim model file ({key} must be {expected}, got {meta[key]!r:.80})"
+            )
     if meta["calibration"] is not None:
         from padim.scoring import Calibration
 
@@ -195,8 +201,14 @@ def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None
 
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     header = json.dumps({"format_version": FORMAT_VERSION, **meta, "tensor_sha256": tensor_digest(tensors)})
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_KEY: header})
+        try:
+            save_file(tensors, str(tmp), metadata={_KEY: header})
+        except SafetensorError as error:  # an OSError inside (a full disk) comes out as this
+            reason = "no space left on the device" if "StorageFull" in str(error) or "code: 28" in str(error) else error
+            raise OutputError(f"{path}: cannot write ({reason}); nothing was changed") from None
 
 
 def read_model_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict]:
@@ -338,4 +350,3 @@ def _pair(value: Any) -> tuple[int, int]:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
         raise ValueError(f"expected [height, width], got {value!r}")
     return int(value[0]), int(value[1])
-

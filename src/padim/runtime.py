@@ -23,8 +23,8 @@ import numpy as np
 
 from padim.errors import ModelFileError, OptionError
 from padim.images import as_size
-from padim.model_file import MAX_SIDE, MAX_WORKING_PIXELS, is_pair
 from padim.memory import RUN_PIXELS, default_batch_size, images_per_run, return_large_blocks
+from padim.model_file import MAX_SIDE, MAX_WORKING_PIXELS, is_pair
 from padim.scoring import Calibration, manual, region
 
 PathLike = str | os.PathLike

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,7 +146,8 @@ def make_demo_dataset(
         size: image size, int or (height, width), at least 16 px.
         seed: seed for NumPy's random generator; the same seed writes the same files.
         name: the category folder's name.
-        overwrite: replace an existing, non-empty category folder instead of failing.
+        overwrite: write over the files of an existing, non-empty category folder (of the same
+            names) instead of failing; nothing else in it is deleted or changed.
 
     Returns:
         the category folder ``root/name``.
@@ -171,8 +171,7 @@ def make_demo_dataset(
     category = Path(root) / name
     if category.exists() and any(category.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{category}: folder exists and is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(category)
+            raise FileExistsError(f"{category}: folder exists and is not empty; pass overwrite=True to write over it")
 
     def rng_for(stream: str, index: int) -> np.random.Generator:
         return np.random.default_rng([seed, _STREAM[stream], index])
