@@ -25,6 +25,8 @@ from padim import __version__
 from padim.errors import ModelFileError, OptionError, OutputError, PadimError
 
 EXIT_USER_ERROR = 2
+#: The environment variable of the pixel cap (:data:`padim.images.ENV_MAX_MEGAPIXELS`; no import here).
+ENV_MAX_MEGAPIXELS = "PADIM_MAX_MEGAPIXELS"
 #: ``padim predict`` finished, but some image's score was not a finite number (its label: error).
 EXIT_NO_VERDICT = 3
 #: The file ``padim demo`` leaves in its output folder: only a folder holding it is written over.
@@ -44,6 +46,7 @@ def _number(kind: type, low: float, high: float | None = None, *, low_open: bool
             value = None
         if (
             value is None
+            or value != value  # NaN
             or value < low
             or (low_open and value == low)
             or (high is not None and (value > high or (not low_open and value == high)))
@@ -690,13 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    cap = os.environ.get(ENV_MAX_MEGAPIXELS)
     if getattr(args, "max_megapixels", None) is not None:  # read by padim.images (and a server's workers)
-        from padim.images import ENV_MAX_MEGAPIXELS
-
         os.environ[ENV_MAX_MEGAPIXELS] = repr(args.max_megapixels)
-    warnings.filterwarnings("ignore", message=".*decompression bomb")  # Pillow's warning: padim's own cap decides
     try:
-        with _sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext():
+        with warnings.catch_warnings(), _sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext():
+            warnings.filterwarnings("ignore", message=".*decompression bomb")  # Pillow's: padim's own cap decides
             return args.func(args)
     except PadimError as error:
         if os.environ.get("PADIM_DEBUG"):
@@ -707,6 +709,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("padim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if cap is None:
+            os.environ.pop(ENV_MAX_MEGAPIXELS, None)
+        else:
+            os.environ[ENV_MAX_MEGAPIXELS] = cap
 
 
 if __name__ == "__main__":

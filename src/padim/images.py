@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def check_pixels(size: tuple[int, int], name: str, what: str = "image") -> None:
     if width * height > cap:
         raise ImageTooLargeError(
             f"{name}: {what} of {width}x{height} pixels is over the cap of {cap / 1e6:g} megapixels "
-            f"(a decompression bomb, or set --max-megapixels)"
+            f"(a decompression bomb? --max-megapixels raises the cap)"
         )
 
 
@@ -150,7 +151,11 @@ def decode(source: PathLike | bytes, what: str = "image") -> Image.Image:
     except (ImageError, OptionError):
         raise
     except Image.DecompressionBombError as error:  # Pillow's own limit, at open, when ours is set higher
-        raise ImageTooLargeError(f"{name}: {what} has too many pixels ({str(error).split(',')[0]})") from None
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        count = f" of {int(pixels.group(1)) / 1e6:g} megapixels" if pixels else ""
+        raise ImageTooLargeError(
+            f"{name}: {what}{count} is over the cap of {max_pixels() / 1e6:g} megapixels (a decompression bomb?)"
+        ) from None
     except FileNotFoundError:
         raise ImageError(f"{name}: {what} file not found") from None
     except PermissionError:
