@@ -603,6 +603,118 @@ def run_case(case: Case, base: Path) -> Result:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def service_cases(base: Path) -> list[Result]:
+    """The running service: concurrent bombs and at-the-cap uploads (RSS), a stalled client, telemetry."""
+    import concurrent.futures
+    import threading
+
+    import httpx
+
+    work = Path(tempfile.mkdtemp(prefix="adv-serve-"))
+    home = work / "home"
+    home.mkdir()
+    shutil.copy(base / "m.onnx", work / "m.onnx")
+    png_header_bomb(work / "big.png", 12000, 12000)
+    png_header_bomb(work / "cap.png", 9999, 9999)  # just under the 100-megapixel cap: decoded
+    port = free_port()
+    env = {**ENV, "HOME": str(home)}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    server = subprocess.Popen(
+        [PY, "-m", "padim.cli", "serve", "m.onnx", "--port", str(port)],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    results = []
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        idle = rss_mb(server.pid)
+        peak = [idle]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak.append(rss_mb(server.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        for name, kind, expected in (
+            ("big.png", "12000x12000 1-bit PNG (17 KB)", {413}),
+            ("cap.png", "9999x9999 1-bit PNG (at the cap)", {200}),
+        ):
+            data = (work / name).read_bytes()
+            start = time.perf_counter()
+
+            def post(_: int, name: str = name, data: bytes = data) -> int:
+                return httpx.post(url + "/predict", files={"file": (name, data, "image/png")}, timeout=600).status_code
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                codes = list(pool.map(post, range(16)))
+            above = max(peak) - idle
+            ok = set(codes) <= expected and above < 1536
+            detail = f"16 concurrent: statuses {sorted(set(codes))}; RSS {idle:.0f} MB idle, peak +{above:.0f} MB"
+            results.append(
+                Result(
+                    f"service: {kind} x16",
+                    "service",
+                    "clean" if ok else "accepted",
+                    detail,
+                    time.perf_counter() - start,
+                )
+            )
+        stop.set()
+        # A stalled client: headers and part of a body, then nothing.
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as stalled:
+            stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                            b"Content-Length: 100000\r\n\r\n--b\r\n")  # fmt: skip
+            stalled.settimeout(90)
+            try:
+                answer = stalled.recv(200).decode("latin-1")
+            except OSError:
+                answer = ""
+        took = time.perf_counter() - start
+        ok = " 408 " in answer
+        results.append(Result("service: stalled upload", "service", "clean" if ok else "accepted",
+                              f"answered {answer.splitlines()[0] if answer else 'nothing'} after {took:.0f} s", took))  # fmt: skip
+        alive = httpx.get(url + "/health", timeout=5).status_code == 200
+        results.append(Result("service: healthy after the attacks", "service", "clean" if alive else "accepted", ""))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    written = [str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()]
+    results.append(Result("service: nothing written under HOME (onnxruntime telemetry)", "service",
+                          "accepted" if written else "clean", ", ".join(written[:3])))  # fmt: skip
+    extra = sorted(
+        str(p.relative_to(work)) for p in work.iterdir() if p.name not in ("home", "m.onnx", "big.png", "cap.png")
+    )
+    results.append(
+        Result(
+            "service: files written in its folder",
+            "service",
+            "clean" if extra in ([], ["padim-verdicts.jsonl"]) else "temp_left",
+            ", ".join(extra),
+        )
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def make_base() -> Path:
     from padim.synthetic import make_demo_dataset
 
@@ -645,6 +757,10 @@ def main() -> int:
         result = run_case(case, base)
         results.append(result)
         print(f"{result.outcome:10s} {result.name}: {result.detail}", flush=True)
+    if not only or "service" in only:
+        for result in service_cases(base):
+            results.append(result)
+            print(f"{result.outcome:10s} {result.name}: {result.detail}", flush=True)
     counts = {
         kind: sum(r.outcome == kind for r in results)
         for kind in ("clean", "traceback", "accepted", "lost", "temp_left")

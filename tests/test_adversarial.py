@@ -388,8 +388,8 @@ def test_outputs_are_checked_before_any_work(capsys, mvtec_tree, tiny_onnx, tiny
     cases = [
         (["fit", mvtec_tree, "-o", a_folder], "is a folder"),
         (["fit", mvtec_tree, "-o", a_file / "m.padim"], "is a file, not a folder"),
-        (["predict", tiny_onnx, mvtec_tree / "test" / "good", "-o", a_file], "is a file; expected a folder"),
-        (["evaluate", tiny_onnx, mvtec_tree, "--report", a_file], "is a file; expected a folder"),
+        (["predict", tiny_onnx, mvtec_tree / "test" / "good", "-o", a_file], "is a file, not a folder"),
+        (["evaluate", tiny_onnx, mvtec_tree, "--report", a_file], "is a file, not a folder"),
         (["export", tiny_padim, "-o", "/dev/null"], "not a regular file"),
     ]
     for argv, message in cases:

@@ -140,7 +140,7 @@ def check_output_folder(path: Path | None, option: str = "-o") -> None:
         return
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {path}: is a file; expected a folder")
+        raise OutputError(f"{option} {path}: is a file, not a folder")
     _writable_folder(path, option)
 
 
@@ -697,7 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "max_megapixels", None) is not None:  # read by padim.images (and a server's workers)
         os.environ[ENV_MAX_MEGAPIXELS] = repr(args.max_megapixels)
     try:
-        with warnings.catch_warnings(), _sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext():
+        with (
+            warnings.catch_warnings(),
+            _sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext(),
+        ):
             warnings.filterwarnings("ignore", message=".*decompression bomb")  # Pillow's: padim's own cap decides
             return args.func(args)
     except PadimError as error:

@@ -12,7 +12,8 @@ Endpoints (:func:`create_app`):
   drift, latency_ms}``; ``label`` is True for an anomalous image, ``verdict`` is ``"DEFECT"``
   or ``"OK"`` (both None, like ``normalized_score``, for an uncalibrated model); ``regions``
   lists each predicted defect region's box ``{x0, y0, x1, y1, area}`` in pixels of the uploaded
-  image (x1, y1 exclusive; :func:`padim.regions.region_boxes`), ``image_size`` is its
+  image (x1, y1 exclusive; :func:`padim.regions.boxes_at_size`: found on a reduced map above 16
+  megapixels), ``image_size`` is its
   ``[height, width]``. With ``?heatmap=1`` the JSON also holds ``heatmap_png``: the overlay at
   the uploaded image's size (longest side at most :data:`HEATMAP_MAX_SIDE`), regions outlined,
   with a colour bar under it (:func:`padim.visualize.overlay_at_image_size`), base64 PNG.
@@ -95,7 +96,7 @@ def predict_upload(model, data: bytes, heatmap: bool = False, budget: PixelBudge
 
 
 def _predict_upload(model, data: bytes, heatmap: bool) -> dict[str, Any]:
-    from padim.regions import map_at_size, region_boxes, region_mask
+    from padim.regions import boxes_at_size
     from padim.visualize import heatmap_range, overlay_at_image_size
 
     try:
@@ -110,7 +111,7 @@ def _predict_upload(model, data: bytes, heatmap: bool) -> dict[str, Any]:
     score, anomaly_map = float(prediction.score[0]), prediction.anomaly_map[0]
     if not np.isfinite(score):  # fail closed: no verdict at all rather than a guess
         raise UploadError(500, "no verdict: the model gave a score that is not a finite number")
-    mask = region_mask(map_at_size(anomaly_map, image.size), calibration, score)
+    boxes = boxes_at_size(anomaly_map, image.size, calibration, score)
     answer: dict[str, Any] = {
         "score": score,
         "normalized_score": None if prediction.normalized_score is None else float(prediction.normalized_score[0]),
@@ -118,7 +119,7 @@ def _predict_upload(model, data: bytes, heatmap: bool) -> dict[str, Any]:
         "verdict": None if label is None else ("DEFECT" if label else "OK"),
         "threshold": None if calibration is None else float(calibration.threshold),
         "image_size": [image.height, image.width],
-        "regions": [] if mask is None else [vars(box) for box in region_boxes(mask)],
+        "regions": [] if boxes is None else [vars(box) for box in boxes],
     }
     if heatmap:
         vmin, vmax = heatmap_range(calibration, anomaly_map)
