@@ -137,15 +137,21 @@ def bit_flip(source: Path, target: Path, name: str, byte: int = 3, bit: int = 6)
     target.write_bytes(bytes(data))
 
 
-def meta_case(name: str, edit: Callable[[dict], object]) -> list[Case]:
-    """The same damaged metadata against predict, info and serve."""
+def meta_case(name: str, edit: Callable[[dict], object], header_only: bool = False) -> list[Case]:
+    """The same damaged metadata against predict and info.
+
+    ``header_only``: a damage only the backbone's geometry or the tensor bytes reveal; ``padim info``
+    reads the header alone (no torch, no tensor data), so it shows such a file (expected), and every
+    command that runs it refuses it.
+    """
 
     def prepare(work: Path) -> None:
         rewrite_meta(work / "m.padim", work / "bad.padim", edit)
 
+    info = f"model metadata {name}: info" + (" (header only: shown, by design)" if header_only else "")
     return [
         Case(f"model metadata {name}: predict", "model file", ["predict", "bad.padim", "one.png"], prepare=prepare),
-        Case(f"model metadata {name}: info", "model file", ["info", "bad.padim"], prepare=prepare),
+        Case(info, "model file", ["info", "bad.padim"], prepare=prepare, expect_ok=header_only),
     ]
 
 
@@ -319,19 +325,19 @@ def build_cases(base: Path) -> list[Case]:
     cases += meta_case("threshold inf", lambda m: {**m, "calibration": {**m["calibration"], "threshold": float("inf")}})
     cases += meta_case("calibration a string", lambda m: {**m, "calibration": "yes"})
     cases += meta_case("image_size [100000, 100000]", lambda m: {**m, "image_size": [100000, 100000]})
-    cases += meta_case("image_size [4096, 4096]", lambda m: {**m, "image_size": [4096, 4096]})
+    cases += meta_case("image_size [4096, 4096]", lambda m: {**m, "image_size": [4096, 4096]}, header_only=True)
     cases += meta_case("image_size [0, 64]", lambda m: {**m, "image_size": [0, 64]})
     cases += meta_case("image_size true", lambda m: {**m, "image_size": True})
     cases += meta_case("n_features -1", lambda m: {**m, "n_features": -1})
     cases += meta_case("n_features 10**9", lambda m: {**m, "n_features": 10**9})
     cases += meta_case("layers a string", lambda m: {**m, "layers": "layer1"})
-    cases += meta_case("backbone unknown", lambda m: {**m, "backbone": "vgg99"})
+    cases += meta_case("backbone unknown", lambda m: {**m, "backbone": "vgg99"}, header_only=True)
     cases += meta_case("sigma NaN", lambda m: {**m, "sigma": float("nan")})
     cases += meta_case("eps -1", lambda m: {**m, "eps": -1})
     cases += meta_case("grid_stride 0", lambda m: {**m, "grid_stride": 0})
     cases += meta_case("tile_size -5", lambda m: {**m, "tile_size": -5})
     cases += meta_case("backbone_dtype int4", lambda m: {**m, "backbone_dtype": "int4"})
-    cases += meta_case("checksum wrong", lambda m: {**m, "tensor_sha256": "0" * 64})
+    cases += meta_case("checksum wrong", lambda m: {**m, "tensor_sha256": "0" * 64}, header_only=True)
     cases += meta_case("n_images -3", lambda m: {**m, "n_images": -3})
 
     def tensor_cases(label: str, make: Callable[[Path], None], verdict_check: bool = True) -> list[Case]:
@@ -407,6 +413,18 @@ def build_cases(base: Path) -> list[Case]:
     ]
     # --- options ---
     fit = ["fit", "data", "-o", "o.padim", "--random-weights", "--n-features", "8"]
+    pretrained_fit = [
+        "fit",
+        "data",
+        "-o",
+        "o.padim",
+        "--backbone",
+        "resnet18",
+        "--n-features",
+        "8",
+        "--image-size",
+        "64",
+    ]
     for name, extra in [
         ("--image-size 99999", ["--image-size", "99999"]),
         ("--image-size 0", ["--image-size", "0"]),
@@ -422,14 +440,22 @@ def build_cases(base: Path) -> list[Case]:
         ("--device mps", ["--device", "mps"]),
         ("--device meta", ["--device", "meta"]),
         ("--device banana", ["--device", "banana"]),
-        ("--weights garbage.safetensors", ["--weights", "g.safetensors"]),
-        ("--weights missing.pth", ["--weights", "missing.pth"]),
+        ("--weights with --random-weights", ["--weights", "g.safetensors"]),
     ]:
         cases.append(
             Case(
                 f"fit {name}",
                 "options",
                 fit + extra,
+                prepare=lambda w: (w / "g.safetensors").write_bytes(b"garbage" * 10),
+            )
+        )
+    for name, weights in (("garbage.safetensors", "g.safetensors"), ("missing.pth", "missing.pth")):
+        cases.append(
+            Case(
+                f"fit --weights {name}",
+                "options",
+                [*pretrained_fit, "--weights", weights],
                 prepare=lambda w: (w / "g.safetensors").write_bytes(b"garbage" * 10),
             )
         )
@@ -707,10 +733,50 @@ def service_cases(base: Path) -> list[Result]:
         Result(
             "service: files written in its folder",
             "service",
-            "clean" if extra in ([], ["padim-verdicts.jsonl"]) else "temp_left",
+            "clean" if set(extra) <= {"padim-verdicts.jsonl", "padim-verdicts.jsonl.lock"} else "temp_left",
             ", ".join(extra),
         )
     )
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def signal_cases(base: Path) -> list[Result]:
+    """SIGTERM during fit (cleans up like Ctrl-C), SIGKILL during export (the next run removes its temp file)."""
+    import signal
+
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="adv-signal-"))
+    shutil.copytree(base / "data", work / "data")
+    shutil.copy(base / "m.padim", work / "m.padim")
+    argv = ["fit", "data", "-o", "new.padim", "--random-weights", "--image-size", "64", "--n-features", "8"]
+    for signum, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+        proc = subprocess.Popen([PY, "-m", "padim.cli", *argv], cwd=work, env=ENV, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        proc.send_signal(signum)
+        err = proc.communicate(timeout=120)[1]
+        temps = [p.name for p in work.rglob(".*.tmp")]
+        if "Traceback" in err:
+            outcome = "traceback"
+        elif temps:
+            outcome = "temp_left"
+        else:
+            outcome = "clean" if proc.returncode in (130, -signum) else "accepted"
+        detail = f"exit {proc.returncode}; {err.strip().splitlines()[-1] if err.strip() else ''}"
+        results.append(Result(f"{name} during fit", "signals", outcome, detail[:200]))
+    # SIGKILL while the ONNX file is being written: its temp file stays; the next export removes it.
+    proc = subprocess.Popen([PY, "-m", "padim.cli", "export", "m.padim", "-o", "m.onnx"], cwd=work, env=ENV)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(work.glob(".m.onnx.*.tmp")):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    left = [p.name for p in work.glob(".m.onnx.*.tmp")]
+    again = padim("export", "m.padim", "-o", "m.onnx", cwd=work)
+    after = [p.name for p in work.glob(".m.onnx.*.tmp")]
+    outcome = "temp_left" if after or again.returncode else "clean"
+    detail = f"left by the killed run: {left or 'none (killed before)'}; after the next export: {after or 'none'}"
+    results.append(Result("SIGKILL during export, then export again", "signals", outcome, detail))
     shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -757,6 +823,10 @@ def main() -> int:
         result = run_case(case, base)
         results.append(result)
         print(f"{result.outcome:10s} {result.name}: {result.detail}", flush=True)
+    if not only or "signal" in only:
+        for result in signal_cases(base):
+            results.append(result)
+            print(f"{result.outcome:10s} {result.name}: {result.detail}", flush=True)
     if not only or "service" in only:
         for result in service_cases(base):
             results.append(result)

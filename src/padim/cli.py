@@ -177,6 +177,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from padim.model import Padim
 
     check_output_file(args.output)
+    if args.weights is not None and args.random_weights:
+        raise OptionError("--weights and --random-weights contradict each other: give one")
     layers = None if args.layers is None else [name.strip() for name in args.layers.split(",") if name.strip()]
     if layers == []:
         raise OptionError(f"--layers: expected comma-separated layer names, got {args.layers!r}")

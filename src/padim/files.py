@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _remove_stale(folder: Path, name: str) -> None:
         if not pid.isdigit() or _running(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def _running(pid: int) -> bool:
@@ -110,6 +111,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise OutputError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staging_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` (named like :func:`atomic_path`'s files), removed after.
+
+    For outputs of several files (an ONNX model and its external data) staged then moved into place.
+
+    Raises:
+        OutputError: naming ``path`` when its folder cannot be written, or ``path`` is not a regular file.
+    """
+    path = Path(path)
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent, path.name)
+        folder = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        folder.mkdir()
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write here ({error.strerror or error})") from None
+    try:
+        yield folder
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

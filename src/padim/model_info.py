@@ -115,6 +115,13 @@ def _onnx_info(path: Path) -> dict:
     from padim.runtime import read_metadata
 
     image_size, calibration, config = read_metadata(props, path)  # refuses malformed metadata
+    inputs = {i.name for i in proto.graph.input}
+    outputs = {o.name for o in proto.graph.output}
+    if "images" not in inputs or not {"anomaly_map", "score"} <= outputs:
+        raise ModelFileError(
+            f"{path}: not a padim graph: inputs {sorted(inputs)[:4]}, outputs {sorted(outputs)[:4]} "
+            "(expected images -> anomaly_map, score)"
+        )
     try:
         n_images = int(props["padim.n_images"]) if "padim.n_images" in props else None
     except ValueError:
