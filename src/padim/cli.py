@@ -180,8 +180,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.weights is not None and args.random_weights:
         raise OptionError("--weights and --random-weights contradict each other: give one")
     layers = None if args.layers is None else [name.strip() for name in args.layers.split(",") if name.strip()]
-    if layers == []:
-        raise OptionError(f"--layers: expected comma-separated layer names, got {args.layers!r}")
     model = Padim(
         backbone=args.backbone,
         layers=layers,

@@ -81,8 +81,8 @@ def resolve_params(model: Padim) -> dict[str, Any]:
             raise OptionError(f"{name} must be {expected}, got {getattr(model, name)!r}")
     if model.backend == "onnxruntime" and torch.device(model.device).type != "cpu":
         raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
-    check_device(model.device)
     use_onnxruntime(model.backend, model.device, model.backbone_dtype)  # int8: only onnxruntime on the CPU
+    check_device(model.device)
     first = layer_info[0].stride
     grid_stride = first if model.grid_stride is None else model.grid_stride
     strides = [first * 2**k for k in range(7)]

@@ -64,7 +64,7 @@ from starlette.concurrency import run_in_threadpool
 from padim import __version__
 from padim.decoding import DECODE_BUDGET_PIXELS, PixelBudget
 from padim.drift import DriftMonitor
-from padim.errors import ImageError, ImageTooLargeError, ModelFileError, OptionError, OutputError
+from padim.errors import ImageError, ImageTooLargeError, OptionError, OutputError
 from padim.images import header_pixels, load_image, max_pixels
 from padim.model_info import file_sha256
 from padim.runtime import open_model
@@ -142,7 +142,7 @@ MAX_MB = 10240
 
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_MB:
-        raise OptionError(f"{name} must be a number in (0, {MAX_MB}] (MiB), got {value!r}")
+        raise OptionError(f"{name} must be a number > 0 and at most {MAX_MB} (MiB), got {value!r}")
 
 
 def check_address(host: str, port: int) -> None:
@@ -335,8 +335,7 @@ def run(
         app = create_app(model_path, max_upload_mb=max_upload_mb, **options)
         uvicorn.run(app, host=host, port=port, access_log=access_log)
         return
-    if not Path(model_path).is_file():
-        raise ModelFileError(f"{model_path}: model file not found")
+    open_model(model_path)  # a malformed model refuses to start here, not in each worker
     _check_positive("max_upload_mb", max_upload_mb)
     if options.get("verdict_log") is not None:  # refused once here rather than by each worker
         options["verdict_log"] = str(VerdictLog(options["verdict_log"]).path.resolve())
