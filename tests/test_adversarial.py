@@ -502,3 +502,18 @@ def test_onnxruntime_telemetry_is_off():
     import padim  # noqa: F401
 
     assert os.environ.get("ORT_DISABLE_TELEMETRY") == "1"
+
+
+def test_a_full_disk_while_saving_a_model_is_one_line(tiny_model, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    target = tmp_path / "m.padim"
+    target.write_text("old")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(OutputError, match=r"m\.padim: cannot write \(no space left on the device\)"):
+        tiny_model.save(target)
+    assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
