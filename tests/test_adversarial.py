@@ -375,6 +375,8 @@ def test_empty_layers_and_absent_devices_name_the_option(capsys, mvtec_tree, tin
         image = sorted((mvtec_tree / "test" / "good").iterdir())[0]
         code, _, err = run(capsys, "predict", tiny_padim, image, "--device", device)
         assert code == 2 and "--device" in err and "model file" not in err and "inconsistent" not in err, err
+    code, _, err = run(capsys, "fit", mvtec_tree, "-o", tmp_path / "m.padim", "--device", "banana")
+    assert code == 2 and "--device must be cpu, cuda or cuda:N, got 'banana'" in err
     (tmp_path / "g.safetensors").write_bytes(b"garbage" * 10)
     code, _, err = run(capsys, "fit", mvtec_tree, "-o", tmp_path / "m.padim", "--weights", tmp_path / "g.safetensors",
                        "--backbone", "resnet18", "--image-size", "64")  # fmt: skip

@@ -182,6 +182,18 @@ def pipeline_onnx(pipeline: Pipeline, image_size: Sequence[int], state: dict[str
     return onnx_bytes(pipeline, example, OUTPUTS, {"images": 0, **{name: 0 for name in OUTPUTS}})
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device.
+
+    Raises:
+        OptionError: naming ``--device`` for a string torch does not read as a device.
+    """
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError(f"--device must be cpu, cuda or cuda:N, got {str(device)!r}") from None
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device, if this machine has it.
 
@@ -189,10 +201,7 @@ def check_device(device: str | torch.device) -> torch.device:
         OptionError: naming ``--device`` for a device that is malformed or absent (``cuda`` without
             CUDA, ``cuda:7`` on a machine with fewer GPUs, ``mps`` off a Mac, ``meta``).
     """
-    try:
-        found = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise OptionError(f"--device must be cpu, cuda or cuda:N, got {str(device)!r}") from None
+    found = parse_device(device)
     if found.type == "cpu":
         return found
     if found.type == "cuda":
@@ -216,7 +225,8 @@ def use_onnxruntime(backend: str, device: str | torch.device, backbone_dtype: st
         OptionError: for ``"onnxruntime"`` or int8 where onnxruntime is not installed, and for
             int8 with the torch backend or off the CPU.
     """
-    if backbone_dtype == "int8" and (backend == "torch" or torch.device(device).type != "cpu"):
+    device = parse_device(device)
+    if backbone_dtype == "int8" and (backend == "torch" or device.type != "cpu"):
         option = f"backend={backend!r}" if backend == "torch" else f"device={str(device)!r}"
         raise OptionError(f"backbone_dtype='int8' runs in onnxruntime on the CPU, got {option}; "
                           "fit a float32 model for torch or CUDA")  # fmt: skip
