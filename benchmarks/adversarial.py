@@ -831,27 +831,34 @@ def main() -> int:
         for result in service_cases(base):
             results.append(result)
             print(f"{result.outcome:10s} {result.name}: {result.detail}", flush=True)
+    out = ROOT / "benchmarks" / "results"
+    if only and (out / "adversarial.json").is_file():
+        # A partial run (``adversarial.py NAME``) replaces those cases' rows in the stored results,
+        # marked as re-run, so a fix can be checked without the whole catalogue.
+        stored = [Result(**r) for r in json.loads((out / "adversarial.json").read_text())["cases"]]
+        fresh = {r.name: Result(**{**asdict(r), "detail": f"(re-run) {r.detail}"}) for r in results}
+        results = [fresh.pop(r.name, r) for r in stored] + list(fresh.values())
     counts = {
         kind: sum(r.outcome == kind for r in results)
         for kind in ("clean", "traceback", "accepted", "lost", "temp_left")
     }
     counts["tried"] = len(results)
     print(json.dumps(counts))
-    if not only:
-        out = ROOT / "benchmarks" / "results"
-        (out / "adversarial.json").write_text(
-            json.dumps({"counts": counts, "cases": [asdict(r) for r in results]}, indent=2) + "\n"
-        )
-        rows = "\n".join(
-            f"| {r.group} | {r.name} | {r.outcome} | {r.detail.replace('|', '/')[:120]} |" for r in results
-        )
-        (out / "adversarial.md").write_text(
-            "# Adversarial catalogue\n\n`PYTHONPATH=src python benchmarks/adversarial.py`\n\n"
-            + " ".join(f"{k}: {v}." for k, v in counts.items())
-            + "\n\n| group | case | outcome | detail |\n|---|---|---|---|\n"
-            + rows
-            + "\n"
-        )
+    (out / "adversarial.json").write_text(
+        json.dumps({"counts": counts, "cases": [asdict(r) for r in results]}, indent=2) + "\n"
+    )
+    rows = "\n".join(f"| {r.group} | {r.name} | {r.outcome} | {r.detail.replace('|', '/')[:160]} |" for r in results)
+    (out / "adversarial.md").write_text(
+        "# Adversarial catalogue\n\n`PYTHONPATH=src python benchmarks/adversarial.py` (a case name or part of one "
+        "after it re-runs those cases only and updates their rows, marked '(re-run)').\n\n"
+        "Outcomes: clean (a one-line error and exit 2 or 3 where it should fail, success where it should "
+        "succeed), traceback, accepted (a bad input silently accepted, or a bound not held), lost (a user's file "
+        "changed or deleted), temp_left (a temporary file left behind).\n\n"
+        + " ".join(f"{k}: {v}." for k, v in counts.items())
+        + "\n\n| group | case | outcome | detail |\n|---|---|---|---|\n"
+        + rows
+        + "\n"
+    )
     shutil.rmtree(base, ignore_errors=True)
     return 0
 
