@@ -259,7 +259,7 @@ def test_run_binds_to_loopback_by_default(files, monkeypatch):
 def test_bad_arguments(files, tmp_path):
     with pytest.raises(ValueError, match="port must be an int in 0..65535, got 70000"):
         run(files[1], port=70000)
-    with pytest.raises(ValueError, match="workers must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="workers must be an int in 1..256, got 0"):
         run(files[1], workers=0)
     with pytest.raises(ValueError, match="max_upload_mb must be a number > 0"):
         create_app(files[1], max_upload_mb=0)

@@ -2,9 +2,17 @@
 
 ``import padim`` loads no torch: ``padim.Padim`` and ``padim.AnomalyMapGenerator`` are
 imported on first use, so the ONNX path runs where torch is not installed.
+
+onnxruntime's telemetry is turned off before onnxruntime is first imported (it otherwise writes a
+database under ``~/.cache/Microsoft`` in every process that opens a session, and may send it);
+set ``ORT_DISABLE_TELEMETRY=0`` in the environment to leave it on.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 __all__ = ["AnomalyMapGenerator", "Padim", "PadimError", "Prediction", "__version__", "open_model"]

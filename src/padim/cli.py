@@ -17,16 +17,21 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from padim import __version__
-from padim.errors import ModelFileError, OptionError, PadimError
+from padim.errors import ModelFileError, OptionError, OutputError, PadimError
 
 EXIT_USER_ERROR = 2
+#: The environment variable of the pixel cap (:data:`padim.images.ENV_MAX_MEGAPIXELS`; no import here).
+ENV_MAX_MEGAPIXELS = "PADIM_MAX_MEGAPIXELS"
 #: ``padim predict`` finished, but some image's score was not a finite number (its label: error).
 EXIT_NO_VERDICT = 3
+#: The file ``padim demo`` leaves in its output folder: only a folder holding it is written over.
+DEMO_MARKER = ".padim-demo"
 
 
 # --- argument types ---------------------------------------------------------------------------
@@ -42,6 +47,7 @@ def _number(kind: type, low: float, high: float | None = None, *, low_open: bool
             value = None
         if (
             value is None
+            or value != value  # NaN
             or value < low
             or (low_open and value == low)
             or (high is not None and (value > high or (not low_open and value == high)))
@@ -52,11 +58,21 @@ def _number(kind: type, low: float, high: float | None = None, *, low_open: bool
     return parse
 
 
-_positive_int = _number(int, 1, expected="a positive integer")
-_non_negative_int = _number(int, 0, expected="an integer >= 0")
 _fraction = _number(float, 0.0, 1.0, expected="a number in [0, 1)")
 _quantile = _number(float, 0.0, 1.0, low_open=True, expected="a number in (0, 1]")
-_positive = _number(float, 0.0, low_open=True, expected="a number > 0")
+#: Upper bounds of the numeric options: far beyond any real use, so a typo is refused, not run.
+MAX_BATCH, MAX_WORKERS, MAX_MB, MAX_SIDE, MAX_COUNT = 4096, 256, 10240, 16384, 10**7
+_batch = _number(int, 1, MAX_BATCH + 1, expected=f"an integer in 1..{MAX_BATCH}")
+_workers = _number(int, 0, MAX_WORKERS + 1, expected=f"an integer in 0..{MAX_WORKERS}")
+_server_workers = _number(int, 1, MAX_WORKERS + 1, expected=f"an integer in 1..{MAX_WORKERS}")
+_features = _number(int, 1, 8193, expected="an integer in 1..8192")
+_seed = _number(int, 0, 2**63, expected="an integer in [0, 2**63)")
+_port = _number(int, 1, 65536, expected="a port in 1..65535")
+_count = _number(int, 0, MAX_COUNT + 1, expected=f"an integer in 0..{MAX_COUNT}")
+_positive_count = _number(int, 1, MAX_COUNT + 1, expected=f"an integer in 1..{MAX_COUNT}")
+_megabytes = _number(float, 0.0, MAX_MB, low_open=True, expected=f"a size in MB in (0, {MAX_MB}]")
+_megapixels = _number(float, 0.0, 1e6, low_open=True, expected="a number of megapixels in (0, 1e6)")
+_positive = _megabytes
 
 
 def _finite(text: str) -> float:
@@ -76,9 +92,57 @@ def _image_size(text: str) -> int | tuple[int, int]:
         size = tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH in pixels, got {text!r}") from None
-    if len(size) not in (1, 2) or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive SIZE or HEIGHTxWIDTH, got {text!r}")
+    if len(size) not in (1, 2) or min(size) < 1 or max(size) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH in 1..{MAX_SIDE} pixels, got {text!r}")
     return size[0] if len(size) == 1 else size
+
+
+def max_megapixels_option(p: argparse.ArgumentParser) -> None:
+    """``--max-megapixels``: the pixel cap of :func:`padim.images.max_pixels` (main() sets it)."""
+    p.add_argument(
+        "--max-megapixels",
+        type=_megapixels,
+        default=None,
+        metavar="MP",
+        help="refuse images with more pixels than this, read from their header before decoding "
+        "(default: 100, or $PADIM_MAX_MEGAPIXELS)",
+    )
+
+
+# --- output checks, made before any work ----------------------------------------------------------
+
+
+def _writable_folder(path: Path, option: str) -> None:
+    """The nearest existing folder at or above ``path`` must be a folder this process may write in."""
+    ancestor = path
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: permission denied (cannot write in {ancestor})")
+
+
+def check_output_file(path: Path | None, option: str = "-o") -> None:
+    """Refuse an output file path that is a folder, a device, a pipe or a link, or in a folder not writable."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; expected a file name")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputError(f"{option} {path}: not a regular file; padim replaces only regular files")
+    _writable_folder(path.parent, option)
+
+
+def check_output_folder(path: Path | None, option: str = "-o") -> None:
+    """Refuse an output folder path that is an existing file, or under a folder that is not writable."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: is a file, not a folder")
+    _writable_folder(path, option)
 
 
 # --- shared pieces ------------------------------------------------------------------------------
@@ -113,11 +177,13 @@ def _options(args: argparse.Namespace, image_size: Sequence[int] | None = None) 
 def cmd_fit(args: argparse.Namespace) -> int:
     from padim.model import Padim
 
-    if args.output.is_dir():
-        raise OptionError(f"--output {args.output} is a folder; expected a model file path such as model.padim")
+    check_output_file(args.output)
+    if args.weights is not None and args.random_weights:
+        raise OptionError("--weights and --random-weights contradict each other: give one")
+    layers = None if args.layers is None else [name.strip() for name in args.layers.split(",") if name.strip()]
     model = Padim(
         backbone=args.backbone,
-        layers=None if args.layers is None else [name for name in args.layers.split(",") if name],
+        layers=layers,
         n_features=args.n_features,
         image_size=args.image_size,
         seed=args.seed,
@@ -168,6 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not Path(args.model).is_file():  # before listing the images, as open_model would
         raise ModelFileError(f"{args.model}: model file not found")
+    check_output_folder(args.output)
     with phase(f"listing the images in {' '.join(args.inputs)}", args.quiet):
         samples = image_samples(args.inputs, recursive=args.recursive)
     if args.output is None and len(samples) > 1:
@@ -253,6 +320,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from padim.progress import phase
     from padim.runtime import open_model
 
+    check_output_file(args.json, "--json")
+    check_output_folder(args.report, "--report")
     with phase(f"opening {args.model}", args.quiet):
         predictor = open_model(args.model, device=args.device, backend=args.backend)
     if args.threshold is not None:
@@ -293,6 +362,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from padim.synthetic import make_demo_dataset
 
     out = Path(args.output)
+    check_output_folder(out)
+    marker = out / DEMO_MARKER
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        raise OutputError(f"-o {out}: folder holds files padim demo did not write; choose an empty or new folder")
+    write_text(marker, "written by padim demo: it may replace the files in this folder\n")
     start = time.perf_counter()
     category = make_demo_dataset(out / "data", overwrite=True)
     _say(args, f"generated a synthetic inspection set in {category}")
@@ -322,6 +396,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from padim.export import export_onnx
     from padim.model import Padim
 
+    check_output_file(args.output)
     model = Padim.load(args.model)
     path = export_onnx(model, args.output)
     _say(args, f"wrote {path} ({model.backbone_dtype} backbone, as fitted)")
@@ -333,6 +408,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.f1 and args.defective is None:
         raise OptionError("--f1 needs --good DIR and --defective DIR")
+    check_output_file(args.output if args.output is not None else Path(args.model))
     change = recalibrate_file(
         args.model,
         threshold=args.threshold,
@@ -362,6 +438,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from padim.serve import run
 
+    if args.verdict_log is not None and not args.no_verdict_log:
+        check_output_file(args.verdict_log, "--verdict-log")
     run(
         args.model,
         host=args.host,
@@ -412,18 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--batch-size",
-            type=_positive_int,
+            type=_batch,
             default=None,
             help=f"images per batch (default: by working size: {batch_size} at 256x256, 8 at 512x512, "
             "1 from 1448x1448)",
         )
         p.add_argument(
             "--workers",
-            type=_non_negative_int,
+            type=_workers,
             default=None,
             help="image decoding threads, and for predict drawing threads (default: the CPUs, at most 8; 0 = none)",
         )
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them at the end")
+        max_megapixels_option(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
 
     p = sub.add_parser(
@@ -442,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: efficientnet_lite0",
     )
     p.add_argument("--layers", help="comma-separated layer names (default: the backbone's three stages)")
-    p.add_argument("--n-features", type=_positive_int, help="channels kept, d (default: 100; 550 for wide_resnet50_2)")
+    p.add_argument("--n-features", type=_features, help="channels kept, d (default: 100; 550 for wide_resnet50_2)")
     p.add_argument(
         "--image-size",
         type=_image_size,
@@ -453,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grid-stride",
-        type=_positive_int,
+        type=_number(int, 1, 1025, expected="an integer in 1..1024"),
         default=None,
         metavar="PIXELS",
         help="pixels per Gaussian (default: the first layer's stride, 4); 8 or 16 make the model 4 or 16 "
@@ -461,13 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tile-size",
-        type=_non_negative_int,
+        type=_number(int, 0, MAX_SIDE + 1, expected=f"an integer in 0..{MAX_SIDE}"),
         default=None,
         metavar="PIXELS",
         help="run the backbone over overlapping tiles of this side (default: 1024 when the working size "
         "exceeds it; 0: never), so activation memory stays bounded",
     )
-    p.add_argument("--seed", type=int, default=0, help="channel selection seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="channel selection seed (default: 0)")
     p.add_argument("--weights", help="backbone weights file (.pth or .safetensors) instead of the default location")
     p.add_argument("--random-weights", action="store_true", help="random backbone weights (for testing only)")
     p.add_argument(
@@ -639,11 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=_positive_int, default=8000, help="default: 8000")
-    p.add_argument("--workers", type=_positive_int, default=1, help="server processes (default: 1)")
+    p.add_argument("--port", type=_port, default=8000, help="default: 8000")
+    p.add_argument("--workers", type=_server_workers, default=1, help="server processes (default: 1)")
     p.add_argument(
         "--max-upload-mb",
-        type=_number(float, 0.0, low_open=True, expected="a size in MB > 0"),
+        type=_megabytes,
         default=20.0,
         help="largest upload accepted (default: 20)",
     )
@@ -657,20 +736,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-verdict-log", action="store_true", help="keep no verdict log")
     p.add_argument("--log-max-mb", type=_positive, default=10.0, help="rotate the log at this size (default: 10)")
-    p.add_argument("--log-keep", type=_non_negative_int, default=5, help="rotated log files kept (default: 5)")
+    p.add_argument(
+        "--log-keep",
+        type=_number(int, 0, 1001, expected="an integer in 0..1000"),
+        default=5,
+        help="rotated log files kept (default: 5)",
+    )
     p.add_argument(
         "--drift-window",
-        type=_positive_int,
+        type=_positive_count,
         default=20,
         metavar="N",
         help="drift warning: over the last N images (default: 20)",
     )
     p.add_argument(
         "--drift-factor",
-        type=_number(float, 1.0, low_open=True, expected="a number > 1"),
+        type=_number(float, 1.0, 1e6, low_open=True, expected="a number in (1, 1e6]"),
         default=5.0,
         help="warn when this many times the calibrated false-alarm rate is flagged (default: 5)",
     )
+    max_megapixels_option(p)
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -678,8 +763,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    cap = os.environ.get(ENV_MAX_MEGAPIXELS)
+    if getattr(args, "max_megapixels", None) is not None:  # read by padim.images (and a server's workers)
+        os.environ[ENV_MAX_MEGAPIXELS] = repr(args.max_megapixels)
     try:
-        return args.func(args)
+        with (
+            warnings.catch_warnings(),
+            _sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext(),
+        ):
+            warnings.filterwarnings("ignore", message=".*decompression bomb")  # Pillow's: padim's own cap decides
+            return args.func(args)
     except PadimError as error:
         if os.environ.get("PADIM_DEBUG"):
             raise
@@ -689,6 +782,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("padim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if cap is None:
+            os.environ.pop(ENV_MAX_MEGAPIXELS, None)
+        else:
+            os.environ[ENV_MAX_MEGAPIXELS] = cap
 
 
 if __name__ == "__main__":

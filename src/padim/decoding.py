@@ -23,7 +23,7 @@ from PIL import Image
 
 from padim.datasets import Sample
 from padim.errors import ImageError
-from padim.images import load_image, load_mask, preprocess
+from padim.images import load_image, load_mask, max_pixels, preprocess
 
 #: Pixels (width x height) decoded at once across the decoding threads: 64 megapixels are
 #: 192 MB as RGB. A larger image is decoded alone.
@@ -74,7 +74,7 @@ def _pixels(path: Path) -> int:
     """Width x height from the file's header (no decoding); 0 when unknown (decoding reports why)."""
     try:
         with Image.open(path) as image:
-            return image.width * image.height
+            return min(image.width * image.height, max_pixels())  # over the cap: decoding refuses it
     except Exception:  # any failure is raised, with its one-line message, by load_image
         return 0
 

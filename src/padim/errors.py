@@ -26,6 +26,14 @@ class ImageError(DataError):
     """An image file that cannot be decoded; the message names the file."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image whose header promises more pixels than the cap (a decompression bomb, or an over-size image)."""
+
+
+class ScoreError(PadimError, ValueError):
+    """The model gave a score that is not a finite number: no verdict; the message names the images."""
+
+
 class ModelFileError(PadimError, ValueError):
     """A file that is not a readable padim model; the message names the file and why."""
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from padim.datasets import Sample, test_samples
-from padim.errors import DataError
+from padim.errors import DataError, ScoreError
 from padim.loading import iter_batches
 from padim.memory import default_batch_size
 from padim.metrics import (
@@ -245,6 +245,7 @@ def evaluate_model(
 
     Raises:
         DataError: for a missing or mis-laid folder, or no readable test image.
+        ScoreError: naming the images whose score is not a finite number.
     """
     samples = test_samples(data)
     skipped: dict[Path, str] = {}
@@ -269,6 +270,10 @@ def evaluate_model(
         raise DataError(f"{data}: no readable test images")
     samples = [samples[i] for i in kept]
     maps_array, scores_array = np.concatenate(maps), np.concatenate(scores)
+    failed = [str(samples[i].path) for i in np.flatnonzero(~np.isfinite(scores_array))]
+    if failed:  # fail closed: no metrics from images the model gave no verdict for
+        listed = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise ScoreError(f"{len(failed)} image(s) got a score that is not a finite number, so no metrics: {listed}")
     # A good image without a mask is all normal; a defective one without a mask has no pixel truth.
     size = maps_array.shape[1:]
     masks = [np.zeros(size, bool) if m is None and not s.label else m for s, m in zip(samples, masks)]

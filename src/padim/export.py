@@ -26,14 +26,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from padim import __version__
 from padim.errors import OptionError
+from padim.files import check_replaceable, staging_folder
 from padim.gaussian import runtime_factors
 from padim.images import IMAGENET_MEAN, IMAGENET_STD
 from padim.model import Padim, check_fitted
@@ -143,8 +142,7 @@ def export_onnx(model: Padim | PathLike, path: PathLike, *, external_data: bool 
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = sum(len(t.raw_data) for t in proto.graph.initializer) >= PROTOBUF_LIMIT
-    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staging_folder(path) as workdir:
         # Written under the final name inside the temporary folder: external data is then
         # referenced by a relative location that stays valid after the move.
         staged, data_name = workdir / path.name, f"{path.name}.data"
@@ -161,12 +159,11 @@ def export_onnx(model: Padim | PathLike, path: PathLike, *, external_data: bool 
             onnx.save_model(proto, str(staged))
         del proto
         onnx.checker.check_model(str(staged))  # by path: works past 2 GB and checks the data file
+        check_replaceable(path)
         if external_data:
             os.replace(workdir / data_name, path.parent / data_name)
         os.replace(staged, path)
         if not external_data:
             # A sidecar from an earlier export to this name is no longer referenced by anything.
             (path.parent / data_name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return path

@@ -6,6 +6,11 @@ path, and never damages a file that was already there. :class:`LineAppender` gro
 of results) by whole lines, each in one ``write`` call, so an interrupted job keeps every line it
 wrote and a reader never meets half a line. Files are created with the permissions the umask
 allows (``0o666 & ~umask``), like any other program's files.
+
+Only a regular file (or nothing) is ever replaced: a folder, a device (``/dev/full``), a pipe or a
+symbolic link at the target is refused before anything is written. Temporary names carry the
+writer's process id (``.NAME.PID.HEX.tmp``); a run that was killed (SIGKILL, power loss) cannot
+remove its own, so the next write of the same file removes those whose process is gone.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,14 +31,52 @@ def _create_temporary(folder: Path, name: str) -> Path:
     ``tempfile.mkstemp`` would create it with mode 0600 whatever the umask, and the rename
     would carry that mode to the target.
     """
+    _remove_stale(folder, name)
     for _ in range(100):
-        path = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        path = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return path
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name for {name} in {folder}")
+
+
+def _remove_stale(folder: Path, name: str) -> None:
+    """Remove the temporary files of ``name`` left in ``folder`` by processes that no longer run."""
+    for path in folder.glob(f".{glob_escape(name)}.*.tmp"):
+        pid = path.name[len(name) + 2 : -4].split(".")[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or unknown: keep its file
+    return True
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob characters ``*?[`` taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse a target that exists and is not a regular file (a folder, device, pipe or symbolic link).
+
+    Raises:
+        OutputError: naming ``path``.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a folder" if path.is_dir() and not path.is_symlink() else "not a regular file"
+        raise OutputError(f"{path}: {kind}; padim replaces only regular files")
 
 
 @contextlib.contextmanager
@@ -50,6 +94,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
+    check_replaceable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _create_temporary(path.parent, path.name)
@@ -58,8 +103,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp
-            if path.is_dir():
-                raise OutputError(f"{path}: is a folder; expected a file name")
+            check_replaceable(path)  # again: something may have appeared there meanwhile
             os.replace(tmp, path)
         except OutputError:
             raise
@@ -67,6 +111,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise OutputError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staging_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` (named like :func:`atomic_path`'s files), removed after.
+
+    For outputs of several files (an ONNX model and its external data) staged then moved into place.
+
+    Raises:
+        OutputError: naming ``path`` when its folder cannot be written, or ``path`` is not a regular file.
+    """
+    path = Path(path)
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent, path.name)
+        folder = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        folder.mkdir()
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write here ({error.strerror or error})") from None
+    try:
+        yield folder
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error}); nothing was changed") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

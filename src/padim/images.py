@@ -6,6 +6,13 @@ PaDiM defaults: bilinear resize to ``image_size``, then ImageNet mean and standa
 deviation. Every image mode Pillow opens is made 3-channel RGB first: grayscale, RGBA
 (alpha dropped), palette, CMYK and 16-bit images.
 
+Every file is checked against one pixel cap (:func:`max_pixels`, width x height from the header,
+before anything is decoded): a decompression bomb (a small file whose header promises 50000x50000
+pixels) or an over-size image is an :class:`ImageError` naming the file, in every command and the
+service. The cap is :data:`DEFAULT_MAX_PIXELS` unless ``PADIM_MAX_MEGAPIXELS`` (or the commands'
+``--max-megapixels``) says otherwise. EXIF orientation is applied, so a phone or camera picture
+stored sideways is seen (and its mask read) the way it is shown.
+
 Shapes: a batch is (N, 3, H, W) float32, channels first, as the backbones take it.
 """
 
@@ -13,19 +20,67 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from padim.errors import DataError, ImageError, OptionError
+from padim.errors import DataError, ImageError, ImageTooLargeError, OptionError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 PathLike = str | os.PathLike
+
+#: The default pixel cap: 100 megapixels (a 10000x10000 image, 300 MB as RGB); line cameras of
+#: 8000x8000 (64 Mpx) pass, a 12000x12000 header (144 Mpx) does not.
+DEFAULT_MAX_PIXELS = 100_000_000
+#: The environment variable that sets the cap, in megapixels (``--max-megapixels`` sets it).
+ENV_MAX_MEGAPIXELS = "PADIM_MAX_MEGAPIXELS"
+
+
+def max_pixels() -> int:
+    """The pixel cap (width x height) every decoded image is checked against.
+
+    ``PADIM_MAX_MEGAPIXELS`` (a number > 0, in millions of pixels) if set, else
+    :data:`DEFAULT_MAX_PIXELS`. Read at each call, so a server's worker processes inherit it.
+
+    Raises:
+        OptionError: if the variable is not a finite number > 0.
+    """
+    text = os.environ.get(ENV_MAX_MEGAPIXELS)
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < 1e6):  # also refuses NaN and inf
+        raise OptionError(f"{ENV_MAX_MEGAPIXELS} (--max-megapixels) must be a number in (0, 1e6), got {text!r}")
+    return max(1, int(value * 1_000_000))
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from an image file's header (no decoding); 0 when it cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except Exception:  # any failure is raised, with its one-line message, by decode()
+        return 0
+
+
+def check_pixels(size: tuple[int, int], name: str, what: str = "image") -> None:
+    """Raise an :class:`ImageTooLargeError` naming ``name`` if ``size`` (width, height) is over :func:`max_pixels`."""
+    width, height = size
+    cap = max_pixels()
+    if width * height > cap:
+        raise ImageTooLargeError(
+            f"{name}: {what} of {width}x{height} pixels is over the cap of {cap / 1e6:g} megapixels "
+            f"(a decompression bomb? --max-megapixels raises the cap)"
+        )
 
 
 def as_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
@@ -90,8 +145,17 @@ def decode(source: PathLike | bytes, what: str = "image") -> Image.Image:
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
         with handle, Image.open(handle) as image:
+            check_pixels(image.size, name, what)  # from the header, before a byte is decoded
             image.load()  # decode now: a truncated file fails here, not later in a worker
-            return image
+            return ImageOps.exif_transpose(image) if _rotated(image) else image
+    except (ImageError, OptionError):
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's own limit, at open, when ours is set higher
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        count = f" of {int(pixels.group(1)) / 1e6:g} megapixels" if pixels else ""
+        raise ImageTooLargeError(
+            f"{name}: {what}{count} is over the cap of {max_pixels() / 1e6:g} megapixels (a decompression bomb?)"
+        ) from None
     except FileNotFoundError:
         raise ImageError(f"{name}: {what} file not found") from None
     except PermissionError:
@@ -102,6 +166,14 @@ def decode(source: PathLike | bytes, what: str = "image") -> Image.Image:
         raise ImageError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name}: corrupt or truncated {what} ({error})") from None
+
+
+def _rotated(image: Image.Image) -> bool:
+    """Whether the image's EXIF orientation asks for a turn or a flip (tag 0x0112 not 1)."""
+    try:
+        return image.getexif().get(0x0112, 1) not in (1, None)
+    except Exception:  # a damaged EXIF block: show the pixels as stored
+        return False
 
 
 def load_image(source: PathLike | bytes | Image.Image) -> Image.Image:

@@ -32,7 +32,7 @@ from padim.gaussian import (
 )
 from padim.images import as_size
 from padim.loading import as_batches, to_samples
-from padim.pipeline import Embedder, Pipeline, Scorer, model_runner, use_onnxruntime
+from padim.pipeline import Embedder, Pipeline, Scorer, check_device, model_runner, parse_device, use_onnxruntime
 from padim.quantize import calibrate_model
 from padim.runtime import Prediction, Predictor
 from padim.tiling import TilePlan
@@ -79,9 +79,10 @@ def resolve_params(model: Padim) -> dict[str, Any]:
     ):
         if not ok:
             raise OptionError(f"{name} must be {expected}, got {getattr(model, name)!r}")
-    if model.backend == "onnxruntime" and torch.device(model.device).type != "cpu":
+    if model.backend == "onnxruntime" and parse_device(model.device).type != "cpu":
         raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
     use_onnxruntime(model.backend, model.device, model.backbone_dtype)  # int8: only onnxruntime on the CPU
+    check_device(model.device)
     first = layer_info[0].stride
     grid_stride = first if model.grid_stride is None else model.grid_stride
     strides = [first * 2**k for k in range(7)]

@@ -76,12 +76,16 @@ def _tensor(name: str, dtype: str, shape: list[int]) -> dict:
 
 
 def _padim_info(path: Path) -> dict:
+    from padim.model_file import check_shapes, parse_metadata
+
     header = _safetensors_header(path)
+    stored = header.pop("__metadata__", None)
+    meta = parse_metadata(stored.get("padim") if isinstance(stored, dict) else None, path)
     try:
-        meta = json.loads((header.pop("__metadata__", None) or {})["padim"])
+        tensors = [_tensor(name, t["dtype"], t["shape"]) for name, t in header.items()]
     except (KeyError, TypeError, ValueError):
-        raise ModelFileError(f"{path}: a safetensors file, but not a padim model (no 'padim' metadata)") from None
-    tensors = [_tensor(name, t["dtype"], t["shape"]) for name, t in header.items() if isinstance(t, dict)]
+        raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt (malformed tensor entries)") from None
+    check_shapes({t["name"]: tuple(t["shape"]) for t in tensors}, meta, path)
     return dict(
         kind="padim",
         format_version=meta.get("format_version"),
@@ -108,15 +112,28 @@ def _onnx_info(path: Path) -> dict:
     tensors = [
         _tensor(t.name, dtypes.get(t.data_type, str(t.data_type)), list(t.dims)) for t in proto.graph.initializer
     ]
-    config = json.loads(props.get("padim.config", "{}"))
+    from padim.runtime import read_metadata
+
+    image_size, calibration, config = read_metadata(props, path)  # refuses malformed metadata
+    inputs = {i.name for i in proto.graph.input}
+    outputs = {o.name for o in proto.graph.output}
+    if "images" not in inputs or not {"anomaly_map", "score"} <= outputs:
+        raise ModelFileError(
+            f"{path}: not a padim graph: inputs {sorted(inputs)[:4]}, outputs {sorted(outputs)[:4]} "
+            "(expected images -> anomaly_map, score)"
+        )
+    try:
+        n_images = int(props["padim.n_images"]) if "padim.n_images" in props else None
+    except ValueError:
+        raise ModelFileError(f"{path}: malformed padim metadata in the ONNX model (padim.n_images)") from None
     return dict(
         kind="onnx",
         format_version=int(props["padim.format_version"]),
         toolkit_version=props.get("padim.toolkit_version"),
-        config=config,
+        config={**config, "image_size": list(image_size)},
         feature_size=None,
-        n_images=int(props["padim.n_images"]) if "padim.n_images" in props else None,
-        calibration=json.loads(props.get("padim.calibration", "null")),
+        n_images=n_images,
+        calibration=None if calibration is None else calibration.to_dict(),
         tensors=[t for t in tensors if t["bytes"] >= 1024 or t["name"] in ("threshold", "scale")],
     )
 

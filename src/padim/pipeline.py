@@ -182,6 +182,40 @@ def pipeline_onnx(pipeline: Pipeline, image_size: Sequence[int], state: dict[str
     return onnx_bytes(pipeline, example, OUTPUTS, {"images": 0, **{name: 0 for name in OUTPUTS}})
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device.
+
+    Raises:
+        OptionError: naming ``--device`` for a string torch does not read as a device.
+    """
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError(f"--device must be cpu, cuda or cuda:N, got {str(device)!r}") from None
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, if this machine has it.
+
+    Raises:
+        OptionError: naming ``--device`` for a device that is malformed or absent (``cuda`` without
+            CUDA, ``cuda:7`` on a machine with fewer GPUs, ``mps`` off a Mac, ``meta``).
+    """
+    found = parse_device(device)
+    if found.type == "cpu":
+        return found
+    if found.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise OptionError(f"--device {device}: no CUDA device on this machine (torch sees none); use --device cpu")
+        if found.index is not None and found.index >= count:
+            raise OptionError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return found
+    if found.type == "mps" and torch.backends.mps.is_available():
+        return found
+    raise OptionError(f"--device {device}: not available here; padim runs on cpu or cuda")
+
+
 def use_onnxruntime(backend: str, device: str | torch.device, backbone_dtype: str = "float32") -> bool:
     """Whether ``backend`` (``"auto"``, ``"torch"``, ``"onnxruntime"``) runs in onnxruntime on ``device``.
 
@@ -191,7 +225,8 @@ def use_onnxruntime(backend: str, device: str | torch.device, backbone_dtype: st
         OptionError: for ``"onnxruntime"`` or int8 where onnxruntime is not installed, and for
             int8 with the torch backend or off the CPU.
     """
-    if backbone_dtype == "int8" and (backend == "torch" or torch.device(device).type != "cpu"):
+    device = parse_device(device)
+    if backbone_dtype == "int8" and (backend == "torch" or device.type != "cpu"):
         option = f"backend={backend!r}" if backend == "torch" else f"device={str(device)!r}"
         raise OptionError(f"backbone_dtype='int8' runs in onnxruntime on the CPU, got {option}; "
                           "fit a float32 model for torch or CUDA")  # fmt: skip

@@ -90,6 +90,41 @@ def region_boxes(mask: Any) -> list[Box]:
     return sorted(boxes, key=lambda b: (-b.area, b.y0, b.x0))
 
 
+#: Regions of a larger image are found on its map reduced to about this many pixels, then scaled
+#: back: a 100-megapixel upload costs tens of MB, not 2 GB (labelling at full size).
+REGION_PIXELS = 16_000_000
+
+
+def boxes_at_size(
+    anomaly_map: Any, size: tuple[int, int], calibration: Any, score: float, max_pixels: int = REGION_PIXELS
+) -> list[Box] | None:
+    """:func:`region_boxes` in pixels of an image of ``size`` (width, height), in bounded memory.
+
+    Up to ``max_pixels`` the map is resized to the image's size; above, to a reduced size of the
+    same aspect ratio, and the boxes and areas are scaled back (to within a pixel of the reduced
+    grid). None for an uncalibrated model.
+
+    >>> m = np.zeros((4, 4), np.float32); m[1:3, 1:3] = 9.0
+    >>> cal = scoring.Calibration(threshold=1.0, center=0.0)
+    >>> boxes_at_size(m, (400, 400), cal, 9.0), boxes_at_size(m, (400, 400), cal, 9.0, max_pixels=1600)
+    ([Box(x0=61, y0=61, x1=339, y1=339, area=71404)], [Box(x0=60, y0=60, x1=340, y1=340, area=72800)])
+    """
+    width, height = size
+    scale = min(1.0, (max_pixels / (width * height)) ** 0.5)
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    mask = region_mask(map_at_size(anomaly_map, small), calibration, score)
+    if mask is None:
+        return None
+    boxes = region_boxes(mask)
+    if small == (width, height):
+        return boxes
+    sx, sy = width / small[0], height / small[1]
+    return [
+        Box(round(b.x0 * sx), round(b.y0 * sy), round(b.x1 * sx), round(b.y1 * sy), round(b.area * sx * sy))
+        for b in boxes
+    ]
+
+
 def union_box(boxes: list[Box]) -> Box | None:
     """The box around all regions, with their total area; None when there is none.
 

@@ -24,6 +24,7 @@ import numpy as np
 from padim.errors import ModelFileError, OptionError
 from padim.images import as_size
 from padim.memory import RUN_PIXELS, default_batch_size, images_per_run, return_large_blocks
+from padim.model_file import MAX_SIDE, MAX_WORKING_PIXELS, is_pair
 from padim.scoring import Calibration, manual, region
 
 PathLike = str | os.PathLike
@@ -282,17 +283,60 @@ def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tupl
                 f"{path}: exported in format {version} by a newer padim-toolkit; this one reads format "
                 f"{ONNX_FORMAT_VERSION} and older: upgrade padim-toolkit"
             )
-        image_size = as_size(json.loads(props["padim.image_size"]))
+        stored_size = json.loads(props["padim.image_size"])
+        if not is_pair(stored_size, MAX_SIDE) or stored_size[0] * stored_size[1] > MAX_WORKING_PIXELS:
+            raise ValueError(f"padim.image_size must be [height, width] of at most {MAX_WORKING_PIXELS:,} pixels")
+        image_size = as_size(stored_size)
         stored = json.loads(props["padim.calibration"])
+        if stored is not None and not isinstance(stored, dict):
+            raise TypeError(f"padim.calibration is a {type(stored).__name__}")
         calibration = None if stored is None else Calibration(**stored)
         config = json.loads(props.get("padim.config", "{}"))
         if not isinstance(config, dict):
             raise TypeError(f"padim.config is a {type(config).__name__}")
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
         if isinstance(error, ModelFileError):
             raise
         raise ModelFileError(f"{path}: malformed padim metadata in the ONNX model ({error})") from None
     return image_size, calibration, config
+
+
+def check_io(session: Any, image_size: tuple[int, int], calibrated: bool, path: PathLike = "model") -> None:
+    """Check an onnxruntime session's inputs and outputs against what :class:`Predictor` feeds and reads.
+
+    A graph from ``padim export`` takes ``images`` (N, 3, H, W) float at the stored working size
+    and gives ``anomaly_map`` (N, H, W) and ``score`` (N,) float, and when calibrated
+    ``normalized_score`` (N,) float and ``label`` (N,) bool. Any other graph carrying padim's
+    metadata is refused here, at opening, not with an onnxruntime error on the first image.
+
+    Raises:
+        ModelFileError: naming the file and the input or output that does not fit.
+    """
+    height, width = image_size
+    wanted_in = {"images": ("tensor(float)", (None, 3, height, width))}
+    wanted_out = {"anomaly_map": ("tensor(float)", (None, height, width)), "score": ("tensor(float)", (None,))}
+    if calibrated:
+        wanted_out.update(normalized_score=("tensor(float)", (None,)), label=("tensor(bool)", (None,)))
+    for kind, wanted, found in (
+        ("input", wanted_in, session.get_inputs()),
+        ("output", wanted_out, session.get_outputs()),
+    ):
+        found = {item.name: item for item in found}
+        for name, (dtype, shape) in wanted.items():
+            item = found.get(name)
+            dims = None if item is None else tuple(item.shape)
+            fits = (
+                item is not None
+                and item.type == dtype
+                and len(dims) == len(shape)
+                and all(want is None or got == want or not isinstance(got, int) for got, want in zip(dims, shape))
+            )
+            if not fits:
+                got = "none" if item is None else f"{item.type} {list(dims)}"
+                expected = [("N" if d is None else d) for d in shape]
+                raise ModelFileError(
+                    f"{path}: not a padim graph: {kind} {name!r} should be {dtype} {expected}, got {got}"
+                )
 
 
 def open_onnx(path: PathLike, device: str = "cpu") -> Predictor:
@@ -311,6 +355,7 @@ def open_onnx(path: PathLike, device: str = "cpu") -> Predictor:
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelFileError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
     image_size, calibration, config = read_metadata(runner.session.get_modelmeta().custom_metadata_map, path)
+    check_io(runner.session, image_size, calibration is not None, path)
     return Predictor(
         runner,
         image_size=image_size,

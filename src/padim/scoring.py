@@ -74,12 +74,14 @@ def normalize(score: Any, threshold: Any, scale: Any) -> Any:
 
 
 def label(score: Any, threshold: Any) -> Any:
-    """True (anomalous) unless the score is below the threshold: NaN scores are anomalous.
+    """True (anomalous) unless the score is a number below the threshold: NaN and -inf are anomalous.
 
-    >>> label(np.array([1.0, 2.0, np.nan]), 2.0).tolist()
-    [False, True, True]
+    A verdict fails closed: a score that is not a finite number (a damaged model or input) is never normal.
+
+    >>> label(np.array([1.0, 2.0, np.nan, -np.inf, np.inf]), 2.0).tolist()
+    [False, True, True, True, True]
     """
-    return ~(score < threshold)
+    return ~((score < threshold) & (score > -math.inf))
 
 
 def region(maps: Any, scores: Any, threshold: Any, level: Any) -> Any:

@@ -12,7 +12,8 @@ Endpoints (:func:`create_app`):
   drift, latency_ms}``; ``label`` is True for an anomalous image, ``verdict`` is ``"DEFECT"``
   or ``"OK"`` (both None, like ``normalized_score``, for an uncalibrated model); ``regions``
   lists each predicted defect region's box ``{x0, y0, x1, y1, area}`` in pixels of the uploaded
-  image (x1, y1 exclusive; :func:`padim.regions.region_boxes`), ``image_size`` is its
+  image (x1, y1 exclusive; :func:`padim.regions.boxes_at_size`: found on a reduced map above 16
+  megapixels), ``image_size`` is its
   ``[height, width]``. With ``?heatmap=1`` the JSON also holds ``heatmap_png``: the overlay at
   the uploaded image's size (longest side at most :data:`HEATMAP_MAX_SIDE`), regions outlined,
   with a colour bar under it (:func:`padim.visualize.overlay_at_image_size`), base64 PNG.
@@ -24,11 +25,17 @@ is sent: a verdict that cannot be recorded is not given (500). ``drift`` is the
 :class:`padim.drift.DriftMonitor` status over the last ``drift_window`` verdicts of this
 server process.
 
-Errors are JSON ``{"detail": "<one line>"}``: 413 for an upload over ``max_upload_mb`` (MiB;
+Errors are JSON ``{"detail": "<one line>"}``: 408 for an upload that stalls (no data for
+:data:`padim.uploads.BODY_TIMEOUT_S` seconds); 413 for an upload over ``max_upload_mb`` (MiB;
 checked on the Content-Length header first and while reading, so a large body is never held
-whole) or an image with more pixels than Pillow's decompression-bomb limit; 415 for a body
+whole) or an image over the pixel cap (:func:`padim.images.max_pixels`, from its header, before
+decoding); 500 with no verdict when the score is not a finite number; 415 for a body
 that is not multipart/form-data or a file that is not a decodable image; 422 for a malformed
 multipart body or one without a ``file`` field; 500 if the verdict log cannot be written.
+
+Decoding is bounded: the uploads being decoded and predicted hold at most
+:data:`padim.decoding.DECODE_BUDGET_PIXELS` pixels at once (one larger image alone), so concurrent
+large uploads wait their turn instead of each taking its own hundreds of MB.
 
 The upload is parsed in memory; nothing but the verdict log is written to disk. Requests run
 in worker threads: an onnxruntime session serves them concurrently; a ``.padim`` model run by
@@ -38,8 +45,10 @@ torch takes them one at a time. The server binds to 127.0.0.1 unless told otherw
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
+import math
 import os
 import time
 from importlib import resources
@@ -48,13 +57,13 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from padim import __version__
+from padim.decoding import DECODE_BUDGET_PIXELS, PixelBudget
 from padim.drift import DriftMonitor
-from padim.errors import ImageError, ModelFileError, OutputError
-from padim.images import load_image
+from padim.errors import ImageError, ImageTooLargeError, OptionError, OutputError
+from padim.images import header_pixels, load_image, max_pixels
 from padim.model_info import file_sha256
 from padim.pictures import picture_bytes
 from padim.runtime import open_model
@@ -72,26 +81,36 @@ HEATMAP_MAX_SIDE = 2048
 ENV_MODEL, ENV_MAX_UPLOAD, ENV_OPTIONS = "PADIM_SERVE_MODEL", "PADIM_SERVE_MAX_UPLOAD_MB", "PADIM_SERVE_OPTIONS"
 
 
-def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
+def predict_upload(model, data: bytes, heatmap: bool = False, budget: PixelBudget | None = None) -> dict[str, Any]:
     """Decode one uploaded image, predict, and build the JSON answer (without ``file``, ``drift``, ``latency_ms``).
 
     Raises:
-        UploadError: 415 for bytes that are not a decodable image, 413 for a decompression bomb.
+        UploadError: 415 for bytes that are not a decodable image, 413 for an image over the pixel
+            cap (a decompression bomb), 500 when the score is not a finite number (no verdict).
     """
-    from padim.regions import map_at_size, region_boxes, region_mask
+    if budget is None:
+        return _predict_upload(model, data, heatmap)
+    with budget.hold(min(header_pixels(data), max_pixels())):  # over the cap: refused at once, inside
+        return _predict_upload(model, data, heatmap)
+
+
+def _predict_upload(model, data: bytes, heatmap: bool) -> dict[str, Any]:
+    from padim.regions import boxes_at_size
     from padim.visualize import heatmap_range, overlay_at_image_size
 
     try:
         image = load_image(data)
+    except ImageTooLargeError as error:
+        raise UploadError(413, str(error).splitlines()[0]) from None
     except ImageError as error:
         raise UploadError(415, str(error).splitlines()[0]) from None
-    except Image.DecompressionBombError as error:
-        raise UploadError(413, f"uploaded image: too many pixels ({str(error).splitlines()[0]})") from None
     prediction = model.predict([image])
     calibration = model.calibration
     label = None if prediction.label is None else bool(prediction.label[0])
     score, anomaly_map = float(prediction.score[0]), prediction.anomaly_map[0]
-    mask = region_mask(map_at_size(anomaly_map, image.size), calibration, score)
+    if not math.isfinite(score):  # fail closed: no verdict at all rather than a guess
+        raise UploadError(500, "no verdict: the model gave a score that is not a finite number")
+    boxes = boxes_at_size(anomaly_map, image.size, calibration, score)
     answer: dict[str, Any] = {
         "score": score,
         "normalized_score": None if prediction.normalized_score is None else float(prediction.normalized_score[0]),
@@ -99,7 +118,7 @@ def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
         "verdict": None if label is None else ("DEFECT" if label else "OK"),
         "threshold": None if calibration is None else float(calibration.threshold),
         "image_size": [image.height, image.width],
-        "regions": [] if mask is None else [vars(box) for box in region_boxes(mask)],
+        "regions": [] if boxes is None else [vars(box) for box in boxes],
     }
     if heatmap:
         vmin, vmax = heatmap_range(calibration, anomaly_map)
@@ -108,9 +127,36 @@ def predict_upload(model, data: bytes, heatmap: bool = False) -> dict[str, Any]:
     return answer
 
 
+#: The largest upload limit and verdict-log size accepted, in MiB.
+MAX_MB = 10240
+
+
 def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_MB:
+        raise OptionError(f"{name} must be a number > 0 and at most {MAX_MB} (MiB), got {value!r}")
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, before the model is loaded, a ``--host`` that does not resolve and a ``--port`` in use.
+
+    Raises:
+        OptionError: naming ``--host`` or ``--port``.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as error:
+        raise OptionError(f"--host {host}: not an address of this machine ({error})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OptionError(f"--port {port}: already in use on {host} (another server?)") from None
+            raise OptionError(f"--host {host} --port {port}: cannot listen there ({error.strerror})") from None
 
 
 def create_app(
@@ -153,6 +199,7 @@ def create_app(
     log = None if verdict_log is None else VerdictLog(verdict_log, int(log_max_mb * MIB), log_keep)
     model_sha256 = file_sha256(model_path)
     limit = int(max_upload_mb * MIB)
+    budget = PixelBudget(DECODE_BUDGET_PIXELS)  # shared by the request threads: bounded decoding memory
     page = resources.files("padim").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(
         title="padim",
@@ -219,7 +266,7 @@ def create_app(
                     413, f"upload too large: {len(data) / MIB:.1f} MiB, the limit is {max_upload_mb:g} MiB"
                 )
             # Decoding, inference and logging block: run them in the thread pool, not on the event loop.
-            answer = await run_in_threadpool(predict_upload, model, data, heatmap)
+            answer = await run_in_threadpool(predict_upload, model, data, heatmap, budget)
             await run_in_threadpool(record, name, data, answer)
         except UploadError as error:
             raise HTTPException(status_code=error.status, detail=error.reason) from None
@@ -271,15 +318,15 @@ def run(
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ValueError(f"workers must be an int in 1..256, got {workers!r}")
+    check_address(host, port)
     if workers == 1:
         # Load in this process, so a bad model file fails before the port is bound.
         app = create_app(model_path, max_upload_mb=max_upload_mb, **options)
         uvicorn.run(app, host=host, port=port, access_log=access_log)
         return
-    if not Path(model_path).is_file():
-        raise ModelFileError(f"{model_path}: model file not found")
+    open_model(model_path)  # a malformed model refuses to start here, not in each worker
     _check_positive("max_upload_mb", max_upload_mb)
     if options.get("verdict_log") is not None:  # refused once here rather than by each worker
         options["verdict_log"] = str(VerdictLog(options["verdict_log"]).path.resolve())

@@ -29,6 +29,8 @@ from .images import as_size
 DEFECT_TYPES = ("scratch", "spot")
 
 # Second element of each image's seed, so that folders draw independent streams.
+#: The file :func:`make_demo_dataset` leaves in a category it wrote (``overwrite`` replaces only those).
+MARKER = ".padim-demo"
 _STREAM = {"train": 0, "test_good": 1, "scratch": 2, "spot": 3}
 
 _CLOTH_RGB = np.array([0.62, 0.52, 0.40])  # burlap
@@ -147,7 +149,8 @@ def make_demo_dataset(
         size: image size, int or (height, width), at least 16 px.
         seed: seed for NumPy's random generator; the same seed writes the same files.
         name: the category folder's name.
-        overwrite: replace an existing, non-empty category folder instead of failing.
+        overwrite: replace an existing, non-empty category folder instead of failing, if this
+            function wrote it (it holds the file :data:`MARKER`); any other folder is refused.
 
     Returns:
         the category folder ``root/name``.
@@ -172,7 +175,11 @@ def make_demo_dataset(
     if category.exists() and any(category.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{category}: folder exists and is not empty; pass overwrite=True to replace it")
+        if not (category / MARKER).is_file():  # never delete what this function did not write
+            raise FileExistsError(f"{category}: folder holds files make_demo_dataset did not write; not replacing it")
         shutil.rmtree(category)
+
+    write_bytes(category / MARKER, b"written by padim.synthetic.make_demo_dataset\n")
 
     def rng_for(stream: str, index: int) -> np.random.Generator:
         return np.random.default_rng([seed, _STREAM[stream], index])

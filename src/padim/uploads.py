@@ -8,9 +8,13 @@ one-line reason that :mod:`padim.serve` turns into ``{"detail": reason}``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
+
+#: An upload that sends nothing for this many seconds is answered 408 and dropped.
+BODY_TIMEOUT_S = 30.0
 
 
 class UploadError(Exception):
@@ -108,18 +112,26 @@ def multipart_file(content_type: str | None, body: bytes, field: str = "file") -
     raise UploadError(422, f"expected an image in the multipart form field '{field}', got fields {names}")
 
 
-async def read_body(request: Request, limit: int, too_large: str) -> bytes:
+async def read_body(request: Request, limit: int, too_large: str, timeout: float = BODY_TIMEOUT_S) -> bytes:
     """The request body, refused with 413 (reason ``too_large``) once it passes ``limit`` bytes.
 
     A body over the limit is not kept: it is read on and dropped up to four times the limit,
     so that a client still sending gets the 413 answer rather than a reset connection; past
     that (or at once, for a Content-Length beyond it) the connection is closed after the answer.
+    A client that stalls for ``timeout`` seconds between chunks is answered 408.
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > 4 * limit:
         raise UploadError(413, too_large)
     body, received = bytearray(), 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise UploadError(408, f"upload stalled: no data for {timeout:g} s") from None
         received += len(chunk)
         if received <= limit:
             body += chunk

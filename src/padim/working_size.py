@@ -44,7 +44,7 @@ def header_sizes(paths: Sequence[str | os.PathLike], limit: int = MAX_HEADERS) -
         try:
             with Image.open(path) as image:  # reads the header only
                 sizes.append(image.size)
-        except (OSError, SyntaxError, ValueError):
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             continue  # the decoding pipeline reports unreadable files with their reason
     return sizes
 
