@@ -191,7 +191,7 @@ def parity(prefix: str, workdir: Path) -> dict:
     return dict(
         max_abs=float(np.abs(a.anomaly_map - b.anomaly_map).max()),
         max_relative_to_max=float(np.abs(a.anomaly_map - b.anomaly_map).max() / np.abs(a.anomaly_map).max()),
-        labels_equal=bool((a.label == b.label).all()),
+        labels_equal=(a.label is None) == (b.label is None) and (a.label is None or bool((a.label == b.label).all())),
         n_images=len(test),
     )
 
