@@ -451,7 +451,7 @@ def test_sigterm_stops_every_command_like_ctrl_c(capsys, monkeypatch, tiny_padim
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr("padim.cli.cmd_info", killed)
+    monkeypatch.setattr("padim.cli_parser.cmd_info", killed)  # what the parser binds
     code, _, err = run(capsys, "info", tiny_padim)
     assert code == 130 and "interrupted" in err
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None) or callable(
