@@ -165,10 +165,9 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
     if which == "old":
         from padim.cli import overlay_at_image_size
         from padim.files import write_bytes
-        from padim.pictures import png_bytes
         from padim.runtime import open_model
         from padim.transforms import load_image, preprocess
-        from padim.visualize import heatmap_range
+        from padim.visualize import heatmap_range, png_bytes  # the previous release's modules
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)
