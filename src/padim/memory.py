@@ -73,6 +73,10 @@ def release_freed_memory() -> None:
         pass
 
 
+#: Working sizes up to this many pixels fit with glibc's own mmap threshold (see :func:`return_large_blocks`).
+SMALL_FIT_PIXELS = 256 * 256
+
+
 def return_large_blocks(threshold: int = 4 * 2**20) -> None:
     """Have glibc map every block of ``threshold`` bytes or more on its own, returned to the system when freed.
 
@@ -80,6 +84,10 @@ def return_large_blocks(threshold: int = 4 * 2**20) -> None:
     blocks of embeddings and activations (a few MB each, freed after every batch) come from
     the heap, and its fragments stay resident: +300 MB over a fit at 512x512 here. Fixing the
     threshold keeps the resident memory at what is live. Does nothing where glibc is absent.
+
+    It costs time: every such block is mapped afresh (page faults), which made the streamed
+    update 1.5 times slower at 256x256, where the fragments are small. So a fit sets it only past
+    :data:`SMALL_FIT_PIXELS`; predict sets it for the decoded images (Pillow's 16 MB blocks).
     """
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD

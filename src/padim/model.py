@@ -185,7 +185,6 @@ class Padim:
                skip_bad: bool) -> tuple[Any, Any, dict]:  # fmt: skip
         """Fit's first steps: backbone, channels, working size, hold-out split; (images, validation, options)."""
         resolved = resolve_params(self)
-        memory.return_large_blocks()
         for name in ("stats_", "mean_", "precision_cholesky_packed_", "_runners"):
             self.__dict__.pop(name, None)
         self.layers_, self.skipped_, self.calibration_, self.quantization_ = resolved["layers"], {}, None, None
@@ -195,6 +194,8 @@ class Padim:
         self.channel_idx_ = select_channels(total, resolved["n_features"], self.seed)
         samples = to_samples(data, folder="good")
         apply_plan(self, resolved, None if samples is None else [s.path for s in samples], batch_size, quiet)
+        if math.prod(self.image_size_) > memory.SMALL_FIT_PIXELS:  # fragments matter; see memory.return_large_blocks
+            memory.return_large_blocks()
         if samples is not None and validation is None:
             samples, held = split_holdout(samples, self.holdout, self.seed)
             validation = held or None
