@@ -291,7 +291,7 @@ def render(report: dict) -> str:
             *[f"| {k} | {v:.1f} | {', '.join(f'{x:.1f}' for x in j['fit_s_all'][k])} |" for k, v in j["fit_s"].items()],
             "",
             "`padim predict MODEL test/broken_large test/broken_small test/contamination test/good -o OUT` "
-            "(decoding, maps, overlay PNGs, CSV):",
+            "(decoding, maps, overlays, CSV):",
             "",
             "| model | predict s (median) | images/s | runs |",
             "|---|---:|---:|---|",
