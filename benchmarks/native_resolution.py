@@ -84,7 +84,7 @@ def child_predict_one(model: str, image: str, out: str) -> dict:
     loaded = status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     start = time.perf_counter()
-    summary = predict_files(predictor, image_samples([image]), out, overlays=True, batch_size=1)
+    summary = predict_files(predictor, image_samples([image]), out, overlays="all", batch_size=1)
     return {
         "loaded_rss": loaded,
         "load_seconds": loaded_seconds,
