@@ -1,6 +1,6 @@
 """The adversarial catalogue: cases a careless user or an attacker would try, run against ``padim``.
 
-Each case runs the command in a subprocess (``python -m padim.cli``, the sources on the path)
+Each case runs the command in a subprocess (``python -m padim.cli.main``, the sources on the path)
 in a scratch folder, then is classified:
 
 - ``clean``: it failed as it should: exit status 2 (or 3: no verdict) and one ``padim ...: error:`` line,
@@ -60,7 +60,7 @@ class Case:
 
 def padim(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PY, "-m", "padim.cli", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+        [PY, "-m", "padim.cli.main", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -408,7 +408,7 @@ def build_cases(base: Path) -> list[Case]:
             "ONNX metadata calibration NaN",
             "model file",
             ["predict", "bad.onnx", "one.png"],
-            prepare=lambda w: onnx_meta(w, "padim.calibration", '{"threshold": NaN, "scale": 1.0}'),
+            prepare=lambda w: onnx_meta(w, "padim.runtime.calibrate", '{"threshold": NaN, "scale": 1.0}'),
         ),
     ]
     # --- options ---
@@ -653,7 +653,7 @@ def service_cases(base: Path) -> list[Result]:
     env = {**ENV, "HOME": str(home)}
     env.pop("ORT_DISABLE_TELEMETRY", None)
     server = subprocess.Popen(
-        [PY, "-m", "padim.cli", "serve", "m.onnx", "--port", str(port)],
+        [PY, "-m", "padim.cli.main", "serve", "m.onnx", "--port", str(port)],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     results = []
@@ -751,7 +751,9 @@ def signal_cases(base: Path) -> list[Result]:
     shutil.copy(base / "m.padim", work / "m.padim")
     argv = ["fit", "data", "-o", "new.padim", "--random-weights", "--image-size", "64", "--n-features", "8"]
     for signum, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
-        proc = subprocess.Popen([PY, "-m", "padim.cli", *argv], cwd=work, env=ENV, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [PY, "-m", "padim.cli.main", *argv], cwd=work, env=ENV, stderr=subprocess.PIPE, text=True
+        )
         time.sleep(4)
         proc.send_signal(signum)
         err = proc.communicate(timeout=120)[1]
@@ -765,7 +767,7 @@ def signal_cases(base: Path) -> list[Result]:
         detail = f"exit {proc.returncode}; {err.strip().splitlines()[-1] if err.strip() else ''}"
         results.append(Result(f"{name} during fit", "signals", outcome, detail[:200]))
     # SIGKILL while the ONNX file is being written: its temp file stays; the next export removes it.
-    proc = subprocess.Popen([PY, "-m", "padim.cli", "export", "m.padim", "-o", "m.onnx"], cwd=work, env=ENV)
+    proc = subprocess.Popen([PY, "-m", "padim.cli.main", "export", "m.padim", "-o", "m.onnx"], cwd=work, env=ENV)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(work.glob(".m.onnx.*.tmp")):
         time.sleep(0.01)
@@ -782,7 +784,7 @@ def signal_cases(base: Path) -> list[Result]:
 
 
 def make_base() -> Path:
-    from padim.synthetic import make_demo_dataset
+    from padim.io.synthetic import make_demo_dataset
 
     base = Path(tempfile.mkdtemp(prefix="adv-base-"))
     category = make_demo_dataset(base / "gen", n_train=8, n_test_good=2, n_test_defect=2, size=64)

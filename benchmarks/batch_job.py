@@ -4,8 +4,8 @@ Run from the repository root (the previous release checked out beside it, and it
 since it reads only model format 1):
 
     git worktree add /tmp/padim-old 5f7836d
-    PYTHONPATH=/tmp/padim-old/src python -m padim.cli fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle-old.padim
-    python -m padim.cli fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle.padim
+    PYTHONPATH=/tmp/padim-old/src python -m padim.cli.main fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle-old.padim
+    python -m padim.cli.main fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle.padim
     python benchmarks/batch_job.py --model /tmp/bottle.padim --old-model /tmp/bottle-old.padim \\
         --old-src /tmp/padim-old/src --data ../shared/data/mvtec_ad/bottle --out benchmarks/results/batch_job
 
@@ -75,7 +75,7 @@ def run_measured(command: list[str], src: Path) -> dict[str, Any]:
 
 
 def predict_command(model: Path, inputs: Path, out: Path, *options: str) -> list[str]:
-    return [sys.executable, "-m", "padim.cli", "predict", str(model), str(inputs), "-o", str(out), *options]
+    return [sys.executable, "-m", "padim.cli.main", "predict", str(model), str(inputs), "-o", str(out), *options]
 
 
 # --------------------------------------------------------------------------- data
@@ -125,9 +125,9 @@ def limit_worker(model: str, folder: str, batch_size: int) -> None:
 
     import numpy as np
 
-    from padim.images import load_image, preprocess
-    from padim.loading import default_workers
-    from padim.runtime import open_model
+    from padim.io.images import load_image, preprocess
+    from padim.io.loading import default_workers
+    from padim.runtime.predictor import open_model
 
     predictor = open_model(model)
     paths = sorted(Path(folder).iterdir())
@@ -163,11 +163,11 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         return results
 
     if which == "old":
-        from padim.cli import overlay_at_image_size
-        from padim.files import write_bytes
-        from padim.runtime import open_model
+        from padim.cli.main import overlay_at_image_size
+        from padim.io.files import write_bytes
+        from padim.report.overlays import heatmap_range, png_bytes  # the previous release's modules
+        from padim.runtime.predictor import open_model
         from padim.transforms import load_image, preprocess
-        from padim.visualize import heatmap_range, png_bytes  # the previous release's modules
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)
@@ -185,14 +185,14 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         encoded = timed("encode (PNG, level 6)", png_bytes, pictures)
         timed("write", lambda d: write_bytes(scratch / "x.png", d), encoded)
     else:
-        from padim.batch_predict import OVERLAY_MAX_SIDE
-        from padim.decoding import reduced
-        from padim.files import LineAppender, write_bytes
-        from padim.images import load_image, preprocess
-        from padim.pictures import picture_bytes
-        from padim.runtime import open_model
-        from padim.verdicts import Row, region_extent
-        from padim.visualize import heatmap_range, overlay_at_image_size
+        from padim.io.decoding import reduced
+        from padim.io.files import LineAppender, write_bytes
+        from padim.io.images import load_image, preprocess
+        from padim.io.pictures import picture_bytes
+        from padim.jobs.predict import OVERLAY_MAX_SIDE
+        from padim.outputs.rows import Row, region_extent
+        from padim.report.overlays import heatmap_range, overlay_at_image_size
+        from padim.runtime.predictor import open_model
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)
@@ -227,9 +227,9 @@ def encoders_worker(model: str, folder: str, n: int) -> None:
 
     from PIL import Image
 
-    from padim.images import load_image, preprocess
-    from padim.runtime import open_model
-    from padim.visualize import heatmap_range, overlay_at_image_size
+    from padim.io.images import load_image, preprocess
+    from padim.report.overlays import heatmap_range, overlay_at_image_size
+    from padim.runtime.predictor import open_model
 
     predictor = open_model(model)
     paths = sorted(Path(folder).iterdir())[:: max(1, len(list(Path(folder).iterdir())) // n)][:n]
@@ -318,7 +318,11 @@ def benchmark(args: argparse.Namespace, result: dict[str, Any], save) -> None:
                 save()
                 print(f"round {round_ + 1}: {name}: {measured['wall_s']:.1f} s", file=sys.stderr)
             for name, src, model in (("previous release", old, args.old_model), ("this version", new, args.model)):
-                opening = [sys.executable, "-c", f"from padim.runtime import open_model; open_model({str(model)!r})"]
+                opening = [
+                    sys.executable,
+                    "-c",
+                    f"from padim.runtime.predictor import open_model; open_model({str(model)!r})",
+                ]
                 measured = run_measured(opening, src)
                 measured.pop("stdout")
                 result.setdefault("opening", {}).setdefault(name, []).append(measured)

@@ -5,7 +5,7 @@ repository root:
 
     python benchmarks/compare_anomalib.py --data ../shared/data/mvtec_ad/bottle --out benchmarks/results/speed
 
-Images are decoded and pre-processed (``padim.images.preprocess``) once, before any
+Images are decoded and pre-processed (``padim.io.images.preprocess``) once, before any
 timing, into a cache; every measurement then runs in its own subprocess, which reports its
 wall time and its peak resident memory (``VmHWM`` of /proc/self/status, i.e. the process's
 own high-water mark, so measurements do not leak into each other). Parts:
@@ -118,8 +118,8 @@ def bottle_cache(data: Path, size: int, cache: Path, chunk: int = 32) -> str:
     prefix = str(cache / f"{data.name}_{size}")
     if Path(prefix + ".npz").exists():
         return prefix
-    from padim.datasets import mvtec_samples
-    from padim.images import load_image, load_mask, preprocess
+    from padim.io.datasets import mvtec_samples
+    from padim.io.images import load_image, load_mask, preprocess
 
     train = mvtec_samples(data, "train")
     test = mvtec_samples(data, "test")
@@ -142,15 +142,15 @@ def bottle_cache(data: Path, size: int, cache: Path, chunk: int = 32) -> str:
 
 
 def channel_indices(backbone: str, layers: list[str], n_features: int, seed: int):
-    from padim.backbones import resolve_layers
-    from padim.embedding import select_channels
+    from padim.features.backbones import resolve_layers
+    from padim.features.embedding import select_channels
 
     return select_channels(sum(info.channels for info in resolve_layers(backbone, layers)), n_features, seed)
 
 
 def make_padim(cfg: dict, backend: str, eps: float = 0.01, precision: str = "float32"):
     """A padim model for ``cfg`` run by ``backend`` ("torch" or "onnxruntime"), in ``precision``."""
-    from padim.model import Padim
+    from padim.model.padim import Padim
 
     return Padim(
         backbone=cfg["backbone"],
@@ -166,7 +166,7 @@ def make_padim(cfg: dict, backend: str, eps: float = 0.01, precision: str = "flo
 
 
 def load_padim(path: Path, backend: str):
-    from padim.model import Padim
+    from padim.model.padim import Padim
 
     return Padim.load(path, backend=backend)
 
@@ -175,7 +175,7 @@ def full_backbone(cfg: dict):
     """The whole network (as anomalib wants it) with exactly the weights padim uses."""
     import torch
 
-    from padim.backbones import FeatureExtractor, get_spec
+    from padim.features.backbones import FeatureExtractor, get_spec
 
     extractor = FeatureExtractor(cfg["backbone"], cfg["layers"], pretrained=cfg["pretrained"], seed=0)
     with torch.random.fork_rng(devices=[]):
@@ -284,12 +284,12 @@ def worker_anomalib_predict(cfg: dict, job: dict) -> dict:
 
 
 def worker_padim_fit(cfg: dict, job: dict) -> dict:
-    import padim.model
+    import padim.model.padim
 
     model = make_padim(cfg, job["backend"], job.get("eps", 0.01), job.get("precision", "float32"))
     base = current_rss_mb()
     timers = {"embed_s": 0.0, "calibrate_s": 0.0}
-    embed, calibrate_model = model.embed, padim.model.calibrate_model
+    embed, calibrate_model = model.embed, padim.model.padim.calibrate_model
 
     def timed(function, key):
         def run(*args, **kwargs):
@@ -302,7 +302,7 @@ def worker_padim_fit(cfg: dict, job: dict) -> dict:
 
     model.embed = timed(embed, "embed_s")
     # int8: calibrating the backbone and quantising its graph (before the first embedding).
-    padim.model.calibrate_model = timed(calibrate_model, "calibrate_s")
+    padim.model.padim.calibrate_model = timed(calibrate_model, "calibrate_s")
     source = (
         file_batches(job["data"], cfg["batch"])
         if job.get("data")
@@ -479,7 +479,7 @@ def main() -> None:
     report: dict = {"machine": machine_info(args.threads), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     backends = ["torch", "onnxruntime"]
     variants = [("torch", "torch"), ("onnxruntime", "onnxruntime")]  # (label, backend)
-    # int8 (padim.quantize): only in the EfficientNet-Lite0 part, which it was made for; its maps
+    # int8 (padim.graph.quantize): only in the EfficientNet-Lite0 part, which it was made for; its maps
     # are not anomalib's to 1e-4 (the features are quantised), so it has no map-difference row.
     precisions = {"int8": "int8"}
 
@@ -676,7 +676,7 @@ def render(report: dict, args) -> str:
             "",
             "Ratios to anomalib, and the targets: predict throughput ≥ 5×, fit time ≤ 1/5, fit peak RSS ≤ 1/2, "
             "PaDiM's share of predict ≤ 15%; image AUROC ≥ 0.995 and pixel AUROC ≥ 0.978. int8 (the backbone "
-            "quantised, calibrated on the first 32 training images, `padim.quantize`): predict ≥ 12×, fit "
+            "quantised, calibrated on the first 32 training images, `padim.graph.quantize`): predict ≥ 12×, fit "
             "(calibration included) ≤ 0.3, AUROCs within 0.005 of float32.",
             "",
             "| padim | predict throughput | fit time | fit peak RSS | PaDiM's share |",

@@ -1,8 +1,8 @@
 """Executor parity on real data: the one pipeline run by torch, by onnxruntime and as the exported file.
 
 For each category: fit PaDiM on ``train/good`` (held-out good images set the threshold),
-save the ``.padim`` file, export it with ``padim export`` (:func:`padim.export.export_onnx`),
-then predict every test image through :func:`padim.runtime.open_model` (the path of
+save the ``.padim`` file, export it with ``padim export`` (:func:`padim.model.export.export_onnx`),
+then predict every test image through :func:`padim.runtime.predictor.open_model` (the path of
 ``padim predict``) three ways: the ``.padim`` file run eagerly by torch (``backend="torch"``,
 the reference), the ``.padim`` file run by onnxruntime in memory (the default on CPU), and
 the exported ``.onnx`` file. Compared against the torch run:
@@ -39,11 +39,11 @@ import numpy as np
 from PIL import Image
 
 import padim
-from padim.evaluation import evaluate_model
-from padim.export import export_onnx
-from padim.images import list_images, load_image, preprocess
-from padim.model import Padim
-from padim.runtime import open_model
+from padim.eval.evaluation import evaluate_model
+from padim.io.images import list_images, load_image, preprocess
+from padim.model.export import export_onnx
+from padim.model.padim import Padim
+from padim.runtime.predictor import open_model
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = [
@@ -109,7 +109,7 @@ def run_cli(model: Path, inputs: list[Path], output: Path) -> float:
         [
             sys.executable,
             "-c",
-            "import sys; from padim.cli import main; sys.exit(main())",
+            "import sys; from padim.cli.main import main; sys.exit(main())",
             "predict",
             str(model),
             *map(str, inputs),
@@ -214,7 +214,7 @@ def markdown(results: list[dict], environment: dict) -> str:
     lines = [
         "# Executor parity: torch, onnxruntime in memory, the exported file",
         "",
-        "The one pipeline run three ways on every test image through `padim.runtime.open_model` (the",
+        "The one pipeline run three ways on every test image through `padim.runtime.predictor.open_model` (the",
         "path of `padim predict`): the `.padim` file run eagerly by torch (the reference), the same",
         "file run by onnxruntime in memory (the CPU default), and the exported `.onnx` file. Goal:",
         "anomaly maps equal to 1e-4 relative (max |x - torch| / max |torch|), identical labels, and",

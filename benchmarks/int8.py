@@ -10,7 +10,7 @@ Parts (EfficientNet-Lite0, 256 px, d=100, seed 0, 2 threads):
 1. quality: on each data set, float32 and then int8 for every calibration method (MinMax,
    Entropy, Percentile) and number of calibration images (8, 16, 32, 64), plus MinMax on 32
    images with full 8-bit weights: image and pixel AUROC (scikit-learn) on the test images, and
-   the cost of calibrating (:func:`padim.quantize.calibrate` alone, median of 3, beside a float32
+   the cost of calibrating (:func:`padim.graph.quantize.calibrate` alone, median of 3, beside a float32
    embedding of the same images). Models are fitted on all training images, pre-processed once
    and streamed in a seeded random order, so the first N (the calibration set) are a seeded
    random subset, as ``padim fit`` draws them from files.
@@ -59,14 +59,14 @@ def load_cache(prefix: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def histogram_calibrate(method: str):
-    """A stand-in for :func:`padim.quantize.calibrate` with onnxruntime's Entropy or Percentile calibrator."""
+    """A stand-in for :func:`padim.graph.quantize.calibrate` with onnxruntime's Entropy or Percentile calibrator."""
 
     def run(graph: bytes, images: np.ndarray, batch_size: int = 8):
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
         from onnxruntime.quantization.calibrate import create_calibrator
 
-        import padim.quantize as q
+        import padim.graph.quantize as q
 
         model = q.optimized(graph) if isinstance(graph, bytes) else graph
         wanted = sorted(set(q.backbone_activations(model)[1].values()))
@@ -100,28 +100,28 @@ def histogram_calibrate(method: str):
 
 def calibration(method: str):
     """The calibration function for ``method``: padim's own (MinMax) or onnxruntime's."""
-    import padim.quantize
+    import padim.graph.quantize
 
-    return padim.quantize.calibrate if method == "minmax" else histogram_calibrate(method)
+    return padim.graph.quantize.calibrate if method == "minmax" else histogram_calibrate(method)
 
 
 def fit_and_score(train, test, labels, masks, precision="float32", method="minmax", n_images=32, weight_bits=7):
     """Fit on the stream of ``train``; AUROCs on ``test``; returns a result dict and the model."""
     from sklearn.metrics import roc_auc_score
 
-    import padim.model
-    import padim.quantize
-    from padim.model import Padim
+    import padim.graph.quantize
+    import padim.model.padim
+    from padim.model.padim import Padim
 
-    saved = padim.model.calibrate_model, padim.quantize.calibrate
-    padim.model.calibrate_model = partial(saved[0], n_images=n_images)
-    padim.quantize.calibrate, padim.quantize.WEIGHT_BITS = calibration(method), weight_bits
+    saved = padim.model.padim.calibrate_model, padim.graph.quantize.calibrate
+    padim.model.padim.calibrate_model = partial(saved[0], n_images=n_images)
+    padim.graph.quantize.calibrate, padim.graph.quantize.WEIGHT_BITS = calibration(method), weight_bits
     try:
         start = time.perf_counter()
         model = Padim(backbone_dtype=precision).fit(train[i : i + 32] for i in range(0, len(train), 32))
         fit_s = time.perf_counter() - start
     finally:
-        (padim.model.calibrate_model, padim.quantize.calibrate), padim.quantize.WEIGHT_BITS = saved, 7
+        (padim.model.padim.calibrate_model, padim.graph.quantize.calibrate), padim.graph.quantize.WEIGHT_BITS = saved, 7
     maps = np.concatenate([model.predict(test[i : i + 32]).anomaly_map for i in range(0, len(test), 32)])
     result = dict(
         backbone_dtype=precision,
@@ -138,8 +138,8 @@ def calibration_cost(model, train, method: str, n_images: int, rounds: int = 3) 
     """Seconds to calibrate on ``n_images`` (median), and to embed them in float32, in this process."""
     import torch
 
-    from padim.pipeline import Embedder, onnx_bytes
-    from padim.runtime import OrtRunner
+    from padim.graph.pipeline import Embedder, onnx_bytes
+    from padim.runtime.predictor import OrtRunner
 
     graph = onnx_bytes(
         Embedder(model.extractor_, model.channel_idx_),
@@ -181,8 +181,8 @@ def quality(name: str, prefix: str) -> dict:
 
 
 def parity(prefix: str, workdir: Path) -> dict:
-    from padim.export import export_onnx
-    from padim.runtime import open_model
+    from padim.model.export import export_onnx
+    from padim.runtime.predictor import open_model
 
     train, test, _, _ = load_cache(prefix)
     _, model = fit_and_score(train, test[:1], np.array([0]), np.zeros((1, 256, 256)), "int8")
@@ -197,10 +197,10 @@ def parity(prefix: str, workdir: Path) -> dict:
 
 
 def run_command(args: list[str]) -> float:
-    """Wall seconds of ``python -m padim.cli ARGS`` in a fresh process (imports included)."""
+    """Wall seconds of ``python -m padim.cli.main ARGS`` in a fresh process (imports included)."""
     env = dict(os.environ, PYTHONPATH=str(SRC))
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "padim.cli", *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "padim.cli.main", *args], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"padim {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -209,7 +209,7 @@ def run_command(args: list[str]) -> float:
 
 def jobs(data: Path, workdir: Path, fit_rounds: int, predict_rounds: int) -> dict:
     """The padim command as a user runs it, float32 and int8 alternating."""
-    from padim.export import export_onnx
+    from padim.model.export import export_onnx
 
     models = {p: workdir / f"{p}.padim" for p in ("float32", "int8")}
     fit: dict = {p: [] for p in models}

@@ -1,6 +1,6 @@
 """Load test of ``padim serve``: K concurrent clients on loopback send a fixed number of requests.
 
-Starts the server (:func:`padim.serve.run`) in a subprocess on 127.0.0.1, waits for
+Starts the server (:func:`padim.serve.app.run`) in a subprocess on 127.0.0.1, waits for
 ``/health``, then K client threads (one keep-alive httpx connection each) each POST the same
 real image R times to ``/predict``. Reports throughput, client-side latency (p50, p99, max),
 the server's own ``latency_ms``, the error count (goal 0: any answer other than 200, or a
@@ -94,7 +94,7 @@ class MemoryWatch(threading.Thread):
 
 def start_server(model: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
     code = (
-        "import sys; from padim.serve import run; "
+        "import sys; from padim.serve.app import run; "
         f"run({str(model)!r}, host='127.0.0.1', port={port}, workers={workers}, access_log=False)"
     )
     with open(log, "wb") as handle:
@@ -154,8 +154,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def fit_and_export(category: Path, image_size: int, folder: Path) -> Path:
-    from padim.export import export_onnx
-    from padim.model import Padim
+    from padim.model.export import export_onnx
+    from padim.model.padim import Padim
 
     model = Padim(image_size=image_size).fit(category)
     return export_onnx(model, folder / f"{category.name}-{image_size}.onnx")
@@ -223,7 +223,7 @@ def main() -> None:
         if image_path is None:
             if category is None:
                 parser.error("--image is needed with --model")
-            from padim.images import list_images
+            from padim.io.images import list_images
 
             image_path = list_images(sorted(p for p in (category / "test").iterdir() if p.is_dir())[0])[0]
         image = image_path.read_bytes()

@@ -63,7 +63,7 @@ def status(key: str) -> int:
 
 def child_cli(argv: list[str]) -> dict:
     """Run one ``padim`` command in this process; its stderr, wall time and peak RSS."""
-    from padim.cli import main
+    from padim.cli.main import main
 
     err = io.StringIO()
     start = time.perf_counter()
@@ -74,9 +74,9 @@ def child_cli(argv: list[str]) -> dict:
 
 def child_predict_one(model: str, image: str, out: str) -> dict:
     """Open a model, then ``padim predict``'s job on one image; peak RSS above the loaded model."""
-    from padim.batch_predict import predict_files
-    from padim.datasets import image_samples
-    from padim.runtime import open_model
+    from padim.io.datasets import image_samples
+    from padim.jobs.predict import predict_files
+    from padim.runtime.predictor import open_model
 
     start = time.perf_counter()
     predictor = open_model(model)
@@ -100,11 +100,11 @@ def child_float16(data: str) -> dict:
     """Packed float16 factors against float32 ones: map difference and metric changes."""
     import torch
 
-    from padim.evaluation import evaluate_model
-    from padim.gaussian import precision_cholesky_from_stats
-    from padim.model import Padim
-    from padim.pipeline import OUTPUTS, make_runner
-    from padim.runtime import Predictor
+    from padim.eval.evaluation import evaluate_model
+    from padim.graph.pipeline import OUTPUTS, make_runner
+    from padim.model.padim import Padim
+    from padim.runtime.predictor import Predictor
+    from padim.stats.gaussian import precision_cholesky_from_stats
 
     model = Padim().fit(data, keep_stats=True)
     exact = precision_cholesky_from_stats(model.stats_, model.eps)  # float32, never rounded
@@ -133,11 +133,11 @@ def child_tile_features(data: str, size: int, tile: int) -> dict:
     """Tiled against untiled EfficientNet-Lite0 features (chosen channels) on test images at size x size."""
     import torch
 
-    from padim.backbones import FeatureExtractor
-    from padim.datasets import test_samples
-    from padim.embedding import select, select_channels, split_channels
-    from padim.images import load_image, preprocess
-    from padim.tiling import TilePlan, tiled_features
+    from padim.features.backbones import FeatureExtractor
+    from padim.features.embedding import select, select_channels, split_channels
+    from padim.features.tiling import TilePlan, tiled_features
+    from padim.io.datasets import test_samples
+    from padim.io.images import load_image, preprocess
 
     extractor = FeatureExtractor("efficientnet_lite0")
     layer_idx = split_channels(select_channels(176, 100, 0), [i.channels for i in extractor.layer_info])
@@ -195,9 +195,9 @@ def fit_and_evaluate(data: Path, image_size: str | None, work: Path, name: str, 
 
 
 def part_rule(work: Path) -> list[dict]:
-    from padim.datasets import train_samples
-    from padim.synthetic import make_demo_dataset
-    from padim.working_size import working_size
+    from padim.io.datasets import train_samples
+    from padim.io.synthetic import make_demo_dataset
+    from padim.model.working_size import working_size
 
     elongated = make_demo_dataset(work / "elongated", 30, 10, 20, size=(110, 2048), name="parts", overwrite=True)
     rows = []
@@ -220,7 +220,7 @@ def part_targets(work: Path, baseline: Path | None) -> list[dict]:
 
 
 def part_elongated(work: Path) -> list[dict]:
-    from padim.synthetic import make_demo_dataset
+    from padim.io.synthetic import make_demo_dataset
 
     data = make_demo_dataset(work / "elongated", 30, 10, 20, size=(110, 2048), name="parts", overwrite=True)
     rows = []
@@ -232,7 +232,7 @@ def part_elongated(work: Path) -> list[dict]:
 def part_large(work: Path) -> list[dict]:
     from PIL import Image
 
-    from padim.synthetic import make_demo_dataset
+    from padim.io.synthetic import make_demo_dataset
 
     data = make_demo_dataset(work / "large", 6, 1, 2, size=(3000, 4000), name="large", overwrite=True)
     image = next((data / "test" / "spot").glob("*.png"))

@@ -4,7 +4,7 @@ For each category: fit PaDiM with the defaults (its held-out good images set the
 threshold), then take the anomaly maps of those held-out good images and derive candidate
 pixel thresholds from them alone: the image threshold itself (the rule before issue 12), and
 quantiles of all their pixels. Each candidate is scored on the labelled test set, with regions
-drawn only on images the image threshold flags (as ``padim.regions.region_mask`` does):
+drawn only on images the image threshold flags (as ``padim.scoring.regions.region_mask`` does):
 
 - ``dice``: mean Dice of predicted region and ground truth over the flagged defective images;
 - ``pro``: mean per-region overlap at that threshold over every ground-truth region (how much
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from padim.datasets import split_holdout, train_samples
-from padim.evaluation import evaluate_model
-from padim.model import Padim
+from padim.eval.evaluation import evaluate_model
+from padim.io.datasets import split_holdout, train_samples
+from padim.model.padim import Padim
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = [Path("/work/shared/data/mvtec_ad/bottle"), Path("/work/shared/data/hazelnut_toy/hazelnut")]

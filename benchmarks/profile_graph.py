@@ -1,6 +1,6 @@
 """Where the inference graph's time goes: backbone, embedding (channel selection and resize), PaDiM.
 
-Runs a ``.padim`` model's pipeline graph (:mod:`padim.pipeline`, as onnxruntime runs it in
+Runs a ``.padim`` model's pipeline graph (:mod:`padim.graph.pipeline`, as onnxruntime runs it in
 memory on the CPU) with onnxruntime's profiler on random pre-processed batches and sums the
 kernel time of each node by the stage it belongs to: ``/embedder/extractor/...`` is the
 backbone, the rest of ``/embedder/...`` the channel selection and nearest resize, and
@@ -42,10 +42,10 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from padim.gaussian import runtime_factors
-    from padim.model import Padim
-    from padim.pipeline import OUTPUTS, onnx_bytes
-    from padim.runtime import cpu_threads
+    from padim.graph.pipeline import OUTPUTS, onnx_bytes
+    from padim.model.padim import Padim
+    from padim.runtime.predictor import cpu_threads
+    from padim.stats.gaussian import runtime_factors
 
     model = Padim.load(args.model)
     example = {
@@ -57,7 +57,7 @@ def main() -> None:
     }
     graph = onnx_bytes(model.pipeline(), example, OUTPUTS, {"images": 0, **dict.fromkeys(OUTPUTS, 0)})
     if model.quantization_ is not None:  # an int8 model runs its quantised graph
-        from padim.quantize import quantize
+        from padim.graph.quantize import quantize
 
         graph = quantize(graph, model.quantization_)
     options = ort.SessionOptions()

@@ -6,13 +6,13 @@ Run from the repository root:
         --out benchmarks/results/ray_scaling
 
 A local Ray cluster with 2 CPUs. Each worker (a fit task, a predict actor) is held to one
-thread (torch, onnxruntime, decoding in its own thread: :mod:`padim.distributed`).
+thread (torch, onnxruntime, decoding in its own thread: :mod:`padim.jobs.distributed`).
 
-1. fit: the shards' statistics (:func:`padim.distributed.shard_statistics`: decoding, the
+1. fit: the shards' statistics (:func:`padim.jobs.distributed.shard_statistics`: decoding, the
    backbone traced for onnxruntime in each task, the streamed updates) of ``--fit-images``
    bottle training images at 256 px (efficientnet_lite0, d=100), as 1 shard on 1 worker and 2
    shards on 2 workers; then the whole ``distributed.fit`` once each way, for the record;
-2. predict: :func:`padim.distributed.predict_files` of the bottle test images and some training
+2. predict: :func:`padim.jobs.distributed.predict_files` of the bottle test images and some training
    images (CSV rows and the default JPEG overlays of anomalous images) on 1 and 2 actors,
    the actors' start (the model opened, its graph traced) included;
 3. merge: merging k shards' statistics of this model's size (random values; P = 4096 patches,
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from padim import distributed
-from padim.datasets import image_samples, train_samples
-from padim.gaussian import GaussianStats, precision_cholesky_from_stats
-from padim.model import Padim
+from padim.io.datasets import image_samples, train_samples
+from padim.jobs import distributed
+from padim.model.padim import Padim
+from padim.stats.gaussian import GaussianStats, precision_cholesky_from_stats
 
 
 def timed(fn) -> float:

@@ -2,7 +2,7 @@
 
 ``mvtec_tree`` is an MVTec AD category (64 px, 8 train, 3 good and 4 defective test images);
 ``plain_tree`` and ``plain_test_tree`` hold the same images in the plain layouts that
-:mod:`padim.datasets` also reads. ``tiny_model`` is a model fitted on ``mvtec_tree`` (random
+:mod:`padim.io.datasets` also reads. ``tiny_model`` is a model fitted on ``mvtec_tree`` (random
 ResNet18 weights, 64 px, d=16, one good image held out for the threshold); ``tiny_padim`` and
 ``tiny_onnx`` are its ``.padim`` file and its ONNX export. All are shared by every test: treat
 them as read-only (copy into ``tmp_path`` before changing a tree; ``copy.deepcopy`` a model).
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from padim.synthetic import make_demo_dataset
+from padim.io.synthetic import make_demo_dataset
 
 from support import TINY
 
@@ -33,7 +33,7 @@ def mvtec_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(mvtec_tree: Path):
     """:data:`TINY` fitted on ``mvtec_tree`` (7 good images in the Gaussians, 1 held out)."""
-    from padim.model import Padim
+    from padim.model.padim import Padim
 
     return Padim(**TINY).fit(mvtec_tree)
 
@@ -47,7 +47,7 @@ def tiny_padim(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_model`` exported to ONNX."""
-    from padim.export import export_onnx
+    from padim.model.export import export_onnx
 
     return export_onnx(tiny_model, tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx")
 

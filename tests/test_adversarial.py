@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from padim.cli import main
+from padim.cli.main import main
 from padim.errors import ImageError, ImageTooLargeError, ModelFileError, OutputError, PadimError, ScoreError
-from padim.files import atomic_path, write_text
-from padim.images import ENV_MAX_MEGAPIXELS, decode, load_image, load_mask
-from padim.model_file import check_metadata, read_model_file, write_model_file
-from padim.model_info import model_info
-from padim.runtime import Prediction, open_model
+from padim.io.files import atomic_path, write_text
+from padim.io.images import ENV_MAX_MEGAPIXELS, decode, load_image, load_mask
+from padim.modelfile.info import model_info
+from padim.modelfile.padim_file import check_metadata, read_model_file, write_model_file
+from padim.runtime.predictor import Prediction, open_model
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -141,7 +141,7 @@ def test_a_permission_error_says_permission_denied(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("padim.images.open", refuse, raising=False)
+    monkeypatch.setattr("padim.io.images.open", refuse, raising=False)
     with pytest.raises(ImageError, match=r"locked\.png: permission denied") as raised:
         load_image(path)
     assert "corrupt" not in str(raised.value)
@@ -204,7 +204,7 @@ def test_malformed_metadata_is_refused_before_any_tensor_is_read(tiny_padim, tmp
     ],
 )
 def test_inconsistent_metadata_is_refused_at_load(tiny_padim, tmp_path, edit):
-    from padim.model import Padim
+    from padim.model.padim import Padim
 
     with pytest.raises(ModelFileError, match="inconsistent padim model file"):
         Padim.load(with_metadata(tiny_padim, tmp_path / "bad.padim", edit))
@@ -261,7 +261,7 @@ def test_channel_idx_out_of_range_is_refused(tiny_padim, tmp_path):
     ),
 )
 def test_fuzzed_metadata_is_accepted_or_refused_cleanly(tiny_model, key, value):
-    from padim.model_file import FORMAT_VERSION
+    from padim.modelfile.padim_file import FORMAT_VERSION
 
     meta = {**tiny_model.config(), "format_version": FORMAT_VERSION, "feature_size": [16, 16], "n_images": 7,
             "calibration": None, key: value}  # fmt: skip
@@ -301,7 +301,7 @@ def test_a_foreign_onnx_graph_with_padim_metadata_is_refused(tiny_onnx, tmp_path
 
 def test_a_score_that_is_not_finite_is_never_normal(tiny_model):
     """The label rule (the graph's, the torch runner's, NumPy's): NaN, inf and -inf are anomalous."""
-    from padim.scoring import label
+    from padim.scoring.rules import label
 
     assert label(np.array([math.nan, math.inf, -math.inf, 0.0]), 1.0).tolist() == [True, True, True, False]
     predictor = NaNScores(tiny_model.predictor())
@@ -315,28 +315,28 @@ class NaNScores:
         self.predictor, self.image_size, self.calibration = predictor, predictor.image_size, predictor.calibration
 
     def predict_batch(self, images):
-        from padim.scoring import label
+        from padim.scoring.rules import label
 
         p = self.predictor.predict_batch(images)
         score = np.full_like(p.score, np.nan)
         return Prediction(p.anomaly_map, score, p.normalized_score, label(score, p.threshold), p.threshold)
 
     def predict(self, images):
-        from padim.images import preprocess
+        from padim.io.images import preprocess
 
         return self.predict_batch(preprocess(images, self.image_size))
 
 
 def test_evaluate_gives_no_metrics_from_non_finite_scores(tiny_model, mvtec_tree):
-    from padim.evaluation import evaluate_model
+    from padim.eval.evaluation import evaluate_model
 
     with pytest.raises(ScoreError, match="image\\(s\\) got a score that is not a finite number, so no metrics: .*png"):
         evaluate_model(NaNScores(tiny_model.predictor()), mvtec_tree)
 
 
 def test_serve_gives_no_verdict_for_a_non_finite_score(tiny_model, mvtec_tree):
-    from padim.serve import predict_upload
-    from padim.uploads import UploadError
+    from padim.serve.app import predict_upload
+    from padim.serve.uploads import UploadError
 
     data = sorted((mvtec_tree / "test" / "good").iterdir())[0].read_bytes()
     with pytest.raises(UploadError) as raised:
@@ -451,7 +451,7 @@ def test_sigterm_stops_every_command_like_ctrl_c(capsys, monkeypatch, tiny_padim
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr("padim.cli_parser.cmd_info", killed)  # what the parser binds
+    monkeypatch.setattr("padim.cli.parser.cmd_info", killed)  # what the parser binds
     code, _, err = run(capsys, "info", tiny_padim)
     assert code == 130 and "interrupted" in err
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None) or callable(
@@ -474,9 +474,9 @@ def test_a_port_in_use_and_a_bad_host_are_one_line(capsys, tiny_onnx):
 
 
 def test_uploads_over_the_pixel_cap_are_413_and_decodes_are_bounded(tiny_model, tmp_path):
-    from padim.decoding import PixelBudget
-    from padim.serve import predict_upload
-    from padim.uploads import UploadError
+    from padim.io.decoding import PixelBudget
+    from padim.serve.app import predict_upload
+    from padim.serve.uploads import UploadError
 
     budget = PixelBudget(1000)
     with pytest.raises(UploadError) as raised:
@@ -485,7 +485,7 @@ def test_uploads_over_the_pixel_cap_are_413_and_decodes_are_bounded(tiny_model, 
 
 
 def test_a_stalled_upload_times_out():
-    from padim.uploads import UploadError, read_body
+    from padim.serve.uploads import UploadError, read_body
 
     class Stalled:
         headers: dict = {}

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from padim.anomaly_map import AnomalyMapGenerator, gaussian_blur, mahalanobis
-from padim.embedding import to_patch_layout
+from padim.features.embedding import to_patch_layout
+from padim.maps.anomaly_map import AnomalyMapGenerator, gaussian_blur, mahalanobis
 
 
 def naive_distance(embedding, mean_dp, inv_cov):

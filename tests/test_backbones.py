@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from padim.backbones import BACKBONES, FeatureExtractor, load_state_dict_file, resolve_layers
 from padim.errors import OptionError, WeightsNotFoundError
-from padim.images import preprocess
+from padim.features.backbones import BACKBONES, FeatureExtractor, load_state_dict_file, resolve_layers
+from padim.io.images import preprocess
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])

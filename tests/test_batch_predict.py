@@ -1,4 +1,4 @@
-"""The batch job (padim.batch_predict, padim.verdicts): rows streamed in order, regions at the image's size, overlays, errors."""
+"""The batch job (padim.jobs.predict, padim.outputs.rows): rows streamed in order, regions at the image's size, overlays, errors."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim import verdicts
-from padim.batch_predict import predict_files
-from padim.datasets import image_samples
 from padim.errors import DataError, ImageError, OptionError
-from padim.files import LineAppender, write_bytes
-from padim.regions import map_at_size, region_boxes, region_mask, union_box
-from padim.runtime import Prediction
-from padim.scoring import Calibration
-from padim.verdicts import CSV_COLUMNS, overlay_names, region_extent
+from padim.io.datasets import image_samples
+from padim.io.files import LineAppender, write_bytes
+from padim.jobs.predict import predict_files
+from padim.outputs import rows as verdicts
+from padim.outputs.rows import CSV_COLUMNS, overlay_names, region_extent
+from padim.runtime.predictor import Prediction
+from padim.scoring.regions import map_at_size, region_boxes, region_mask, union_box
+from padim.scoring.rules import Calibration
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def reference_region(anomaly_map, size, calibration):
-    """The region by :mod:`padim.regions` alone: the map at the image's size, the pixel rule, every region's box."""
+    """The region by :mod:`padim.scoring.regions` alone: the map at the image's size, the pixel rule, every region's box."""
     return union_box(region_boxes(region_mask(map_at_size(anomaly_map, size), calibration)))
 
 

@@ -13,11 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-from padim.export import export_onnx
-from padim.images import list_images
-from padim.runtime import open_model
-from padim.scoring import Calibration
-from padim.serve import create_app
+from padim.io.images import list_images
+from padim.model.export import export_onnx
+from padim.runtime.predictor import open_model
+from padim.scoring.rules import Calibration
+from padim.serve.app import create_app
 
 CHROMIUM = os.environ.get("PADIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -143,8 +143,8 @@ def test_page_shows_verdict_score_and_overlay(chromium, served):
 @pytest.fixture(scope="module")
 def report_page(tmp_path_factory, mvtec_tree, tiny_model):
     """A report of the tiny model at a threshold that misses the lowest-scored defective image."""
-    from padim.evaluation import evaluate_model
-    from padim.evaluation_report import write_evaluation_report
+    from padim.eval.evaluation import evaluate_model
+    from padim.report.evaluation_report import write_evaluation_report
 
     model = copy.copy(tiny_model)
     predictor = model.predictor()

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from padim import export as onnx_format
-from padim import model_file as model_file_format
-from padim.cli import main
-from padim.model import Padim
-from padim.runtime import open_model
+from padim.cli.main import main
+from padim.model import export as onnx_format
+from padim.model.padim import Padim
+from padim.modelfile import padim_file as model_file_format
+from padim.runtime.predictor import open_model
 
 FAST = [
     "--backbone",
@@ -125,7 +125,7 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
 
     model = tmp_path / "model.padim"  # opened by the patched open_model
     model.write_bytes(b"")
-    monkeypatch.setattr("padim.runtime.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
+    monkeypatch.setattr("padim.runtime.predictor.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
     code, _, err = run(capsys, "predict", model, mvtec_tree / "test" / "good", "-o", tmp_path / "out", "--quiet")
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert code == 3 and [r["label"] == "error" for r in rows] == [False, True, False]
@@ -133,7 +133,9 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
         f"padim predict: error: {rows[1]['path']}: the score is not a finite number; labelled error"
     ]
     image = mvtec_tree / "test" / "good" / "000.png"
-    monkeypatch.setattr("padim.runtime.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0))
+    monkeypatch.setattr(
+        "padim.runtime.predictor.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0)
+    )
     code, out, err = run(capsys, "predict", model, image, "--quiet")
     assert code == 3 and out == f"{image}: error  score inf (not a finite number)\n" and str(image) in err
 
@@ -266,7 +268,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys, tiny_padim, tmp_path):
     def broken(*args, **kwargs):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr("padim.export.model_proto", broken)
+    monkeypatch.setattr("padim.model.export.model_proto", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["export", str(tiny_padim), "-o", str(tmp_path / "m.onnx")])
 
@@ -277,7 +279,7 @@ def test_the_installed_command_reports_user_errors_in_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "padim.cli",
+            "padim.cli.main",
             "predict",
             str(tmp_path / "missing.padim"),
             str(tmp_path),
@@ -321,7 +323,7 @@ def test_calibrate_by_hand_keeps_everything_else(tiny_padim, tmp_path, capsys):
 
 def test_calibration_rules_on_images(tiny_model, mvtec_tree):
     """The library behind padim calibrate, on the shared model's predictor (no model file to load)."""
-    from padim.calibration import calibration_from_images
+    from padim.runtime.calibrate import calibration_from_images
 
     predictor = tiny_model.predictor()
     good_dir, bad_dir = mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch"
@@ -429,7 +431,7 @@ def test_predict_threshold_overrides_the_model(model, tiny_model, mvtec_tree, tm
 
 def test_old_calibration_without_pixel_threshold_still_loads(tiny_padim, tmp_path):
     """A model calibrated before pixel thresholds existed: regions use the image threshold, as then."""
-    from padim.model_file import read_model_file, write_model_file
+    from padim.modelfile.padim_file import read_model_file, write_model_file
 
     tensors, meta = read_model_file(tiny_padim)
     old = {k: meta["calibration"][k] for k in ("threshold", "center", "quantile", "source")}

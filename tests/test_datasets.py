@@ -1,4 +1,4 @@
-"""Which images and masks each layout gives (padim.datasets), and the hold-out split."""
+"""Which images and masks each layout gives (padim.io.datasets), and the hold-out split."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim import datasets as data
-from padim.datasets import Sample, folder_samples, image_samples, is_mvtec, mvtec_samples, split_holdout, train_samples
 from padim.errors import DataError, OptionError
+from padim.io import datasets as data
+from padim.io.datasets import (
+    Sample,
+    folder_samples,
+    image_samples,
+    is_mvtec,
+    mvtec_samples,
+    split_holdout,
+    train_samples,
+)
 
 
 def _save(path: Path, image: Image.Image) -> Path:

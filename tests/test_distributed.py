@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from padim import distributed
-from padim.cli import main
-from padim.datasets import split_holdout, train_samples
-from padim.incremental import update
-from padim.model import Padim
+from padim.cli.main import main
+from padim.io.datasets import split_holdout, train_samples
+from padim.jobs import distributed
+from padim.model.incremental import update
+from padim.model.padim import Padim
 
 from support import TINY
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from padim.drift import RATE_FLOOR, DriftMonitor
+from padim.outputs.drift import RATE_FLOOR, DriftMonitor
 
 
 @pytest.mark.parametrize("seed", range(3))

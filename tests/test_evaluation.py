@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from padim import evaluation, metrics
+from padim.eval import evaluation, metrics
 
 # ---------------------------------------------------------------------------- evaluate
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from padim.gaussian import (
+from padim.stats.gaussian import (
     GaussianStats,
     pack_triangular,
     precision_cholesky_from_stats,
@@ -89,7 +89,7 @@ def test_float32_scatter_is_numerically_safe(samples):
 
 def test_update_in_patch_chunks_equals_whole(samples, monkeypatch):
     whole = stream(samples, [20, 17])
-    monkeypatch.setattr("padim.gaussian.UPDATE_CHUNK_BYTES", 1)  # one patch per chunk
+    monkeypatch.setattr("padim.stats.gaussian.UPDATE_CHUNK_BYTES", 1)  # one patch per chunk
     chunked = stream(samples, [20, 17])
     np.testing.assert_allclose(chunked.m2.numpy(), whole.m2.numpy(), rtol=1e-12)
 

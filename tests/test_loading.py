@@ -1,4 +1,4 @@
-"""Decoding images and masks into batches (padim.images, padim.loading) and progress bars."""
+"""Decoding images and masks into batches (padim.io.images, padim.io.loading) and progress bars."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from padim import decoding, loading
-from padim.datasets import Sample, mvtec_samples, train_samples
 from padim.errors import DataError, ImageError, OptionError
-from padim.images import load_mask, preprocess
-from padim.loading import as_batches, iter_batches
+from padim.io import decoding, loading
+from padim.io.datasets import Sample, mvtec_samples, train_samples
+from padim.io.images import load_mask, preprocess
+from padim.io.loading import as_batches, iter_batches
 from padim.progress import phase, progress
 
 
@@ -82,7 +82,7 @@ def test_bad_image_raises_naming_the_file(tmp_path, kind, monkeypatch):
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied", str(path))
 
-        monkeypatch.setattr("padim.images.open", refuse, raising=False)
+        monkeypatch.setattr("padim.io.images.open", refuse, raising=False)
     with pytest.raises(ImageError, match="broken.png") as caught:
         _one(path, 16)
     assert "\n" not in str(caught.value)

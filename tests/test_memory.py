@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from padim import memory
 from padim.errors import OptionError
-from padim.model import Padim
+from padim.model import memory
+from padim.model.padim import Padim
 
 from support import TINY
 
@@ -38,7 +38,7 @@ def test_runtime_factors_are_float16_only_past_the_limit(monkeypatch):
 def test_a_fit_that_exceeds_the_memory_is_refused_in_one_line_naming_what_to_reduce(
     tmp_path, mvtec_tree, monkeypatch, capsys
 ):
-    from padim.cli import main
+    from padim.cli.main import main
 
     monkeypatch.setattr(memory, "machine_memory", lambda: 100 * 2**20)
     with pytest.raises(OptionError, match=r"would need about .* more than this machine's 105 MB: reduce --image-size"):
@@ -73,7 +73,7 @@ def test_predict_runs_the_graph_a_few_images_at_a_time_with_the_same_results(mon
     predictor.run = counting
     images = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
     whole = predictor.predict_batch(images)
-    monkeypatch.setattr("padim.runtime.images_per_run", lambda size, pixels: 2)
+    monkeypatch.setattr("padim.runtime.predictor.images_per_run", lambda size, pixels: 2)
     parts = predictor.predict_batch(images)
     assert calls == [5, 2, 2, 1]
     np.testing.assert_allclose(parts.anomaly_map, whole.anomaly_map, rtol=1e-5)  # BLAS rounds by batch size
@@ -86,13 +86,13 @@ def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model, 
 
     import onnx
 
-    from padim.export import export_onnx
-    from padim.runtime import open_model
+    from padim.model.export import export_onnx
+    from padim.runtime.predictor import open_model
 
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     expected = tiny_model.predict(images).anomaly_map
-    monkeypatch.setattr("padim.memory.runtime_dtype", lambda p, d: "float16")
-    monkeypatch.setattr("padim.anomaly_map.CAST_CHUNK_BYTES", 16 * 16 * 4 * 100)  # 100 patches a chunk
+    monkeypatch.setattr("padim.model.memory.runtime_dtype", lambda p, d: "float16")
+    monkeypatch.setattr("padim.maps.anomaly_map.CAST_CHUNK_BYTES", 16 * 16 * 4 * 100)  # 100 patches a chunk
     for backend in ("onnxruntime", "torch"):
         small = copy.copy(tiny_model)
         small.backend, small._runners = backend, {}

@@ -7,7 +7,7 @@ import pytest
 from skimage import measure
 from sklearn import metrics as skm
 
-from padim import metrics
+from padim.eval import metrics
 
 
 def _random_case(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:

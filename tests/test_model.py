@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from padim.anomaly_map import AnomalyMapGenerator
-from padim.embedding import embed, select_channels, split_channels, to_image_layout, to_patch_layout
 from padim.errors import DataError, ModelFileError, NotFittedError, OptionError
-from padim.gaussian import pack_triangular, precision_cholesky_from_stats, precision_from_cholesky
-from padim.images import preprocess
-from padim.model import Padim, resolve_params
-from padim.model_file import FORMAT_VERSION
+from padim.features.embedding import embed, select_channels, split_channels, to_image_layout, to_patch_layout
+from padim.io.images import preprocess
+from padim.maps.anomaly_map import AnomalyMapGenerator
+from padim.model.padim import Padim, resolve_params
+from padim.modelfile.padim_file import FORMAT_VERSION
+from padim.stats.gaussian import pack_triangular, precision_cholesky_from_stats, precision_from_cholesky
 
 from support import TINY
 
@@ -269,7 +269,7 @@ def test_fit_on_files_holds_out_good_images_for_the_threshold(mvtec_tree):
 
 
 def test_calibrate_with_defective_images_sets_the_f1_threshold(tiny_model, mvtec_tree):
-    from padim.metrics import f1_max
+    from padim.eval.metrics import f1_max
 
     model = copy.copy(tiny_model)
     model.calibrate(mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch")
@@ -349,8 +349,8 @@ def test_files_of_formats_1_and_2_load_and_predict_the_same(tmp_path, fitted, ve
     """padim-toolkit 0.1 stored the precision (format 1), then its full float32 factor (format 2)."""
     from safetensors.torch import save_file
 
-    from padim.gaussian import unpack_triangular
-    from padim.model_file import read_model_file
+    from padim.modelfile.padim_file import read_model_file
+    from padim.stats.gaussian import unpack_triangular
 
     tensors, meta = read_model_file(fitted.save(tmp_path / "new.padim"))
     factor = unpack_triangular(tensors.pop("precision_cholesky_packed"))

@@ -14,13 +14,13 @@ import torch
 
 import padim
 from padim.errors import ModelFileError, OptionError
-from padim.export import export_onnx, model_proto
-from padim.images import list_images
-from padim.model import Padim
-from padim.model_file import read_model_file
-from padim.pipeline import Embedder, Scorer, onnx_bytes
-from padim.quantize import BACKBONE_SCOPE, Quantization, calibrate, split_first
-from padim.runtime import open_model
+from padim.graph.pipeline import Embedder, Scorer, onnx_bytes
+from padim.graph.quantize import BACKBONE_SCOPE, Quantization, calibrate, split_first
+from padim.io.images import list_images
+from padim.model.export import export_onnx, model_proto
+from padim.model.padim import Padim
+from padim.modelfile.padim_file import read_model_file
+from padim.runtime.predictor import open_model
 
 from support import TINY
 
@@ -55,7 +55,7 @@ def test_fit_and_predict_see_the_same_int8_features(mvtec_tree, int8, tiny_model
     prediction = model.predict(paths)
     # The maps of the int8 pipeline graph equal the float32 head run in torch on the features of
     # the int8 embedding graph that fitted the Gaussians: both graphs quantise the same backbone.
-    from padim.loading import as_batches
+    from padim.io.loading import as_batches
 
     batch = next(as_batches(paths, (64, 64), batch_size=len(paths)))
     patches = model.embed(batch)
@@ -110,7 +110,7 @@ def test_another_process_rebuilds_the_same_int8_graph(mvtec_tree, int8, tmp_path
     code = textwrap.dedent(
         f"""
         import numpy as np
-        from padim.model import Padim
+        from padim.model.padim import Padim
         prediction = Padim.load({str(padim_file)!r}).predict({[str(p) for p in paths]!r})
         np.save("maps.npy", prediction.anomaly_map)
         """
@@ -127,7 +127,7 @@ def test_torch_free_int8_onnx(mvtec_tree, int8, tmp_path):
         f"""
         import json, sys
         sys.modules["torch"] = None  # "import torch" raises ImportError from here on
-        from padim.runtime import open_model
+        from padim.runtime.predictor import open_model
         prediction = open_model({str(onnx_file)!r}).predict({[str(p) for p in paths]!r})
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None)
         print(json.dumps({{"score": prediction.score.tolist(), "loaded": loaded}}))
@@ -177,7 +177,7 @@ def test_int8_options_and_damaged_records(int8, tmp_path):
             Padim.load(padim_file, **options)
     with pytest.raises(ValueError, match="low <= high"):
         Quantization.from_dict(dict(model.quantization_.to_dict(), ranges={"images": [1.0, 0.0]}))
-    from padim.model_file import write_model_file
+    from padim.modelfile.padim_file import write_model_file
 
     tensors, meta = read_model_file(padim_file)
     del meta["quantization"]
@@ -187,7 +187,7 @@ def test_int8_options_and_damaged_records(int8, tmp_path):
 
 
 def test_cli_fit_export_predict_int8(mvtec_tree, tmp_path, capsys):
-    from padim.cli import main
+    from padim.cli.main import main
 
     fast = ["--backbone", "resnet18", "--random-weights", "--image-size", "64", "--n-features", "16", "--quiet"]
     assert main(["fit", str(mvtec_tree), "-o", str(tmp_path / "m.padim"), "--backbone-dtype", "int8", *fast]) == 0

@@ -4,7 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
-from padim.cli import build_parser, main
+from padim.cli.main import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from padim.regions import Box, map_at_size, region_boxes, region_mask, union_box
-from padim.scoring import Calibration
+from padim.scoring.regions import Box, map_at_size, region_boxes, region_mask, union_box
+from padim.scoring.rules import Calibration
 
 
 def naive_bilinear(x, height, width):

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from padim import charts, evaluation, metrics, operating_points, report, visualize
+from padim.eval import evaluation, metrics, operating_points
+from padim.report import charts
+from padim.report import html as report
+from padim.report import overlays as visualize
 
 _VOID = {"meta", "img", "br", "hr", "input", "link"}
 
@@ -183,7 +186,7 @@ def test_confusion_and_threshold_table_against_sklearn():
 
 def test_modules_import_neither_torch_nor_sklearn():
     code = (
-        "import sys, padim.metrics, padim.visualize, padim.report; "
+        "import sys, padim.eval.metrics, padim.report.overlays, padim.report.html; "
         "print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -191,7 +194,7 @@ def test_modules_import_neither_torch_nor_sklearn():
 
 
 def test_histogram_caps_far_outliers_into_a_last_bin():
-    from padim.charts import svg_histogram as _svg_histogram
+    from padim.report.charts import svg_histogram as _svg_histogram
 
     scores = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 1000.0])
     labels = np.array([False, False, False, True, True, True])

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from padim.errors import ModelFileError, OptionError
-from padim.images import list_images
-from padim.runtime import open_model
+from padim.io.images import list_images
+from padim.runtime.predictor import open_model
 
 
 def image_paths(tree):
@@ -85,8 +85,8 @@ def test_torch_free_onnx_path(tmp_path, mvtec_tree, files):
         else:
             raise SystemExit("the import blocker did not work")
         import padim
-        from padim.runtime import open_model
-        import padim.serve  # the web service runs torch-free too
+        from padim.runtime.predictor import open_model
+        import padim.serve.app  # the web service runs torch-free too
         runtime = open_model({str(onnx_file)!r})
         prediction = runtime.predict({[str(p) for p in paths]!r})
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision") and sys.modules[m] is not None)

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from padim import scoring
-from padim.images import list_images, load_image, preprocess
-from padim.pipeline import OUTPUTS
-from padim.scoring import Calibration
+from padim.graph.pipeline import OUTPUTS
+from padim.io.images import list_images, load_image, preprocess
+from padim.scoring import rules as scoring
+from padim.scoring.rules import Calibration
 
 
 def reference_normalize(score, t, s):
@@ -105,7 +105,7 @@ def test_calibration_records():
 
 
 def test_fit_sets_the_pixel_threshold_from_the_held_out_maps(tiny_model, mvtec_tree):
-    from padim.datasets import split_holdout, train_samples
+    from padim.io.datasets import split_holdout, train_samples
 
     _, held = split_holdout(train_samples(mvtec_tree), tiny_model.holdout, tiny_model.seed)
     prediction = tiny_model.predict([s.path for s in held])

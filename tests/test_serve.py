@@ -15,13 +15,13 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from padim.export import export_onnx
-from padim.images import list_images
-from padim.regions import map_at_size, region_boxes, region_mask
-from padim.runtime import open_model
-from padim.scoring import Calibration
-from padim.serve import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app, run
-from padim.visualize import heatmap_range, overlay_at_image_size
+from padim.io.images import list_images
+from padim.model.export import export_onnx
+from padim.report.overlays import heatmap_range, overlay_at_image_size
+from padim.runtime.predictor import open_model
+from padim.scoring.regions import map_at_size, region_boxes, region_mask
+from padim.scoring.rules import Calibration
+from padim.serve.app import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app, run
 
 with warnings.catch_warnings():
     # Starlette's TestClient warns that it will move to httpx2; the tests use httpx as installed.
@@ -247,7 +247,7 @@ def test_run_binds_to_loopback_by_default(files, monkeypatch):
     monkeypatch.setenv(ENV_MODEL, "unset")
     run(files[0], workers=2, max_upload_mb=3)
     app, kwargs = calls[-1]
-    assert app == "padim.serve:app_from_environment" and kwargs["factory"] and kwargs["workers"] == 2
+    assert app == "padim.serve.app:app_from_environment" and kwargs["factory"] and kwargs["workers"] == 2
     assert os.environ[ENV_MODEL] == str(files[0].resolve()) and float(os.environ[ENV_MAX_UPLOAD]) == 3
     assert app_from_environment().state.model.config == open_model(files[0]).config
     # The other options travel too: a threshold and the drift settings.

@@ -1,4 +1,4 @@
-"""Tests for padim.synthetic: layout, determinism and defects that match their masks."""
+"""Tests for padim.io.synthetic: layout, determinism and defects that match their masks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim.datasets import mvtec_samples
-from padim.synthetic import DEFECT_TYPES, add_defect, make_demo_dataset, weave_texture
+from padim.io.datasets import mvtec_samples
+from padim.io.synthetic import DEFECT_TYPES, add_defect, make_demo_dataset, weave_texture
 
 
 def _files(category):

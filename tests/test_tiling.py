@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from padim.backbones import FeatureExtractor
-from padim.embedding import select, select_channels, split_channels
 from padim.errors import OptionError
-from padim.tiling import TilePlan, plan_axis, resolve_tile, tiled_features
+from padim.features.backbones import FeatureExtractor
+from padim.features.embedding import select, select_channels, split_channels
+from padim.features.tiling import TilePlan, plan_axis, resolve_tile, tiled_features
 
 
 @pytest.mark.parametrize("length, tile, margin, align", [(100, 64, 16, 16), (1000, 256, 32, 32), (257, 128, 16, 16)])
@@ -80,9 +80,9 @@ def test_with_a_small_margin_features_differ_only_near_the_seams(extractor):
 
 
 def test_a_tiled_model_runs_the_same_in_torch_onnxruntime_and_the_exported_file(tmp_path):
-    from padim.export import export_onnx
-    from padim.model import Padim
-    from padim.runtime import open_model
+    from padim.model.export import export_onnx
+    from padim.model.padim import Padim
+    from padim.runtime.predictor import open_model
 
     options = dict(backbone="resnet18", pretrained=False, n_features=16, sigma=2, image_size=(64, 160))
     images = torch.randn(6, 3, 64, 160, generator=torch.Generator().manual_seed(2))

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from padim.errors import OutputError
-from padim.verdict_log import VerdictLog, utc_now
+from padim.outputs.verdict_log import VerdictLog, utc_now
 
 
 def read(path):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim import pictures, visualize
+from padim.io import pictures
+from padim.report import overlays as visualize
 
 
 def _naive_boundary(region: np.ndarray) -> np.ndarray:
@@ -89,7 +90,7 @@ def test_contour_width_scales_with_the_picture():
 def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     from PIL import Image as PILImage
 
-    from padim.scoring import Calibration
+    from padim.scoring.rules import Calibration
 
     image = PILImage.fromarray(np.full((300, 400, 3), 200, dtype=np.uint8))
     anomaly_map = np.zeros((64, 64), np.float32)
@@ -114,7 +115,7 @@ def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
 
 
 def test_colorbar_marks_the_threshold():
-    from padim.colorbar import colorbar
+    from padim.report.colorbar import colorbar
 
     bar = colorbar(400, 0.0, 20.0, 10.0)
     assert bar.dtype == np.uint8 and bar.shape[1] == 400

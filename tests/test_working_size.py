@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 
 from padim.errors import OptionError
-from padim.export import export_onnx
-from padim.model import Padim
-from padim.runtime import open_model
-from padim.synthetic import make_demo_dataset
-from padim.working_size import SPREAD, from_sizes, header_sizes, round_to, working_size
+from padim.io.synthetic import make_demo_dataset
+from padim.model.export import export_onnx
+from padim.model.padim import Padim
+from padim.model.working_size import SPREAD, from_sizes, header_sizes, round_to, working_size
+from padim.runtime.predictor import open_model
 
 from support import TINY
 
@@ -68,7 +68,7 @@ def wide_model(wide_tree):
 
 def test_a_non_square_model_predicts_evaluates_saves_and_exports(tmp_path, wide_tree, wide_model):
     """Working size 48 x 96 from the data: kept in the file, the same maps from .padim and .onnx."""
-    from padim.evaluation import evaluate_model
+    from padim.eval.evaluation import evaluate_model
 
     assert wide_model.image_size_ == (48, 96) and wide_model.feature_size_ == (12, 24)
     images = sorted((wide_tree / "test").glob("*/*.png"))
@@ -86,7 +86,7 @@ def test_a_non_square_model_predicts_evaluates_saves_and_exports(tmp_path, wide_
 
 
 def test_the_command_keeps_the_aspect_ratio_unless_given_height_and_width(tmp_path, wide_tree, capsys):
-    from padim.cli import main
+    from padim.cli.main import main
 
     base = ["--backbone", "resnet18", "--random-weights", "--n-features", "16"]
     assert main(["fit", str(wide_tree), "-o", str(tmp_path / "a.padim"), "--image-size", "48", *base]) == 0
@@ -110,7 +110,7 @@ def test_the_service_serves_a_non_square_model(tmp_path, wide_tree, wide_model):
     import io
     import warnings
 
-    from padim.serve import create_app
+    from padim.serve.app import create_app
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,15 +20,15 @@ __all__ = ["AnomalyMapGenerator", "Padim", "PadimError", "Prediction", "__versio
 
 def __getattr__(name: str):
     if name == "Padim":
-        from padim.model import Padim
+        from padim.model.padim import Padim
 
         return Padim
     if name == "AnomalyMapGenerator":
-        from padim.anomaly_map import AnomalyMapGenerator
+        from padim.maps.anomaly_map import AnomalyMapGenerator
 
         return AnomalyMapGenerator
     if name in ("Prediction", "open_model"):
-        from padim import runtime
+        from padim.runtime import predictor as runtime
 
         return getattr(runtime, name)
     if name == "PadimError":

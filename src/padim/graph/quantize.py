@@ -1,0 +1,329 @@
+"""int8 on the CPU: the backbone's layers quantised by onnxruntime, calibrated on the good images.
+
+PaDiM's backbone (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3.1) is a plain
+CNN, and EfficientNet-Lite0 was designed for 8-bit inference. Here the traced graph of
+:mod:`padim.graph.pipeline` is quantised with onnxruntime's static QDQ quantisation: per-channel int8
+weights and uint8 activations for the backbone's ``Conv``, ``Clip``/``Relu``, ``Add`` and
+``MaxPool`` nodes; everything after the backbone (channel selection, Mahalanobis distance,
+up-sampling, blur, score) stays float32. onnxruntime fuses the QDQ pairs into integer kernels.
+
+Calibration (the range of each quantised activation) is measured on a few of the good images
+that ``fit`` is given, before the Gaussians are fitted; the Gaussians are then fitted on the int8
+backbone's features, so fitting and predicting see the same features. The ranges are the only
+state: :class:`Quantization` records them (in the model file), and :func:`quantize` rebuilds the
+same int8 graph from any traced graph that holds the backbone (the embedding while fitting, the
+whole pipeline to predict and to export), on any machine, without the training images.
+
+Weights are quantised to 7 bits (``reduce_range``): x86 CPUs without VNNI multiply uint8 by int8
+in 16-bit pairs that saturate with 8-bit weights, so a model fitted on one CPU would see other
+features on another. With 7 bits no CPU saturates and every machine computes the same integers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padim.errors import ModelFileError
+
+#: Node types quantised inside the backbone (the others run in float32 between them).
+OP_TYPES = ("Conv", "Clip", "Relu", "Add", "MaxPool")
+#: Scope of the backbone's nodes in a traced graph (:class:`padim.features.backbones.FeatureExtractor`).
+BACKBONE_SCOPE = "/extractor/"
+#: Calibration methods a record may name (padim calibrates with MinMax; the others are compared
+#: in ``benchmarks/int8.py``).
+METHODS = ("minmax", "entropy", "percentile")
+#: Good images the backbone is calibrated on (``benchmarks/results/int8.md``).
+DEFAULT_IMAGES = 32
+#: Bits of the weights' range for new calibrations: 7 (see the module doc) or 8.
+WEIGHT_BITS = 7
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a model's backbone is quantised: the calibrated range of each quantised activation.
+
+    Attributes:
+        ranges: tensor name (from the backbone's scope on, see :func:`canonical`) -> (low, high).
+        method: the calibration method, one of :data:`METHODS`.
+        n_images: how many good images the ranges were measured on.
+        weight_bits: 7 (int8 weights in [-64, 63], see the module doc) or 8.
+    """
+
+    ranges: dict[str, tuple[float, float]] = field(repr=False)
+    method: str = "minmax"
+    n_images: int = 0
+    weight_bits: int = 7
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (float32 values written exactly)."""
+        return dict(
+            method=self.method,
+            n_images=self.n_images,
+            weight_bits=self.weight_bits,
+            activations="uint8",
+            weights="int8 per output channel",
+            format="QDQ",
+            ranges={name: [float(lo), float(hi)] for name, (lo, hi) in sorted(self.ranges.items())},
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Quantization:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: for a malformed record.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("ranges"), dict) or not data["ranges"]:
+            raise ValueError("the int8 quantization record has no ranges")
+        ranges = {}
+        for name, value in data["ranges"].items():
+            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
+                raise ValueError(f"int8 range of {name!r} must be [low, high], got {value!r}")
+            low, high = (float(np.float32(v)) for v in value)
+            if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+                raise ValueError(f"int8 range of {name!r} must be finite with low <= high, got {value!r}")
+            ranges[str(name)] = (low, high)
+        if data.get("method") not in METHODS:
+            raise ValueError(f"int8 calibration method must be one of {METHODS}, got {data.get('method')!r}")
+        if data.get("weight_bits", 7) not in (7, 8):
+            raise ValueError(f"int8 weight_bits must be 7 or 8, got {data.get('weight_bits')!r}")
+        return cls(ranges, data["method"], int(data.get("n_images", 0)), int(data.get("weight_bits", 7)))
+
+
+def canonical(name: str) -> str:
+    """A tensor's name from the backbone's scope on: the same in every graph that holds the backbone.
+
+    >>> canonical("/embedder/extractor/_blocks.2/Add_output_0"), canonical("images")
+    ('/extractor/_blocks.2/Add_output_0', 'images')
+    """
+    at = name.find(BACKBONE_SCOPE)
+    return name if at < 0 else name[at:]
+
+
+def optimized(graph: bytes):
+    """``graph`` after onnxruntime's basic (standard-operator) optimisations, as an ``onnx.ModelProto``.
+
+    Folding constants and each padding into its convolution leaves the quantised nodes next to
+    each other, so onnxruntime fuses them into integer kernels (as its ``quant_pre_process``).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="padim-int8-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        return onnx.shape_inference.infer_shapes(onnx.load(options.optimized_model_filepath))
+
+
+def _prepared(graph: Any):
+    """A copy of ``graph`` to change: optimised from ONNX bytes, or copied from an optimised ``ModelProto``."""
+    if isinstance(graph, bytes):
+        return optimized(graph)
+    model = type(graph)()
+    model.CopyFrom(graph)
+    return model
+
+
+def backbone_activations(model) -> tuple[list, dict[str, str]]:
+    """The nodes to quantise (:data:`OP_TYPES` in the backbone's scope) and their float tensors.
+
+    Returns:
+        (nodes, tensor name -> the tensor whose range it takes). A convolution's output read
+        only by a quantised ``Clip`` or ``Relu`` takes that activation's output range, as
+        onnxruntime's own range adjustment does: the quantiser then drops the activation (uint8
+        clips by itself), so only its output is measured and the convolution stays fused with
+        it while calibrating.
+    """
+    nodes = [node for node in model.graph.node if node.op_type in OP_TYPES and BACKBONE_SCOPE in node.name]
+    constants, quantised = {init.name for init in model.graph.initializer}, {node.name for node in nodes}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    sources: dict[str, str] = {}
+    for name in (name for node in nodes for name in [*node.input, *node.output]):
+        if name and name not in constants and name not in sources:
+            after = readers.get(name, [])
+            clipped = len(after) == 1 and after[0].op_type in ("Clip", "Relu") and after[0].name in quantised
+            sources[name] = after[0].output[0] if clipped else name
+    return nodes, sources
+
+
+def calibrate(graph: Any, images: np.ndarray, batch_size: int = 8) -> Quantization:
+    """Measure the backbone's activation ranges on good images (MinMax: the observed ranges).
+
+    MinMax was as accurate as onnxruntime's Entropy and Percentile calibrators on bottle and
+    hazelnut, and several times cheaper (``benchmarks/results/int8.md``).
+
+    Args:
+        graph: the float32 graph of the embedding (:class:`padim.graph.pipeline.Embedder`, input
+            ``images``): ONNX bytes, or the ``ModelProto`` :func:`optimized` made of them.
+        images: (N, 3, H, W) float32 pre-processed good images.
+        batch_size: images per calibration run.
+
+    Returns:
+        The :class:`Quantization` with one range per quantised activation.
+    """
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    model = _prepared(graph)
+    wanted = sorted(set(backbone_activations(model)[1].values()))
+    found = _minmax(model, wanted, [images[i : i + batch_size] for i in range(0, len(images), batch_size)])
+    return Quantization({canonical(name): found[name] for name in wanted}, "minmax", len(images), WEIGHT_BITS)
+
+
+def _minmax(model, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Smallest and largest value of each tensor over the batches.
+
+    A ReduceMin and a ReduceMax per tensor, run with onnxruntime's optimisations (its own
+    calibrator disables them: it took 6 times as long as embedding the same images).
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from padim.runtime.predictor import cpu_threads
+
+    outputs = []
+    for i, name in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            outputs.append(f"padim_calibration_{i}_{op}")
+            model.graph.node.append(helper.make_node(op, [name], [outputs[-1]], keepdims=0))
+            model.graph.output.append(helper.make_tensor_value_info(outputs[-1], TensorProto.FLOAT, []))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = cpu_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    found = np.stack([session.run(outputs, {"images": batch}) for batch in batches]).reshape(len(batches), -1, 2)
+    low, high = found[..., 0].min(0), found[..., 1].max(0)
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
+
+
+def quantize(graph: Any, quantization: Quantization) -> bytes:
+    """The int8 version of a float32 graph that holds the backbone, from recorded ranges.
+
+    Args:
+        graph: ONNX bytes traced from :mod:`padim.graph.pipeline` (the embedding or the whole
+            pipeline), or the ``ModelProto`` :func:`optimized` made of them.
+        quantization: the backbone's calibrated ranges.
+
+    Returns:
+        ONNX bytes: the backbone's nodes quantised (QDQ), the rest unchanged in float32.
+
+    Raises:
+        ModelFileError: if the ranges do not cover this graph's backbone (a model from another
+            version of the backbone graph: fit it again).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    model = _prepared(graph)
+    nodes, sources = backbone_activations(model)
+    missing = [name for name in sources.values() if canonical(name) not in quantization.ranges]
+    if missing or not nodes:
+        raise ModelFileError(
+            f"the int8 calibration does not match this padim-toolkit's backbone graph (no range for "
+            f"{(missing or ['any node'])[0]!r}): fit the model again"
+        )
+    ranges = {}
+    for name, source in sources.items():
+        low, high = quantization.ranges[canonical(source)]
+        ranges[name] = TensorData(lowest=np.float32(low), highest=np.float32(high))
+    quantizer = QDQQuantizer(
+        model,
+        True,  # per-channel weights
+        quantization.weight_bits == 7,  # reduce_range: the same integers on every x86 CPU (module doc)
+        QuantType.QInt8,
+        QuantType.QUInt8,
+        TensorsData(CalibrationMethod.MinMax, ranges),
+        [node.name for node in nodes],
+        [],
+        list(OP_TYPES),
+        {},
+    )
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # as onnxruntime does before saving: the checker wants it
+    return quantizer.model.model.SerializeToString()
+
+
+def calibration_first(samples: list, n_images: int, seed: int) -> list:
+    """``samples`` with ``n_images`` of them, drawn from ``seed``, moved to the front (order kept).
+
+    Fitting streams the images once; putting the calibration subset first lets the same decoded
+    batches calibrate the backbone and then enter the Gaussians.
+
+    >>> calibration_first(list("abcdef"), 2, seed=0)
+    ['c', 'd', 'a', 'b', 'e', 'f']
+    """
+    chosen = set(np.random.default_rng(seed).permutation(len(samples))[:n_images].tolist())
+    return [s for i, s in enumerate(samples) if i in chosen] + [s for i, s in enumerate(samples) if i not in chosen]
+
+
+def split_first(batches: Iterator[Any], n_images: int) -> tuple[np.ndarray, Iterator[Any]]:
+    """The first ``n_images`` images of a stream of batches, and the whole stream again.
+
+    Returns:
+        ((n, 3, H, W) float32 array with n <= ``n_images``, an iterator over every batch,
+        the ones read here included).
+    """
+    taken, count = [], 0
+    for batch in batches:
+        taken.append(batch)
+        count += len(batch)
+        if count >= n_images:
+            break
+    arrays = [np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, dtype=np.float32) for b in taken]
+    first = np.concatenate(arrays)[:n_images] if arrays else np.zeros((0, 3, 1, 1), np.float32)
+    return first, chain(taken, batches)
+
+
+def calibrate_model(model: Any, data: Any, *, n_images: int = DEFAULT_IMAGES, **options: Any) -> Iterator[Any]:
+    """Calibrate a :class:`padim.model.padim.Padim`'s backbone on its first training images.
+
+    Sets ``model.quantization_``. Image files are streamed with a seeded subset of ``n_images``
+    first (:func:`calibration_first`); other forms calibrate on their first ``n_images``.
+
+    Args:
+        model: a model being fitted (its ``extractor_``, ``channel_idx_`` and ``image_size_`` set).
+        data: its good images, in any form of :func:`padim.io.loading.as_batches`.
+        n_images: how many images to calibrate on.
+        options: decoding options of :func:`padim.io.loading.iter_batches`.
+
+    Returns:
+        The training batches, the calibration images included, for the Gaussians.
+
+    Raises:
+        DataError: for fewer than 2 images.
+    """
+    import torch
+
+    from padim.errors import DataError
+    from padim.graph.pipeline import Embedder, onnx_bytes
+    from padim.io.loading import as_batches, to_samples
+    from padim.runtime.predictor import OrtRunner
+
+    samples = to_samples(data, folder="good")
+    if samples is not None:
+        data = calibration_first(samples, n_images, model.seed)
+    skipped = model.__dict__.setdefault("skipped_", {})
+    batches = as_batches(data, model.image_size_, folder="good", desc="fit", skipped=skipped, **options)
+    images, batches = split_first(iter(batches), n_images)
+    if len(images) < 2:
+        raise DataError(f"fitting needs at least 2 good images, got {len(images)}")
+    embedder = Embedder(model.extractor_, model.channel_idx_)
+    example = {"images": torch.zeros(2, 3, *model.image_size_)}
+    graph = optimized(onnx_bytes(embedder, example, ["patches"], {"images": 0, "patches": 1}))
+    model.quantization_ = calibrate(graph, images)
+    # The embedding's executor, from the graph traced and optimised here (tracing the backbone
+    # again would cost as much as calibrating).
+    model.__dict__.setdefault("_runners", {})["embed"] = OrtRunner(quantize(graph, model.quantization_))
+    return batches

@@ -1,0 +1,196 @@
+"""What a model file holds, read without running or even loading it: ``padim info``.
+
+A ``.padim`` file (:mod:`padim.modelfile.padim_file`) is safetensors: 8 bytes of header length, a JSON
+header with each tensor's dtype, shape and offsets and the ``padim`` metadata, then raw bytes.
+:func:`model_info` reads that header alone (no torch, no tensor data), so it is instant even for a
+1 GB model. An ``.onnx`` file from ``padim export`` keeps the same facts in its metadata and
+initializers, read with ``onnx`` without its external data. :func:`file_sha256` is the
+checksum the verdict log (:mod:`padim.outputs.verdict_log`) records for the model that gave a verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+from padim.errors import ModelFileError
+from padim.scoring.rules import Calibration
+
+PathLike = str | os.PathLike
+
+#: A safetensors header longer than this is not one padim wrote (its headers are a few hundred kB).
+MAX_HEADER_BYTES = 100 * 2**20
+_BYTES_PER_ELEMENT = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+
+def file_sha256(path: PathLike, chunk: int = 2**20) -> str:
+    """SHA-256 of a file's bytes, as 64 hex digits, read in chunks.
+
+    >>> import tempfile; f = tempfile.NamedTemporaryFile(delete=False); _ = f.write(b"abc"); f.close()
+    >>> file_sha256(f.name)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets; ``__metadata__``)."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+                raise ValueError(f"header length {length} does not fit the file")
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt ({error})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a padim model (malformed safetensors header)")
+    return header
+
+
+def _tensor(name: str, dtype: str, shape: list[int]) -> dict:
+    size = math.prod(shape) * _BYTES_PER_ELEMENT.get(dtype, 4)
+    return {"name": name, "dtype": dtype, "shape": list(shape), "bytes": size}
+
+
+def _padim_info(path: Path) -> dict:
+    from padim.modelfile.padim_file import check_shapes, parse_metadata
+
+    header = _safetensors_header(path)
+    stored = header.pop("__metadata__", None)
+    meta = parse_metadata(stored.get("padim") if isinstance(stored, dict) else None, path)
+    try:
+        tensors = [_tensor(name, t["dtype"], t["shape"]) for name, t in header.items()]
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt (malformed tensor entries)") from None
+    check_shapes({t["name"]: tuple(t["shape"]) for t in tensors}, meta, path)
+    return dict(
+        kind="padim",
+        format_version=meta.get("format_version"),
+        toolkit_version=meta.get("padim_toolkit_version"),
+        config={k: meta.get(k) for k in ("backbone", "layers", "n_features", "image_size", "pretrained", "seed")},
+        feature_size=meta.get("feature_size"),
+        n_images=meta.get("n_images"),
+        calibration=meta.get("calibration"),
+        tensors=tensors,
+    )
+
+
+def _onnx_info(path: Path) -> dict:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises protobuf's DecodeError and others for a bad file
+        raise ModelFileError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "padim.format_version" not in props:
+        raise ModelFileError(f"{path}: an ONNX model, but not one exported by padim (no padim metadata)")
+    dtypes = {1: "F32", 7: "I64", 9: "BOOL", 11: "F64"}
+    tensors = [
+        _tensor(t.name, dtypes.get(t.data_type, str(t.data_type)), list(t.dims)) for t in proto.graph.initializer
+    ]
+    from padim.runtime.predictor import read_metadata
+
+    image_size, calibration, config = read_metadata(props, path)  # refuses malformed metadata
+    inputs = {i.name for i in proto.graph.input}
+    outputs = {o.name for o in proto.graph.output}
+    if "images" not in inputs or not {"anomaly_map", "score"} <= outputs:
+        raise ModelFileError(
+            f"{path}: not a padim graph: inputs {sorted(inputs)[:4]}, outputs {sorted(outputs)[:4]} "
+            "(expected images -> anomaly_map, score)"
+        )
+    try:
+        n_images = int(props["padim.n_images"]) if "padim.n_images" in props else None
+    except ValueError:
+        raise ModelFileError(f"{path}: malformed padim metadata in the ONNX model (padim.n_images)") from None
+    return dict(
+        kind="onnx",
+        format_version=int(props["padim.format_version"]),
+        toolkit_version=props.get("padim.toolkit_version"),
+        config={**config, "image_size": list(image_size)},
+        feature_size=None,
+        n_images=n_images,
+        calibration=None if calibration is None else calibration.to_dict(),
+        tensors=[t for t in tensors if t["bytes"] >= 1024 or t["name"] in ("threshold", "scale")],
+    )
+
+
+def model_info(path: PathLike) -> dict:
+    """What ``padim info`` shows, as a JSON-ready dict; reads no tensor data and runs nothing.
+
+    Returns:
+        ``{path, kind ("padim" or "onnx"), format_version, toolkit_version, config (backbone,
+        layers, n_features, image_size, ...), feature_size, n_images, calibration (dict or
+        None), tensors [{name, dtype, shape, bytes}], file_bytes, sha256}``.
+
+    Raises:
+        ModelFileError: for a missing file or one that is not a padim model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    info = _onnx_info(path) if path.suffix.lower() == ".onnx" else _padim_info(path)
+    return {"path": str(path), **info, "file_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
+
+
+def format_info(info: dict) -> str:
+    """:func:`model_info` as aligned lines for a person."""
+    config = info["config"]
+    height, width = config.get("image_size") or ("?", "?")
+    rows = [
+        ("model", f"{info['path']} ({info['kind']} file, format {info['format_version']}, "
+                  f"written by padim-toolkit {info['toolkit_version'] or '?'})"),  # fmt: skip
+        ("checksum", f"sha256 {info['sha256']}"),
+        ("backbone", f"{config.get('backbone')}, layers {', '.join(config.get('layers') or [])}"
+                     f"{'' if config.get('pretrained', True) else ' (random weights)'}"),  # fmt: skip
+        ("working size", f"{height} x {width} px" + (
+            "" if not info["feature_size"] else f", feature grid {info['feature_size'][0]} x {info['feature_size'][1]}")),
+        ("features", f"d = {config.get('n_features')}"),
+        ("trained on", "?" if info["n_images"] is None else f"{info['n_images']} good images"),
+    ]  # fmt: skip
+    stored = info["calibration"]
+    if stored is None:
+        rows.append(("threshold", "none: uncalibrated (run padim calibrate)"))
+    else:
+        calibration = Calibration(**stored)
+        rate = calibration.false_alarm_rate
+        flags = "" if rate is None else f"; flags {rate:.1%} of the good images it was set on"
+        rows.append(("threshold", f"{calibration.threshold:.6g} ({calibration.describe()}{flags})"))
+        rows.append(("pixel threshold", f"{calibration.region_threshold:.6g} ({calibration.describe_pixel()})"))
+        rows.append(("normalised score", f"0 at {calibration.center:.6g} (median good score), 0.5 at the threshold"))
+    big = [t for t in info["tensors"] if not t["name"].startswith("backbone.")]
+    backbone = [t for t in info["tensors"] if t["name"].startswith("backbone.")]
+    for t in big:
+        rows.append(("tensor", f"{t['name']} {tuple(t['shape'])} {t['dtype']}, {_mib(t['bytes'])}"))
+    if backbone:
+        rows.append(("tensor", f"backbone: {len(backbone)} tensors, {_mib(sum(t['bytes'] for t in backbone))}"))
+    rows.append(("file size", _mib(info["file_bytes"])))
+    width_ = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width_)}  {value}" for name, value in rows)

@@ -1,0 +1,380 @@
+"""The model file: safetensors tensors plus JSON metadata, in one file that cannot run code.
+
+Loading a pickle can execute arbitrary code (anomalib and PatchCore load models that way);
+safetensors holds only a JSON header and raw tensor bytes. The metadata entry ``padim``
+carries the format version and the configuration needed to rebuild the model; the file also
+holds the backbone weights the model uses, so it loads on a machine without torchvision's
+cache. Writes are atomic: a temporary file in the same folder, renamed into place.
+
+Tensors: ``mean`` (P, D) float32, ``precision_cholesky_packed`` (P, D(D+1)/2) float16, the
+upper triangles of the precisions' factors C (precision = C C^T), row by row
+(:func:`padim.stats.gaussian.pack_triangular`): a quarter of the float32 factors' bytes, and maps
+within about 1e-4 of the map maximum of theirs (``benchmarks/native_resolution.py``);
+``channel_idx`` (D,) int64; ``backbone.<name>`` for each weight of the cut backbone. The
+metadata holds the working size, the Gaussian grid's stride, the tile size, the
+``backbone_dtype`` and, for an int8 backbone, the ``quantization`` record
+(:class:`padim.graph.quantize.Quantization`: the calibrated activation ranges), from which the same
+int8 graph is rebuilt without the training images; an older reader refuses the file rather
+than run Gaussians fitted on int8 features with a float32 backbone.
+
+A model fitted with ``keep_stats`` (``padim fit --keep-stats``) also holds its mergeable
+statistics, so that :mod:`padim.model.incremental` can add good images to it: ``stats_mean`` (P, D)
+float64, ``stats_m2`` (P, D(D+1)/2) in the fit's ``stats_dtype`` (float32 by default: twice
+the bytes of the float16 factors), and in the metadata ``stats_count`` and ``holdout_paths``
+(the absolute paths of the images that set the threshold). Readers that predate them ignore them.
+
+Before a tensor is read, the metadata is checked against a schema (:func:`check_metadata`: each
+key's type and range, the working size under the pixel cap) and the tensors' shapes in the header
+against it (:func:`check_shapes`); at load the statistics must be finite and the feature grid must
+be the one the backbone gives at the working size and stride. ``tensor_sha256``, stored at save,
+is the SHA-256 of every tensor's name, dtype, shape and bytes (:func:`tensor_digest`), verified at
+load, so a flipped bit is a clear error rather than a wrong score. It costs one pass over the
+tensors in memory (no extra reading): SHA-256 ran at 0.3 GB/s on a loaded 2-core machine with
+SHA instructions (about 3 s more to load a 1 GB model; CRC-32 was only 2.3 times faster and would
+miss far more multi-bit damage). Files without it (written before it was added) load unverified.
+
+Older formats are read, with a float32 backbone: format 2 stored ``precision_cholesky``
+(P, D, D) float32, format 1 (padim-toolkit 0.1) the ``precision`` itself; their factors are
+kept in float32 when loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from padim import __version__
+from padim.errors import ModelFileError, OptionError, OutputError
+from padim.io.files import atomic_path
+
+if TYPE_CHECKING:
+    from padim.model.padim import Padim
+
+FORMAT_VERSION = 3
+_KEY = "padim"
+#: Constructor arguments of :class:`padim.model.padim.Padim` stored in the metadata.
+PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
+#: Parameters added in format 3, with the values that describe models of older formats.
+NEW_PARAMS = {"grid_stride": None, "tile_size": 0}
+#: The largest working size stored in a model file, in pixels (height x width) and per side.
+MAX_WORKING_PIXELS, MAX_SIDE = 100_000_000, 65_536
+#: Kept channels (d) at most: wide_resnet50_2 has 1792 in its three stages.
+MAX_FEATURES = 8192
+_NUMBER = (int, float)
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+
+
+def is_pair(value: Any, high: int) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_int(v, 1, high) for v in value)
+
+
+#: key -> (test, what it must be); keys older formats lack are filled in before the check.
+SCHEMA = {
+    "backbone": (lambda v: isinstance(v, str) and 0 < len(v) < 100, "a backbone name"),
+    "layers": (
+        lambda v: isinstance(v, list) and 0 < len(v) < 10 and all(isinstance(x, str) for x in v),
+        "a list of layer names",
+    ),
+    "n_features": (lambda v: _is_int(v, 1, MAX_FEATURES), f"an int in 1..{MAX_FEATURES}"),
+    "image_size": (
+        lambda v: is_pair(v, MAX_SIDE) and v[0] * v[1] <= MAX_WORKING_PIXELS,
+        f"[height, width] of at most {MAX_WORKING_PIXELS:,} pixels",
+    ),
+    "feature_size": (lambda v: is_pair(v, MAX_SIDE), "[height, width] of the feature grid"),
+    "seed": (lambda v: _is_int(v, 0, 2**63 - 1), "an int in [0, 2**63)"),
+    "eps": (lambda v: _is_number(v, 0, 1e6), "a finite number >= 0"),
+    "sigma": (lambda v: _is_number(v, 0, 1e4), "a finite number >= 0"),
+    "holdout": (lambda v: _is_number(v, 0, 1) and v < 1, "a number in [0, 1)"),
+    "quantile": (lambda v: _is_number(v, 0, 1) and v > 0, "a number in (0, 1]"),
+    "pretrained": (lambda v: isinstance(v, bool), "true or false"),
+    "grid_stride": (lambda v: v is None or _is_int(v, 1, 1024), "null or an int in 1..1024"),
+    "tile_size": (lambda v: v is None or _is_int(v, 0, MAX_SIDE), f"null or an int in 0..{MAX_SIDE}"),
+    "n_images": (lambda v: _is_int(v, 0, 2**53), "an int >= 0"),
+    "backbone_dtype": (lambda v: v in ("float32", "int8"), "'float32' or 'int8'"),
+    "calibration": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "tensor_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "64 hex digits"),
+}
+
+
+def check_metadata(meta: Any, path: str | os.PathLike) -> dict:
+    """Check the ``padim`` metadata against :data:`SCHEMA`; return it with older formats' keys filled in.
+
+    Pure Python, before any tensor is read: a file whose metadata is null, a list, a string where a
+    number belongs, a non-finite threshold or a working size of 100000x100000 is refused here.
+
+    Raises:
+        ModelFileError: naming the file and the first key that does not fit.
+    """
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: malformed padim metadata (a {type(meta).__name__}, not an object)")
+    version = meta.get("format_version")
+    if not _is_int(version, 1, 2**31):
+        raise ModelFileError(f"{path}: unknown model format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written in model format {version} by a newer padim-toolkit; this one reads "
+            f"format {FORMAT_VERSION} and older: upgrade padim-toolkit"
+        )
+    meta = {"backbone_dtype": "float32", **NEW_PARAMS, **meta}
+    if isinstance(meta.get("image_size"), int) and not isinstance(meta["image_size"], bool):
+        meta["image_size"] = [meta["image_size"]] * 2  # format 1 stored a square size as one int
+    for key, (test, expected) in SCHEMA.items():
+        if key == "tensor_sha256" and key not in meta:
+            continue  # written before checksums: loads unverified
+        if key not in meta:
+            raise ModelFileError(f"{path}: inconsistent padim model file (metadata {key!r} is missing)")
+        if not test(meta[key]):
+            raise ModelFileError(
+                f"{path}: inconsistent padim model file ({key} must be {expected}, got {meta[key]!r:.80})"
+            )
+    if meta["calibration"] is not None:
+        from padim.scoring.rules import Calibration
+
+        try:
+            Calibration(**meta["calibration"])
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: inconsistent padim model file (calibration: {error})") from None
+    if "stats_count" in meta and not _is_int(meta["stats_count"], 2, 2**53):
+        raise ModelFileError(f"{path}: inconsistent padim model file (stats_count must be an int >= 2)")
+    paths = meta.get("holdout_paths", [])
+    if not (isinstance(paths, list) and all(isinstance(q, str) for q in paths)):
+        raise ModelFileError(f"{path}: inconsistent padim model file (holdout_paths must be a list of paths)")
+    if (meta["backbone_dtype"] == "int8") != isinstance(meta.get("quantization"), dict):
+        raise ModelFileError(f"{path}: inconsistent padim model file (backbone_dtype {meta['backbone_dtype']!r} "
+                             f"with{'out' * ('quantization' not in meta)} int8 ranges)")  # fmt: skip
+    return meta
+
+
+def check_shapes(shapes: dict[str, tuple], meta: dict, path: str | os.PathLike) -> None:
+    """Check the Gaussians' shapes in the file's header against the metadata, before they are read.
+
+    Raises:
+        ModelFileError: naming the file and the tensor.
+    """
+    p, d = math.prod(meta["feature_size"]), meta["n_features"]
+    if meta["format_version"] >= 3:
+        expected = {"mean": (p, d), "precision_cholesky_packed": (p, d * (d + 1) // 2), "channel_idx": (d,)}
+    else:
+        name = "precision" if meta["format_version"] == 1 else "precision_cholesky"
+        expected = {"mean": (p, d), name: (p, d, d), "channel_idx": (d,)}
+    if "stats_mean" in shapes or "stats_m2" in shapes or "stats_count" in meta:  # fit --keep-stats
+        expected.update(stats_mean=(p, d), stats_m2=(p, d * (d + 1) // 2))
+        if "stats_count" not in meta:
+            raise ModelFileError(f"{path}: inconsistent padim model file (statistics without stats_count)")
+    for name, shape in expected.items():
+        if name not in shapes:
+            raise ModelFileError(f"{path}: inconsistent padim model file (tensor {name!r} is missing)")
+        if tuple(shapes[name]) != shape:
+            raise ModelFileError(
+                f"{path}: inconsistent padim model file (tensor {name!r} has shape {tuple(shapes[name])}, "
+                f"expected {shape} from feature_size {meta['feature_size']} and n_features {d})"
+            )
+
+
+def tensor_digest(tensors: dict) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order (64 hex digits)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def parse_metadata(text: Any, path: str | os.PathLike) -> dict:
+    """The ``padim`` metadata string parsed (JSON, any depth refused cleanly) and checked.
+
+    Raises:
+        ModelFileError: for text that is not JSON or metadata that does not fit :data:`SCHEMA`.
+    """
+    if not isinstance(text, str):
+        raise ModelFileError(f"{path}: a safetensors file, but not a padim model (no '{_KEY}' metadata)")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ModelFileError(f"{path}: malformed padim metadata ({reason})") from None
+    return check_metadata(meta, path)
+
+
+def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None:
+    """Write tensors (name -> torch.Tensor) and metadata (JSON-serialisable dict) atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    header = json.dumps({"format_version": FORMAT_VERSION, **meta, "tensor_sha256": tensor_digest(tensors)})
+    from safetensors import SafetensorError
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={_KEY: header})
+        except SafetensorError as error:  # an OSError inside (a full disk) comes out as this
+            reason = "no space left on the device" if "StorageFull" in str(error) or "code: 28" in str(error) else error
+            raise OutputError(f"{path}: cannot write ({reason}); nothing was changed") from None
+
+
+def read_model_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict]:
+    """Read a model file written by :func:`write_model_file`.
+
+    Returns:
+        (tensors, meta): name -> torch.Tensor on ``device``, and the metadata dict.
+
+    Raises:
+        ModelFileError: for a missing, truncated, corrupt, foreign or newer-format file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = (handle.metadata() or {}).get(_KEY)
+            if header is None:
+                raise ModelFileError(f"{path}: a safetensors file, but not a padim model (no '{_KEY}' metadata)")
+            meta = parse_metadata(header, path)
+            check_shapes({name: handle.get_slice(name).get_shape() for name in handle.keys()}, meta, path)
+        tensors = load_file(str(path), device="cpu")
+    except ModelFileError:
+        raise
+    except (SafetensorError, OSError, ValueError, RecursionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt ({reason})") from None
+    if "tensor_sha256" in meta and tensor_digest(tensors) != meta["tensor_sha256"]:
+        raise ModelFileError(
+            f"{path}: the tensor data does not match the checksum stored at save (a damaged copy or a flipped "
+            f"bit): copy the model file again"
+        )
+    if device != "cpu":
+        tensors = {name: t.to(device) for name, t in tensors.items()}
+    return tensors, meta
+
+
+def save(model: Padim, path: str | os.PathLike) -> Path:
+    """Write a fitted model to ``path`` (atomic); returns the path."""
+    from padim.model.padim import check_fitted
+
+    check_fitted(model)
+    packed = model.precision_cholesky_packed_.half()
+    tensors = {"mean": model.mean_, "precision_cholesky_packed": packed, "channel_idx": model.channel_idx_}
+    tensors.update({f"backbone.{k}": v for k, v in model.extractor_.body.state_dict().items()})
+    meta = {
+        **model.config(),
+        "feature_size": list(model.feature_size_),
+        "n_images": model.n_images_,
+        "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
+        "padim_toolkit_version": __version__,
+    }
+    if getattr(model, "quantization_", None) is not None:
+        meta["quantization"] = model.quantization_.to_dict()
+    stats = model.__dict__.get("stats_")
+    if stats is not None:  # fit --keep-stats: what an update (padim.model.incremental) adds images to
+        tensors.update(stats_mean=stats.mean, stats_m2=stats.m2)
+        meta["stats_count"] = stats.count
+        meta["holdout_paths"] = [os.path.abspath(p) for p in getattr(model, "holdout_paths_", [])]
+    write_model_file(path, tensors, meta)
+    return Path(path)
+
+
+def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") -> Padim:
+    """Read a model written by :func:`save`. Runs no code from the file.
+
+    Raises:
+        ModelFileError: for a missing, corrupt, truncated, foreign, newer or inconsistent file.
+    """
+    import torch
+
+    from padim.errors import PadimError
+    from padim.features.backbones import FeatureExtractor, get_spec
+    from padim.features.tiling import resolve_tile
+    from padim.graph.pipeline import check_device, use_onnxruntime
+    from padim.graph.quantize import Quantization
+    from padim.model.padim import Padim, resolve_params
+    from padim.scoring.rules import Calibration
+    from padim.stats.gaussian import GaussianStats, pack_triangular
+
+    tensors, meta = read_model_file(path)
+    dtype = meta["backbone_dtype"]
+    if dtype == "int8":  # checked first: a matter of the options, not of the file
+        try:
+            use_onnxruntime(backend, device, dtype)
+        except OptionError as error:
+            raise OptionError(f"{path} is an int8 model: {error}") from None
+    check_device(device)  # a matter of the options too: never blamed on the file
+    try:
+        params = {key: meta[key] for key in (*PARAMS, *NEW_PARAMS)}
+        params["image_size"] = tuple(params["image_size"])
+        model = Padim(**params, device=device, backend=backend, backbone_dtype=dtype)
+        resolved = resolve_params(model)
+        feature_size = _pair(meta["feature_size"])
+        if feature_size != get_spec(model.backbone).grid(resolved["image_size"], resolved["grid_stride"]):
+            raise ValueError(f"feature_size {list(feature_size)} does not match the working size and grid stride")
+        d = resolved["n_features"]
+        if d != meta["n_features"]:
+            raise ValueError(f"n_features {meta['n_features']} is not what the layers allow ({d})")
+        if meta["format_version"] == 1:  # the precision: its upper factor, C = J chol(J precision J) J
+            flipped = torch.linalg.cholesky(tensors.pop("precision").double().flip(1, 2))
+            tensors["precision_cholesky"] = flipped.flip(1, 2).float()
+        if meta["format_version"] < 3:
+            tensors["precision_cholesky_packed"] = pack_triangular(tensors.pop("precision_cholesky"))
+        channel_idx = tensors["channel_idx"].long()
+        total = sum(info.channels for info in resolved["layer_info"])
+        if channel_idx.min() < 0 or channel_idx.max() >= total or channel_idx.unique().numel() != d:
+            raise ValueError(f"channel_idx must be {d} distinct indices in 0..{total - 1}")
+        for name in ("mean", "precision_cholesky_packed"):
+            if not bool(torch.isfinite(tensors[name]).all()):
+                raise ValueError("the Gaussians hold NaN or infinite values")
+        body = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
+        extractor = FeatureExtractor(model.backbone, resolved["layers"], state_dict=body)
+        calibration = meta["calibration"]
+        align = resolved["layer_info"][-1].stride
+        fitted = dict(
+            layers_=resolved["layers"],
+            image_size_=resolved["image_size"],
+            grid_stride_=resolved["grid_stride"],
+            tile_size_=resolve_tile(params["tile_size"], resolved["image_size"], align),
+            extractor_=extractor,
+            channel_idx_=channel_idx,
+            feature_size_=feature_size,
+            mean_=tensors["mean"].float().to(model.device),
+            precision_cholesky_packed_=tensors["precision_cholesky_packed"].to(model.device),
+            n_images_=int(meta["n_images"]),
+            calibration_=None if calibration is None else Calibration(**calibration),
+            quantization_=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
+        )
+        if "stats_mean" in tensors:  # optional: the mergeable statistics (fit --keep-stats); shapes checked
+            m2 = tensors["stats_m2"]
+            fitted["stats_"] = GaussianStats(
+                meta["stats_count"], tensors["stats_mean"].double().to(model.device), m2.to(model.device)
+            )
+            fitted["holdout_paths_"] = [Path(q) for q in meta.get("holdout_paths", [])]
+            model.stats_dtype = "float64" if m2.dtype == torch.float64 else "float32"
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        if isinstance(error, PadimError) and not isinstance(error, ModelFileError):
+            reason = str(error)
+        else:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelFileError(f"{path}: inconsistent padim model file ({reason})") from None
+    model.__dict__.update(fitted)
+    return model
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+        raise ValueError(f"expected [height, width], got {value!r}")
+    return int(value[0]), int(value[1])

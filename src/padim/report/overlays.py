@@ -1,0 +1,292 @@
+"""Anomaly-map pictures: a jet colour map, a heat-map overlay with the predicted region's outline.
+
+NumPy, SciPy and Pillow only (no torch, no matplotlib), so that the command line, the web
+service and the HTML report draw the same pictures on any machine. An overlay shows the
+anomaly map of PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785) as colour
+blended over the input image, and outlines in one solid colour the region that the pixel
+threshold calls defective (:func:`padim.scoring.regions.region_mask`). The colour fades out where the
+map is low (below halfway from the median good score to the threshold, the image shows
+through untouched: a white part stays white, a red stain stays red); the outline's width grows
+with the picture; :func:`overlay_at_image_size` adds a colour bar with the threshold marked
+(:mod:`padim.report.colorbar`) and can put the original beside the overlay.
+
+Shapes: an image is (H, W, 3) uint8 RGB, an anomaly map and a region are (H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+# Matplotlib's "jet" as piecewise-linear control points (position, red, green, blue):
+# dark blue, blue, cyan, yellow, red, dark red. Nine numbers per channel are the whole
+# definition; a 256-entry table is interpolated from them once.
+_JET_POINTS = np.array(
+    [
+        [0.000, 0.0, 0.0, 0.5],
+        [0.125, 0.0, 0.0, 1.0],
+        [0.375, 0.0, 1.0, 1.0],
+        [0.625, 1.0, 1.0, 0.0],
+        [0.875, 1.0, 0.0, 0.0],
+        [1.000, 0.5, 0.0, 0.0],
+    ]
+)
+
+
+def _lookup_table(points: np.ndarray, size: int = 256) -> np.ndarray:
+    """Interpolate (K, 4) control points into a read-only (size, 3) uint8 table."""
+    x = np.linspace(0.0, 1.0, size)
+    table = np.stack([np.interp(x, points[:, 0], points[:, c]) for c in (1, 2, 3)], axis=1)
+    table = np.round(table * 255.0).astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+_JET = _lookup_table(_JET_POINTS)
+
+
+def colormap(values: Any) -> np.ndarray:
+    """Colour values in [0, 1] with a jet colour map: 0 dark blue, 0.5 light green, 1 dark red.
+
+    Values outside [0, 1] are clipped, and NaN is drawn as 0.
+
+    Args:
+        values: (H, W) floats (any shape works).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    >>> colormap(np.array([[-1.0, 0.0, 1.0, 2.0]])).tolist()
+    [[[0, 0, 128], [0, 0, 128], [128, 0, 0], [128, 0, 0]]]
+    """
+    return _JET[_table_index(np.asarray(values, dtype=np.float32))]
+
+
+def _table_index(values: np.ndarray) -> np.ndarray:
+    """Index into the 256-entry table of positions in [0, 1] (clipped; NaN -> 0), as uint8."""
+    index = np.clip(values, 0.0, 1.0)
+    index *= len(_JET) - 1
+    index = np.rint(index, out=index)
+    return np.nan_to_num(index, copy=False, nan=0.0).astype(np.uint8)
+
+
+def region_boundary(region: Any) -> np.ndarray:
+    """The boundary pixels of a region: its pixels with a 4-neighbour outside it.
+
+    The image border counts as outside, so a region that touches the edge is closed
+    along it. The boundary is a line one pixel wide (8-connected).
+
+    Args:
+        region: (H, W) bool, True inside the region.
+
+    Returns:
+        (H, W) bool, True on the boundary (a subset of ``region``).
+
+    Raises:
+        ValueError: if ``region`` is not 2-D.
+
+    >>> square = np.zeros((5, 5), dtype=bool); square[1:4, 1:4] = True
+    >>> region_boundary(square).astype(int)[2].tolist()
+    [0, 1, 0, 1, 0]
+    """
+    region = np.asarray(region, dtype=bool)
+    if region.ndim != 2:
+        raise ValueError(f"region must have shape (H, W), got shape {region.shape}")
+    # The default structuring element is the 4-neighbour cross; border_value=0 makes
+    # pixels beyond the edge count as outside the region.
+    return region & ~ndimage.binary_erosion(region, border_value=0)
+
+
+def _as_rgb_image(image: Any, size: tuple[int, int]) -> np.ndarray:
+    """Return ``image`` as (H, W, 3) uint8 at ``size`` (height, width), resized bilinearly if needed."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3) or (H, W), got shape {image.shape}")
+    if image.shape[:2] != size:
+        height, width = size
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return image
+
+
+def fade_weights(values: Any, alpha: float, fade: tuple[float, float] | None) -> np.ndarray:
+    """Per-pixel weight of the heat map: 0 up to ``fade[0]``, rising linearly to ``alpha`` at ``fade[1]``.
+
+    ``values`` are positions on the colour scale (0 at ``vmin``, 1 at ``vmax``); with the
+    calibrated range of :func:`heatmap_range`, 0.5 is the threshold and 0.25 halfway from the
+    median good score to it. ``fade=None`` gives ``alpha`` everywhere. NaN counts as high.
+
+    >>> fade_weights(np.array([0.0, 0.25, 0.375, 0.5, 1.0]), 0.4, (0.25, 0.5)).tolist()
+    [0.0, 0.0, 0.2, 0.4, 0.4]
+    """
+    values = np.asarray(values)
+    values = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+    if fade is None:
+        return np.full(values.shape, alpha, dtype=values.dtype)
+    low, high = fade
+    if not 0.0 <= low < high:
+        raise ValueError(f"fade must be (low, high) with 0 <= low < high, got {fade!r}")
+    weight = values - values.dtype.type(low)
+    weight *= values.dtype.type(alpha / (high - low))
+    np.clip(weight, 0.0, alpha, out=weight)
+    return np.nan_to_num(weight, copy=False, nan=alpha)
+
+
+def contour_width(size: tuple[int, int]) -> int:
+    """The outline's width for a picture of ``size`` (height, width): 1 px per 256 px of its longer side.
+
+    >>> contour_width((64, 64)), contour_width((900, 900)), contour_width((3000, 4000))
+    (1, 4, 16)
+    """
+    return max(1, round(max(size) / 256))
+
+
+def overlay(
+    image: Any,
+    anomaly_map: Any,
+    vmin: float,
+    vmax: float,
+    region: Any = None,
+    alpha: float = 0.4,
+    contour_color: Sequence[int] = (255, 255, 255),
+    *,
+    fade: tuple[float, float] | None = (0.25, 0.5),
+    contour_px: int | None = None,
+) -> np.ndarray:
+    """Blend the coloured anomaly map over the image and outline the predicted region.
+
+    ``vmin`` and ``vmax`` are explicit so that one colour means one score in every image of
+    a report: take them from the data set (for example the normal images' range), not from
+    each map.
+
+    Args:
+        image: (H', W', 3) or (H', W') uint8; resized to the map size (bilinear) if it differs.
+        anomaly_map: (H, W) scores.
+        vmin: score drawn as the coldest colour.
+        vmax: score drawn as the hottest colour; must be greater than ``vmin``.
+        region: optional (H, W) bool, the pixels called defective; a band ``contour_px`` wide
+            along its boundary (inside it) is drawn in ``contour_color``.
+        alpha: weight of the heat map where it is fully shown, in [0, 1]; 0 shows only the image.
+        contour_color: RGB of the outline; white does not occur in the jet map.
+        fade: where on the colour scale (0 = ``vmin``, 1 = ``vmax``) the heat map fades in
+            (:func:`fade_weights`); None: ``alpha`` everywhere.
+        contour_px: the outline's width in pixels (None: :func:`contour_width` of the map).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        TypeError: if ``image`` is not uint8.
+        ValueError: if a shape is wrong, ``vmax <= vmin``, or ``alpha`` is outside [0, 1].
+
+    >>> image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    >>> overlay(image, np.ones((2, 2)), vmin=0.0, vmax=1.0, alpha=0.5)[0, 0].tolist()
+    [114, 50, 50]
+    >>> overlay(image, np.zeros((2, 2)), vmin=0.0, vmax=1.0, alpha=0.5)[0, 0].tolist()
+    [100, 100, 100]
+    """
+    anomaly_map = np.asarray(anomaly_map)
+    if anomaly_map.ndim != 2:
+        raise ValueError(f"anomaly_map must have shape (H, W), got shape {anomaly_map.shape}")
+    if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
+        raise ValueError(f"vmin and vmax must be finite with vmax > vmin, got vmin={vmin!r}, vmax={vmax!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    color = np.asarray(contour_color)
+    if color.shape != (3,) or not ((color >= 0) & (color <= 255)).all():
+        raise ValueError(f"contour_color must be three ints in [0, 255], got {contour_color!r}")
+
+    base = _as_rgb_image(image, anomaly_map.shape)
+    # float32 throughout (a 900x900 picture in about a third of float64's time): the colours
+    # are 8-bit, far coarser than float32's rounding.
+    position = (anomaly_map.astype(np.float32) - np.float32(vmin)) * np.float32(1.0 / (vmax - vmin))
+    weight = fade_weights(position, alpha, fade)
+    out = base.copy()
+    shown = weight > 0  # most of a picture is usually faded out: blend only where colour shows
+    if shown.any():
+        blended = base[shown].astype(np.float32)
+        blended += weight[shown][:, None] * (_JET[_table_index(position[shown])] - blended)
+        out[shown] = np.rint(blended, out=blended).astype(np.uint8)
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != anomaly_map.shape:
+            raise ValueError(f"region must have the map's shape {anomaly_map.shape}, got {region.shape}")
+        width = contour_width(anomaly_map.shape) if contour_px is None else int(contour_px)
+        band = region & ~ndimage.binary_erosion(region, iterations=width, border_value=0) if width > 1 else None
+        out[region_boundary(region) if band is None else band] = color.astype(np.uint8)
+    return out
+
+
+def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
+    """(vmin, vmax) for :func:`overlay`, the same rule for the command line and the web service.
+
+    With a calibration (:class:`padim.scoring.rules.Calibration`) the colours span normalised
+    scores 0 to 1 (threshold -/+ its scale), so one colour means one score in every image;
+    without one, the map's own range.
+
+    >>> from padim.scoring.rules import Calibration
+    >>> heatmap_range(Calibration(threshold=10.0, center=6.0), np.zeros((2, 2)))
+    (6.0, 14.0)
+    """
+    if calibration is not None:
+        return calibration.threshold - calibration.scale, calibration.threshold + calibration.scale
+    low, high = float(np.min(anomaly_map)), float(np.max(anomaly_map))
+    return low, (high if high > low else low + 1.0)
+
+
+def overlay_at_image_size(
+    image: Any,
+    anomaly_map: Any,
+    calibration: Any,
+    vmin: float,
+    vmax: float,
+    max_side: int = 1024,
+    *,
+    score: float | None = None,
+    colorbar: bool = True,
+    side_by_side: bool = False,
+) -> np.ndarray:
+    """Heatmap over the original image (its aspect ratio kept, longest side at most ``max_side``).
+
+    The map is resized bilinearly to the picture (:func:`padim.scoring.regions.map_at_size`); the
+    outlined region is :func:`padim.scoring.regions.region_mask` of the resized map (pixel threshold,
+    in a flagged image only).
+
+    Args:
+        image: the decoded PIL image at its own size.
+        anomaly_map: (H, W) map at the model's working size.
+        calibration: :class:`padim.scoring.rules.Calibration` or None (no region drawn).
+        vmin, vmax: the colour range (:func:`heatmap_range`).
+        max_side: the picture's longest side at most.
+        score: the image's score (default: the map's maximum), which decides if it has a region.
+        colorbar: add the colour bar (:func:`padim.report.colorbar.colorbar`) under the picture.
+        side_by_side: put the original picture left of the overlay.
+
+    Returns:
+        (H', W', 3) uint8 RGB: the overlay, H' x W' the image's size scaled to ``max_side``,
+        then as tall again as the colour bar and twice as wide (plus a gap) side by side.
+    """
+    from padim.report.colorbar import colorbar as colour_bar
+    from padim.scoring.regions import map_at_size, region_mask
+
+    width, height = image.size
+    scale = min(1.0, max_side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    picture = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
+    resized = map_at_size(anomaly_map, size)
+    region = region_mask(resized, calibration, score)
+    out = overlay(picture, resized, vmin, vmax, region=region)
+    if side_by_side:
+        gap = np.full((out.shape[0], max(2, out.shape[1] // 50), 3), 255, np.uint8)
+        out = np.concatenate([picture, gap, out], axis=1)
+    if colorbar:
+        threshold = None if calibration is None else calibration.threshold
+        out = np.concatenate([out, colour_bar(out.shape[1], vmin, vmax, threshold)], axis=0)
+    return out
