@@ -126,8 +126,8 @@ def limit_worker(model: str, folder: str, batch_size: int) -> None:
     import numpy as np
 
     from padim.io.images import load_image, preprocess
-    from padim.io.loading import default_workers
-    from padim.runtime.predictor import open_model
+    from padim.machine import default_workers
+    from padim.runtime.opening import open_model
 
     predictor = open_model(model)
     paths = sorted(Path(folder).iterdir())
@@ -166,7 +166,7 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         from padim.cli.main import overlay_at_image_size
         from padim.io.files import write_bytes
         from padim.report.overlays import heatmap_range, png_bytes  # the previous release's modules
-        from padim.runtime.predictor import open_model
+        from padim.runtime.opening import open_model
         from padim.transforms import load_image, preprocess
 
         predictor = open_model(model)
@@ -192,7 +192,7 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         from padim.jobs.predict import OVERLAY_MAX_SIDE
         from padim.outputs.rows import Row, region_extent
         from padim.report.overlays import heatmap_range, overlay_at_image_size
-        from padim.runtime.predictor import open_model
+        from padim.runtime.opening import open_model
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)
@@ -229,7 +229,7 @@ def encoders_worker(model: str, folder: str, n: int) -> None:
 
     from padim.io.images import load_image, preprocess
     from padim.report.overlays import heatmap_range, overlay_at_image_size
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     predictor = open_model(model)
     paths = sorted(Path(folder).iterdir())[:: max(1, len(list(Path(folder).iterdir())) // n)][:n]

@@ -2,7 +2,7 @@
 
 For each category: fit PaDiM on ``train/good`` (held-out good images set the threshold),
 save the ``.padim`` file, export it with ``padim export`` (:func:`padim.model.export.export_onnx`),
-then predict every test image through :func:`padim.runtime.predictor.open_model` (the path of
+then predict every test image through :func:`padim.runtime.opening.open_model` (the path of
 ``padim predict``) three ways: the ``.padim`` file run eagerly by torch (``backend="torch"``,
 the reference), the ``.padim`` file run by onnxruntime in memory (the default on CPU), and
 the exported ``.onnx`` file. Compared against the torch run:
@@ -43,7 +43,7 @@ from padim.eval.evaluation import evaluate_model
 from padim.io.images import list_images, load_image, preprocess
 from padim.model.export import export_onnx
 from padim.model.padim import Padim
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = [
@@ -214,7 +214,7 @@ def markdown(results: list[dict], environment: dict) -> str:
     lines = [
         "# Executor parity: torch, onnxruntime in memory, the exported file",
         "",
-        "The one pipeline run three ways on every test image through `padim.runtime.predictor.open_model` (the",
+        "The one pipeline run three ways on every test image through `padim.runtime.opening.open_model` (the",
         "path of `padim predict`): the `.padim` file run eagerly by torch (the reference), the same",
         "file run by onnxruntime in memory (the CPU default), and the exported `.onnx` file. Goal:",
         "anomaly maps equal to 1e-4 relative (max |x - torch| / max |torch|), identical labels, and",

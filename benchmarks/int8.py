@@ -138,8 +138,9 @@ def calibration_cost(model, train, method: str, n_images: int, rounds: int = 3) 
     """Seconds to calibrate on ``n_images`` (median), and to embed them in float32, in this process."""
     import torch
 
-    from padim.graph.pipeline import Embedder, onnx_bytes
-    from padim.runtime.predictor import OrtRunner
+    from padim.graph.modules import Embedder
+    from padim.graph.trace import onnx_bytes
+    from padim.runtime.onnx import OrtRunner
 
     graph = onnx_bytes(
         Embedder(model.extractor_, model.channel_idx_),
@@ -182,7 +183,7 @@ def quality(name: str, prefix: str) -> dict:
 
 def parity(prefix: str, workdir: Path) -> dict:
     from padim.model.export import export_onnx
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     train, test, _, _ = load_cache(prefix)
     _, model = fit_and_score(train, test[:1], np.array([0]), np.zeros((1, 256, 256)), "int8")

@@ -76,7 +76,7 @@ def child_predict_one(model: str, image: str, out: str) -> dict:
     """Open a model, then ``padim predict``'s job on one image; peak RSS above the loaded model."""
     from padim.io.datasets import image_samples
     from padim.jobs.predict import predict_files
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     start = time.perf_counter()
     predictor = open_model(model)
@@ -101,7 +101,8 @@ def child_float16(data: str) -> dict:
     import torch
 
     from padim.eval.evaluation import evaluate_model
-    from padim.graph.pipeline import OUTPUTS, make_runner
+    from padim.graph.modules import OUTPUTS
+    from padim.graph.runners import make_runner
     from padim.model.padim import Padim
     from padim.runtime.predictor import Predictor
     from padim.stats.gaussian import precision_cholesky_from_stats

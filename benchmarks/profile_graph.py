@@ -42,10 +42,11 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from padim.graph.pipeline import OUTPUTS, onnx_bytes
+    from padim.graph.modules import OUTPUTS
+    from padim.graph.trace import onnx_bytes
     from padim.model.padim import Padim
-    from padim.runtime.predictor import cpu_threads
-    from padim.stats.gaussian import runtime_factors
+    from padim.machine import cpu_threads
+    from padim.graph.build import runtime_factors
 
     model = Padim.load(args.model)
     example = {

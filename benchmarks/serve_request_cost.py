@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 from padim.serve.app import predict_upload
 
 

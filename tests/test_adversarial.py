@@ -32,7 +32,8 @@ from padim.io.files import atomic_path, write_text
 from padim.io.images import ENV_MAX_MEGAPIXELS, decode, load_image, load_mask
 from padim.modelfile.info import model_info
 from padim.modelfile.padim_file import check_metadata, read_model_file, write_model_file
-from padim.runtime.predictor import Prediction, open_model
+from padim.runtime.predictor import Prediction
+from padim.runtime.opening import open_model
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -515,7 +516,7 @@ def test_a_full_disk_while_saving_a_model_is_one_line(tiny_model, tmp_path, monk
     def full(*args, **kwargs):
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
 
-    monkeypatch.setattr("safetensors.torch.save_file", full)
+    monkeypatch.setattr("safetensors.numpy.save_file", full)
     with pytest.raises(OutputError, match=r"m\.padim: cannot write \(no space left on the device\)"):
         tiny_model.save(target)
     assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))

@@ -15,8 +15,8 @@ import pytest
 
 from padim.io.images import list_images
 from padim.model.export import export_onnx
-from padim.runtime.predictor import open_model
-from padim.scoring.rules import Calibration
+from padim.runtime.opening import open_model
+from padim.scoring.calibration import Calibration
 from padim.serve.app import create_app
 
 CHROMIUM = os.environ.get("PADIM_CHROMIUM", "/usr/bin/chromium")

@@ -15,7 +15,7 @@ from padim.cli.main import main
 from padim.model import export as onnx_format
 from padim.model.padim import Padim
 from padim.modelfile import padim_file as model_file_format
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 
 FAST = [
     "--backbone",
@@ -125,7 +125,7 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
 
     model = tmp_path / "model.padim"  # opened by the patched open_model
     model.write_bytes(b"")
-    monkeypatch.setattr("padim.runtime.predictor.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
+    monkeypatch.setattr("padim.runtime.opening.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
     code, _, err = run(capsys, "predict", model, mvtec_tree / "test" / "good", "-o", tmp_path / "out", "--quiet")
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert code == 3 and [r["label"] == "error" for r in rows] == [False, True, False]
@@ -134,7 +134,7 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
     ]
     image = mvtec_tree / "test" / "good" / "000.png"
     monkeypatch.setattr(
-        "padim.runtime.predictor.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0)
+        "padim.runtime.opening.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0)
     )
     code, out, err = run(capsys, "predict", model, image, "--quiet")
     assert code == 3 and out == f"{image}: error  score inf (not a finite number)\n" and str(image) in err

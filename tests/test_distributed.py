@@ -18,7 +18,7 @@ import torch
 
 from padim.cli.main import main
 from padim.io.datasets import split_holdout, train_samples
-from padim.jobs import distributed
+from padim.model import distributed
 from padim.model.incremental import update
 from padim.model.padim import Padim
 
@@ -93,7 +93,9 @@ def test_update_equals_a_fit_on_both_sets(mvtec_tree: Path, tmp_path: Path) -> N
     first, second = [s.path for s in samples[:4]], [s.path for s in samples[4:]]
     # One image per batch: the backbone's float32 sums also depend on the batch it runs in.
     Padim(**F64).fit(first, keep_stats=True, batch_size=1).save(tmp_path / "first.padim")
-    updated = update(tmp_path / "first.padim", second, backend="torch", distributed=True, n_shards=2, batch_size=1)
+    updated = update(
+        tmp_path / "first.padim", second, backend="torch", gather=distributed.gather(n_shards=2), batch_size=1
+    )
     updated.save(tmp_path / "updated.padim")
     fit_a, held_a = split_holdout(samples[:4], 0.1, 0)
     fit_b, held_b = split_holdout(samples[4:], 0.1, 0)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from padim.errors import NotFittedError, OptionError
-from padim.graph.pipeline import OUTPUTS
+from padim.graph.modules import OUTPUTS
 from padim.io.images import list_images, load_image, preprocess
 from padim.model.export import FORMAT_VERSION, export_onnx
 from padim.model.padim import Padim
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 
 from support import TINY
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from padim.errors import OptionError
+from padim.graph import build
 from padim.model import memory
 from padim.model.padim import Padim
 
@@ -31,7 +32,7 @@ def test_the_estimate_matches_the_saved_file(tmp_path, mvtec_tree):
 
 def test_runtime_factors_are_float16_only_past_the_limit(monkeypatch):
     assert memory.runtime_dtype(4096, 100) == "float32"
-    monkeypatch.setattr(memory, "runtime_limit", lambda: 1000)
+    monkeypatch.setattr(build, "runtime_limit", lambda: 1000)
     assert memory.runtime_dtype(4096, 100) == "float16"
 
 
@@ -87,11 +88,11 @@ def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model, 
     import onnx
 
     from padim.model.export import export_onnx
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     expected = tiny_model.predict(images).anomaly_map
-    monkeypatch.setattr("padim.model.memory.runtime_dtype", lambda p, d: "float16")
+    monkeypatch.setattr("padim.graph.build.runtime_dtype", lambda p, d: "float16")
     monkeypatch.setattr("padim.maps.anomaly_map.CAST_CHUNK_BYTES", 16 * 16 * 4 * 100)  # 100 patches a chunk
     for backend in ("onnxruntime", "torch"):
         small = copy.copy(tiny_model)

@@ -14,13 +14,15 @@ import torch
 
 import padim
 from padim.errors import ModelFileError, OptionError
-from padim.graph.pipeline import Embedder, Scorer, onnx_bytes
-from padim.graph.quantize import BACKBONE_SCOPE, Quantization, calibrate, split_first
+from padim.graph.modules import Embedder, Scorer
+from padim.graph.trace import onnx_bytes
+from padim.graph.quantize import BACKBONE_SCOPE, Quantization, calibrate
+from padim.model.fitting import split_first
 from padim.io.images import list_images
 from padim.model.export import export_onnx, model_proto
 from padim.model.padim import Padim
 from padim.modelfile.padim_file import read_model_file
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 
 from support import TINY
 
@@ -127,7 +129,7 @@ def test_torch_free_int8_onnx(mvtec_tree, int8, tmp_path):
         f"""
         import json, sys
         sys.modules["torch"] = None  # "import torch" raises ImportError from here on
-        from padim.runtime.predictor import open_model
+        from padim.runtime.opening import open_model
         prediction = open_model({str(onnx_file)!r}).predict({[str(p) for p in paths]!r})
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None)
         print(json.dumps({{"score": prediction.score.tolist(), "loaded": loaded}}))

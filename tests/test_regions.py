@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from padim.scoring.regions import Box, map_at_size, region_boxes, region_mask, union_box
-from padim.scoring.rules import Calibration
+from padim.scoring.calibration import Calibration
 
 
 def naive_bilinear(x, height, width):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from padim.errors import ModelFileError, OptionError
 from padim.io.images import list_images
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 
 
 def image_paths(tree):
@@ -85,7 +85,7 @@ def test_torch_free_onnx_path(tmp_path, mvtec_tree, files):
         else:
             raise SystemExit("the import blocker did not work")
         import padim
-        from padim.runtime.predictor import open_model
+        from padim.runtime.opening import open_model
         import padim.serve.app  # the web service runs torch-free too
         runtime = open_model({str(onnx_file)!r})
         prediction = runtime.predict({[str(p) for p in paths]!r})

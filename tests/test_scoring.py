@@ -8,10 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from padim.graph.pipeline import OUTPUTS
+from padim.graph.modules import OUTPUTS
 from padim.io.images import list_images, load_image, preprocess
 from padim.scoring import rules as scoring
-from padim.scoring.rules import Calibration
+from padim.eval import thresholds
+from padim.scoring.calibration import PIXEL_QUANTILE, Calibration
 
 
 def reference_normalize(score, t, s):
@@ -76,20 +77,20 @@ def test_threshold_rules_against_brute_force():
     rng = np.random.default_rng(1)
     bad = np.round(rng.normal(size=17) * 3, 1)  # ties included
     for recall in (0.05, 0.3, 0.5, 0.77, 1.0):
-        t = scoring.threshold_for_recall(bad, recall)
+        t = thresholds.threshold_for_recall(bad, recall)
         reaching = [c for c in bad if (bad >= c).mean() >= recall]
         assert t == max(reaching)
     good_pixels = rng.random((3, 20, 20))
-    assert scoring.pixel_threshold(good_pixels, 0.999) == np.quantile(good_pixels, 0.999)
-    calibration = scoring.from_normal_scores([1.0, 2.0, 3.0, 4.0], 0.5, good_pixels)
+    assert thresholds.pixel_threshold(good_pixels, 0.999) == np.quantile(good_pixels, 0.999)
+    calibration = thresholds.from_normal_scores([1.0, 2.0, 3.0, 4.0], 0.5, good_pixels)
     assert calibration.threshold == 2.5 and calibration.center == 2.5 and calibration.good_scores == (1, 2, 3, 4)
     assert calibration.pixel_quantile == 0.999 and calibration.false_alarm_rate == 0.5
     with pytest.raises(ValueError, match="recall must be in"):
-        scoring.threshold_for_recall(bad, 0.0)
+        thresholds.threshold_for_recall(bad, 0.0)
 
 
 def test_calibration_records():
-    c = scoring.from_labelled_scores([1.0, 3.0, 2.0], [2.5, 6.0], recall=0.5, good_pixels=np.arange(10.0))
+    c = thresholds.from_labelled_scores([1.0, 3.0, 2.0], [2.5, 6.0], recall=0.5, good_pixels=np.arange(10.0))
     assert c.source == "recall" and c.threshold == 6.0 and c.recall == 0.5
     assert Calibration(**c.to_dict()) == c  # what a model file stores reads back the same
     assert c.describe() == "highest threshold finding 50% of the defective images"
@@ -110,7 +111,7 @@ def test_fit_sets_the_pixel_threshold_from_the_held_out_maps(tiny_model, mvtec_t
     _, held = split_holdout(train_samples(mvtec_tree), tiny_model.holdout, tiny_model.seed)
     prediction = tiny_model.predict([s.path for s in held])
     calibration = tiny_model.calibration_
-    assert calibration.pixel_quantile == scoring.PIXEL_QUANTILE
-    expected = np.quantile(prediction.anomaly_map[:, ::2, ::2], scoring.PIXEL_QUANTILE)
+    assert calibration.pixel_quantile == PIXEL_QUANTILE
+    expected = np.quantile(prediction.anomaly_map[:, ::2, ::2], PIXEL_QUANTILE)
     assert calibration.pixel_threshold == pytest.approx(expected, rel=1e-5)
     assert calibration.good_scores == pytest.approx(sorted(prediction.score), rel=1e-5)

@@ -82,7 +82,7 @@ def test_with_a_small_margin_features_differ_only_near_the_seams(extractor):
 def test_a_tiled_model_runs_the_same_in_torch_onnxruntime_and_the_exported_file(tmp_path):
     from padim.model.export import export_onnx
     from padim.model.padim import Padim
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     options = dict(backbone="resnet18", pretrained=False, n_features=16, sigma=2, image_size=(64, 160))
     images = torch.randn(6, 3, 64, 160, generator=torch.Generator().manual_seed(2))

@@ -90,7 +90,7 @@ def test_contour_width_scales_with_the_picture():
 def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     from PIL import Image as PILImage
 
-    from padim.scoring.rules import Calibration
+    from padim.scoring.calibration import Calibration
 
     image = PILImage.fromarray(np.full((300, 400, 3), 200, dtype=np.uint8))
     anomaly_map = np.zeros((64, 64), np.float32)

@@ -9,7 +9,7 @@ from padim.io.synthetic import make_demo_dataset
 from padim.model.export import export_onnx
 from padim.model.padim import Padim
 from padim.model.working_size import SPREAD, from_sizes, header_sizes, round_to, working_size
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 
 from support import TINY
 

@@ -14,7 +14,8 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-__version__ = "0.1.0"
+from padim.version import __version__  # noqa: E402
+
 __all__ = ["AnomalyMapGenerator", "Padim", "PadimError", "Prediction", "__version__", "open_model"]
 
 
@@ -27,10 +28,14 @@ def __getattr__(name: str):
         from padim.maps.anomaly_map import AnomalyMapGenerator
 
         return AnomalyMapGenerator
-    if name in ("Prediction", "open_model"):
-        from padim.runtime import predictor as runtime
+    if name == "Prediction":
+        from padim.runtime.predictor import Prediction
 
-        return getattr(runtime, name)
+        return Prediction
+    if name == "open_model":
+        from padim.runtime.opening import open_model
+
+        return open_model
     if name == "PadimError":
         from padim.errors import PadimError
 

@@ -48,3 +48,7 @@ class WeightsNotFoundError(PadimError, FileNotFoundError):
 
 class NotFittedError(ValueError, AttributeError):
     """The model was used before ``fit`` (or ``load``): a programming error, not a user's."""
+
+
+class MissingExtraError(PadimError, ImportError):
+    """A command or file needs an optional part of the toolkit that is not installed; the message says which extra."""

@@ -47,7 +47,7 @@ def _options(args: argparse.Namespace, image_size: Sequence[int] | None = None) 
     """Decoding options shared by the commands that read images (the batch size by working size if not given)."""
     batch_size = args.batch_size
     if batch_size is None and image_size is not None:
-        from padim.model.memory import default_batch_size
+        from padim.io.loading import default_batch_size
 
         batch_size = min(args.batch_cap, default_batch_size(image_size))
     options = dict(workers=args.workers, quiet=args.quiet, skip_bad=args.skip_bad)
@@ -81,20 +81,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
     )
     start = time.perf_counter()
+    gather = None
     if args.ray is not None:
-        from padim.jobs import distributed
+        from padim.jobs.ray_cluster import INT8_REFUSAL, connect
+        from padim.model.distributed import gather as ray_gather
 
         if args.backbone_dtype == "int8" and args.update is None:  # before starting Ray
-            raise OptionError(distributed.INT8_REFUSAL)
-        distributed.connect(args.ray or None)
+            raise OptionError(INT8_REFUSAL)
+        connect(args.ray or None)
+        gather = ray_gather()
     if args.update is not None:
         from padim.model.incremental import update
 
-        options = {**_options(args), "distributed": args.ray is not None}
-        model = update(args.update, args.data, device=args.device, backend=args.backend, **options)
+        model = update(args.update, args.data, device=args.device, backend=args.backend, gather=gather,
+                       **_options(args))  # fmt: skip
     elif args.ray is not None:
         options = {k: v for k, v in _options(args).items() if k != "workers"}
-        distributed.fit(model, args.data, validation=args.validation, keep_stats=args.keep_stats, **options)
+        model.fit(args.data, validation=args.validation, keep_stats=args.keep_stats, gather=gather, **options)
     else:
         model.fit(args.data, validation=args.validation, keep_stats=args.keep_stats, **_options(args))
     model.save(args.output)
@@ -113,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from padim.io.datasets import image_samples
     from padim.jobs.predict import predict_files
     from padim.progress import phase
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     if not Path(args.model).is_file():  # before listing the images, as open_model would
         raise ModelFileError(f"{args.model}: model file not found")
@@ -144,18 +147,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_on_ray(args: argparse.Namespace, samples: list) -> int:
-    """``padim predict --ray``: the batch job on a Ray cluster (:func:`padim.jobs.distributed.predict_files`)."""
-    from padim.jobs import distributed
+    """``padim predict --ray``: the batch job on a Ray cluster (:func:`padim.jobs.ray_predict.predict_files`)."""
+    from padim.jobs.ray_cluster import connect
+    from padim.jobs.ray_predict import predict_files
     from padim.modelfile.padim_file import read_model_file
 
     start = time.perf_counter()
-    distributed.connect(args.ray or None)
+    connect(args.ray or None)
     size = args.batch_size
     if size is None and not str(args.model).endswith(".onnx"):  # by working size, as the local command
         size = _options(args, read_model_file(args.model)[1]["image_size"]).get("batch_size")
     on_row = (lambda row: print(row.verdict(), flush=True)) if args.output is None else None
     with _sigterm_as_interrupt():
-        summary = distributed.predict_files(
+        summary = predict_files(
             args.model, samples, args.output, overlays=args.overlays, overlay_format=args.overlay_format,
             batch_size=size or args.batch_cap, device=args.device, backend=args.backend, threshold=args.threshold,
             skip_bad=args.skip_bad, quiet=args.quiet, on_row=on_row,
@@ -201,7 +205,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from padim.io.files import write_text
     from padim.progress import phase
     from padim.report.evaluation_report import evaluation_json, write_evaluation_report
-    from padim.runtime.predictor import open_model
+    from padim.runtime.opening import open_model
 
     check_output_file(args.json, "--json")
     check_output_folder(args.report, "--report")

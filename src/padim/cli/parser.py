@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from padim import __version__
 from padim.cli.commands import (
     cmd_calibrate,
     cmd_demo,
@@ -35,6 +34,7 @@ from padim.cli.options import (
     _workers,
     max_megapixels_option,
 )
+from padim.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,7 @@ from padim.eval.metrics import (
     pixel_auroc,
 )
 from padim.io.datasets import Sample, test_samples
-from padim.io.loading import iter_batches
-from padim.model.memory import default_batch_size
+from padim.io.loading import default_batch_size, iter_batches
 
 # The keys of every summary in summarize()'s result, in the order a report shows them.
 SUMMARY_KEYS = (
@@ -241,7 +240,7 @@ def evaluate_model(
         predictor: a :class:`padim.runtime.predictor.Predictor` (``open_model(path)``, ``Padim.predictor()``).
         data: an MVTec category or a test folder (see :func:`padim.io.datasets.test_samples`).
         batch_size, workers, quiet, skip_bad: see :func:`padim.io.loading.iter_batches` (batch_size
-            None: by the working size, :func:`padim.model.memory.default_batch_size`).
+            None: by the working size, :func:`padim.io.loading.default_batch_size`).
 
     Raises:
         DataError: for a missing or mis-laid folder, or no readable test image.

@@ -11,7 +11,7 @@ field stays inside the tile, and the margin keeps the difference small where it 
 the stitched grid costs d channels, not C.
 
 The plan is fixed per working size, so the tile loop unrolls into the traced graph
-(:class:`padim.graph.pipeline.Embedder` calls :func:`tiled_features`): exported models tile too.
+(:class:`padim.graph.modules.Embedder` calls :func:`tiled_features`): exported models tile too.
 """
 
 from __future__ import annotations

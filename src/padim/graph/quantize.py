@@ -2,7 +2,7 @@
 
 PaDiM's backbone (Defard et al. 2020, https://arxiv.org/abs/2011.08785, Sec. 3.1) is a plain
 CNN, and EfficientNet-Lite0 was designed for 8-bit inference. Here the traced graph of
-:mod:`padim.graph.pipeline` is quantised with onnxruntime's static QDQ quantisation: per-channel int8
+:mod:`padim.graph.modules` is quantised with onnxruntime's static QDQ quantisation: per-channel int8
 weights and uint8 activations for the backbone's ``Conv``, ``Clip``/``Relu``, ``Add`` and
 ``MaxPool`` nodes; everything after the backbone (channel selection, Mahalanobis distance,
 up-sampling, blur, score) stays float32. onnxruntime fuses the QDQ pairs into integer kernels.
@@ -22,15 +22,15 @@ features on another. With 7 bits no CPU saturates and every machine computes the
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from padim.errors import ModelFileError
+from padim.machine import cpu_threads
 
 #: Node types quantised inside the backbone (the others run in float32 between them).
 OP_TYPES = ("Conv", "Clip", "Relu", "Add", "MaxPool")
@@ -166,7 +166,7 @@ def calibrate(graph: Any, images: np.ndarray, batch_size: int = 8) -> Quantizati
     hazelnut, and several times cheaper (``benchmarks/results/int8.md``).
 
     Args:
-        graph: the float32 graph of the embedding (:class:`padim.graph.pipeline.Embedder`, input
+        graph: the float32 graph of the embedding (:class:`padim.graph.modules.Embedder`, input
             ``images``): ONNX bytes, or the ``ModelProto`` :func:`optimized` made of them.
         images: (N, 3, H, W) float32 pre-processed good images.
         batch_size: images per calibration run.
@@ -189,8 +189,6 @@ def _minmax(model, tensors: Sequence[str], batches: Sequence[np.ndarray]) -> dic
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper
-
-    from padim.runtime.predictor import cpu_threads
 
     outputs = []
     for i, name in enumerate(tensors):
@@ -253,77 +251,3 @@ def quantize(graph: Any, quantization: Quantization) -> bytes:
     quantizer.quantize_model()
     quantizer.model.topological_sort()  # as onnxruntime does before saving: the checker wants it
     return quantizer.model.model.SerializeToString()
-
-
-def calibration_first(samples: list, n_images: int, seed: int) -> list:
-    """``samples`` with ``n_images`` of them, drawn from ``seed``, moved to the front (order kept).
-
-    Fitting streams the images once; putting the calibration subset first lets the same decoded
-    batches calibrate the backbone and then enter the Gaussians.
-
-    >>> calibration_first(list("abcdef"), 2, seed=0)
-    ['c', 'd', 'a', 'b', 'e', 'f']
-    """
-    chosen = set(np.random.default_rng(seed).permutation(len(samples))[:n_images].tolist())
-    return [s for i, s in enumerate(samples) if i in chosen] + [s for i, s in enumerate(samples) if i not in chosen]
-
-
-def split_first(batches: Iterator[Any], n_images: int) -> tuple[np.ndarray, Iterator[Any]]:
-    """The first ``n_images`` images of a stream of batches, and the whole stream again.
-
-    Returns:
-        ((n, 3, H, W) float32 array with n <= ``n_images``, an iterator over every batch,
-        the ones read here included).
-    """
-    taken, count = [], 0
-    for batch in batches:
-        taken.append(batch)
-        count += len(batch)
-        if count >= n_images:
-            break
-    arrays = [np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, dtype=np.float32) for b in taken]
-    first = np.concatenate(arrays)[:n_images] if arrays else np.zeros((0, 3, 1, 1), np.float32)
-    return first, chain(taken, batches)
-
-
-def calibrate_model(model: Any, data: Any, *, n_images: int = DEFAULT_IMAGES, **options: Any) -> Iterator[Any]:
-    """Calibrate a :class:`padim.model.padim.Padim`'s backbone on its first training images.
-
-    Sets ``model.quantization_``. Image files are streamed with a seeded subset of ``n_images``
-    first (:func:`calibration_first`); other forms calibrate on their first ``n_images``.
-
-    Args:
-        model: a model being fitted (its ``extractor_``, ``channel_idx_`` and ``image_size_`` set).
-        data: its good images, in any form of :func:`padim.io.loading.as_batches`.
-        n_images: how many images to calibrate on.
-        options: decoding options of :func:`padim.io.loading.iter_batches`.
-
-    Returns:
-        The training batches, the calibration images included, for the Gaussians.
-
-    Raises:
-        DataError: for fewer than 2 images.
-    """
-    import torch
-
-    from padim.errors import DataError
-    from padim.graph.pipeline import Embedder, onnx_bytes
-    from padim.io.loading import as_batches, to_samples
-    from padim.runtime.predictor import OrtRunner
-
-    samples = to_samples(data, folder="good")
-    if samples is not None:
-        data = calibration_first(samples, n_images, model.seed)
-    skipped = model.__dict__.setdefault("skipped_", {})
-    batches = as_batches(data, model.image_size_, folder="good", desc="fit", skipped=skipped, **options)
-    images, batches = split_first(iter(batches), n_images)
-    if len(images) < 2:
-        raise DataError(f"fitting needs at least 2 good images, got {len(images)}")
-    embedder = Embedder(model.extractor_, model.channel_idx_)
-    example = {"images": torch.zeros(2, 3, *model.image_size_)}
-    graph = optimized(onnx_bytes(embedder, example, ["patches"], {"images": 0, "patches": 1}))
-    model.quantization_ = calibrate(graph, images)
-    # The embedding's executor, from the graph traced and optimised here (tracing the backbone
-    # again would cost as much as calibrating).
-    model.__dict__.setdefault("_runners", {})["embed"] = OrtRunner(quantize(graph, model.quantization_))
-    return batches

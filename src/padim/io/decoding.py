@@ -5,15 +5,12 @@ pre-processed by :func:`padim.io.images.preprocess` (the one definition: every c
 model the same numbers), its mask if asked for, and a copy for drawing reduced to the size it
 will be drawn at (:func:`reduced`), after which the full-size pixels are freed. A
 :class:`PixelBudget` shared by the decoding threads keeps at most :data:`DECODE_BUDGET_PIXELS`
-pixels being decoded at once, so a folder of 8000x8000 images decodes one at a time, and
-glibc is asked to give freed image buffers back to the system (:func:`give_back_large_blocks`).
+pixels being decoded at once, so a folder of 8000x8000 images decodes one at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import threading
 import warnings
 from collections.abc import Iterator
@@ -28,26 +25,6 @@ from padim.io.images import load_image, load_mask, max_pixels, preprocess
 #: Pixels (width x height) decoded at once across the decoding threads: 64 megapixels are
 #: 192 MB as RGB. A larger image is decoded alone.
 DECODE_BUDGET_PIXELS = 64_000_000
-
-#: Blocks of at least this many bytes are given back to the system as soon as they are freed.
-MMAP_THRESHOLD = 4 * 1024 * 1024
-
-
-@functools.cache
-def give_back_large_blocks() -> bool:
-    """Make glibc's malloc return blocks of :data:`MMAP_THRESHOLD` bytes and more to the system when freed.
-
-    By default glibc raises this threshold to the size of the largest block freed so far (up to
-    32 MB); from then on decoded images (Pillow allocates them in blocks of up to 16 MB) and
-    their temporaries come from per-thread heaps that keep the memory. Decoding a folder of
-    8000x8000 images grew by about 50 MB per image, to 1.7 GB, instead of staying at 1.2 GB.
-    Returns whether the setting was made (only glibc has it).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
-    except (AttributeError, OSError, TypeError):  # not glibc (macOS, Windows, musl): nothing to set
-        return False
 
 
 class PixelBudget:

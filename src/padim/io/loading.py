@@ -25,8 +25,9 @@ from PIL import Image
 
 from padim.errors import DataError, ImageError, OptionError
 from padim.io.datasets import Sample, image_samples, train_samples
-from padim.io.decoding import DECODE_BUDGET_PIXELS, PixelBudget, give_back_large_blocks, try_decode
+from padim.io.decoding import DECODE_BUDGET_PIXELS, PixelBudget, try_decode
 from padim.io.images import as_size, preprocess
+from padim.machine import default_workers, return_large_blocks
 from padim.progress import progress
 
 #: Folder meanings of :func:`as_batches` (see :mod:`padim.io.datasets`).
@@ -54,13 +55,25 @@ class Batch:
     originals: list[Image.Image] | None = None
 
 
-def default_workers() -> int:
-    """Decoding threads: the CPUs this process may use, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+#: Pixels the graph runs at once while predicting (32 images at 256 x 256): activations stay
+#: bounded whatever the batch size.
+RUN_PIXELS = 32 * 256 * 256
+#: Pixels the backbone runs at once while fitting (8 images at 256 x 256).
+FIT_PIXELS = 8 * 256 * 256
+
+
+def images_per_run(image_size: Sequence[int], pixels: int = RUN_PIXELS) -> int:
+    """How many images of ``image_size`` go through the graph at once: ``pixels`` of them, at least one.
+
+    >>> images_per_run((256, 256)), images_per_run((512, 512)), images_per_run((3000, 4000))
+    (32, 8, 1)
+    """
+    return max(1, pixels // (int(image_size[0]) * int(image_size[1])))
+
+
+def default_batch_size(image_size: Sequence[int]) -> int:
+    """Images decoded per batch when none is given: one run's worth (:func:`images_per_run`), at most 32."""
+    return min(32, images_per_run(image_size))
 
 
 def iter_batches(
@@ -107,7 +120,7 @@ def iter_batches(
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise OptionError(f"max_side must be an integer >= 1, got {max_side!r}")
     decode = dict(image_size=size, masks=masks, keep=keep_images, max_side=max_side)
-    give_back_large_blocks()
+    return_large_blocks()
     return _batches(list(samples), decode, batch_size, workers, skip_bad, quiet, desc, skipped)
 
 

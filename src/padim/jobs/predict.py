@@ -26,8 +26,9 @@ from typing import Any
 from padim.errors import DataError, OptionError, OutputError
 from padim.io.datasets import Sample
 from padim.io.files import LineAppender, write_bytes
-from padim.io.loading import default_workers, iter_batches
+from padim.io.loading import iter_batches
 from padim.io.pictures import PICTURE_FORMATS, picture_bytes
+from padim.machine import default_workers
 from padim.outputs.rows import CSV_COLUMNS, Row, overlay_names, region_extent
 from padim.progress import progress
 from padim.report.overlays import heatmap_range, overlay_at_image_size

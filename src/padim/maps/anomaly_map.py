@@ -9,7 +9,7 @@ N(mu_ij, Sigma_ij) learnt from normal images (Eq. 2):
 The map of distances is up-sampled (bilinear) to the image size and smoothed with a Gaussian
 of standard deviation ``sigma``. Both steps are linear and separable, so they are one pair of
 small matrices (:func:`resize_blur_matrix`). The functions here are the only definitions;
-:class:`padim.graph.pipeline.Scorer` traces them into the inference graph, and
+:class:`padim.graph.modules.Scorer` traces them into the inference graph, and
 :class:`AnomalyMapGenerator` keeps anomalib's API (``anomalib.models.padim.maps.anomaly_map``) on
 top of them.
 

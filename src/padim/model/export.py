@@ -1,7 +1,7 @@
 """ONNX export: the inference pipeline of :mod:`padim.graph.pipeline`, written to a file with its state.
 
 The exported graph is exactly the one onnxruntime runs in memory for a ``.padim`` model
-(:func:`padim.graph.pipeline.pipeline_onnx`); only its state changes form. The Gaussians ``mean``
+(:func:`padim.graph.trace.pipeline_onnx`); only its state changes form. The Gaussians ``mean``
 and ``precision_cholesky`` become initializers (constants), and ``threshold`` and ``scale`` become
 initializers that stay graph inputs too, so a caller may override the threshold at run time
 (``padim predict model.onnx --threshold T``) and otherwise gets the calibrated one.
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from padim import __version__
 from padim.errors import OptionError
+from padim.graph.build import runtime_factors
 from padim.io.files import check_replaceable, staging_folder
 from padim.io.images import IMAGENET_MEAN, IMAGENET_STD
 from padim.model.padim import Padim, check_fitted
-from padim.stats.gaussian import runtime_factors
+from padim.version import __version__
 
 PathLike = str | os.PathLike
 
@@ -75,7 +75,7 @@ def model_proto(model: Padim):
     import torch
     from onnx import numpy_helper
 
-    from padim.graph.pipeline import pipeline_onnx
+    from padim.graph.trace import pipeline_onnx
 
     check_fitted(model)
     calibration = model.calibration_

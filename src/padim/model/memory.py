@@ -23,20 +23,16 @@ model of the network; the estimate is meant to be right within about 20%.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from padim.errors import OptionError
+from padim.graph.build import runtime_dtype
+from padim.io.loading import FIT_PIXELS, default_batch_size, images_per_run
+from padim.machine import machine_memory
 
 GB = 1e9
-#: Pixels the backbone runs at once while predicting (32 images at 256 x 256).
-RUN_PIXELS = 32 * 256 * 256
-#: Pixels the backbone runs at once while fitting (8 images at 256 x 256).
-FIT_PIXELS = 8 * 256 * 256
 #: Least embeddings gathered before one update of the statistics (see :func:`update_bytes`).
 UPDATE_BYTES = 48 * 2**20
 #: Resident memory of a process with torch, onnxruntime and a backbone loaded, before any data
@@ -48,61 +44,8 @@ BASE_BYTES = 560 * 2**20
 ACTIVATION_BYTES_PER_PIXEL = {"efficientnet_lite0": 600, "resnet18": 500, "wide_resnet50_2": 2500}
 
 
-def machine_memory() -> int:
-    """Bytes of memory this process may use: the machine's, or its control group's limit if lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by Python and torch back to the system (glibc's ``malloc_trim``; elsewhere nothing).
-
-    Tracing a graph runs it once at the working size; without this, those activations stay in
-    the process's heap after they are freed and count in its resident memory.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 #: Working sizes up to this many pixels fit with glibc's own mmap threshold (see :func:`return_large_blocks`).
 SMALL_FIT_PIXELS = 256 * 256
-
-
-def return_large_blocks(threshold: int = 4 * 2**20) -> None:
-    """Have glibc map every block of ``threshold`` bytes or more on its own, returned to the system when freed.
-
-    glibc raises its mmap threshold each time a large block is freed, up to 32 MB, after which
-    blocks of embeddings and activations (a few MB each, freed after every batch) come from
-    the heap, and its fragments stay resident: +300 MB over a fit at 512x512 here. Fixing the
-    threshold keeps the resident memory at what is live. Does nothing where glibc is absent.
-
-    It costs time: every such block is mapped afresh (page faults), which made the streamed
-    update 1.5 times slower at 256x256, where the fragments are small. So a fit sets it only past
-    :data:`SMALL_FIT_PIXELS`; predict sets it for the decoded images (Pillow's 16 MB blocks).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def runtime_limit() -> int:
-    """Largest float32 factor array (bytes) a predictor holds unpacked: 4 GB or a quarter of the memory."""
-    return min(4 * 2**30, machine_memory() // 4)
-
-
-def runtime_dtype(n_patches: int, dim: int) -> str:
-    """``"float32"`` for factors (P, D, D) within :func:`runtime_limit`, else ``"float16"`` (see the module doc)."""
-    return "float32" if n_patches * dim * dim * 4 <= runtime_limit() else "float16"
 
 
 def update_bytes(n_patches: int, dim: int) -> int:
@@ -113,20 +56,6 @@ def update_bytes(n_patches: int, dim: int) -> int:
     about as much as the products of 8 images whatever N: grouping more images spreads it.
     """
     return max(UPDATE_BYTES, n_patches * dim * dim // 2)
-
-
-def images_per_run(image_size: Sequence[int], pixels: int = RUN_PIXELS) -> int:
-    """How many images of ``image_size`` go through the graph at once: ``pixels`` of them, at least one.
-
-    >>> images_per_run((256, 256)), images_per_run((512, 512)), images_per_run((3000, 4000))
-    (32, 8, 1)
-    """
-    return max(1, pixels // (int(image_size[0]) * int(image_size[1])))
-
-
-def default_batch_size(image_size: Sequence[int]) -> int:
-    """Images decoded per batch when none is given: one run's worth (:func:`images_per_run`), at most 32."""
-    return min(32, images_per_run(image_size))
 
 
 @dataclass(frozen=True)

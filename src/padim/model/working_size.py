@@ -25,7 +25,11 @@ import numpy as np
 from PIL import Image
 
 from padim.errors import OptionError
+from padim.features.backbones import get_spec
+from padim.features.tiling import resolve_tile
+from padim.machine import machine_memory
 from padim.model import memory
+from padim.model.settings import check_working_size
 
 #: Largest ratio between the 90th and 10th percentile of aspect ratios that still keeps the median one.
 SPREAD = 1.25
@@ -165,15 +169,10 @@ def plan(
     Raises:
         OptionError: for a working size the backbone, the blur or the grid cannot use.
     """
-    from padim.features.backbones import get_spec
-    from padim.features.tiling import resolve_tile
-    from padim.maps.anomaly_map import check_blur
 
     first, last = layer_info[0].stride, layer_info[-1].stride
     size, reason = working_size(image_size, paths, max(last, grid_stride))
-    check_blur(size, sigma)
-    if min(size) <= last:
-        raise OptionError(f"image_size must exceed {last} pixels per side for layer {layer_info[-1].name}, got {size}")
+    check_working_size(size, layer_info[-1], sigma)
     if grid_stride > first and (size[0] % grid_stride or size[1] % grid_stride):
         raise OptionError(f"image_size {size[0]}x{size[1]} must be a multiple of grid_stride={grid_stride} "
                           "(or give image_size as one int: it is then rounded)")  # fmt: skip
@@ -185,26 +184,29 @@ def plan(
 
     chosen = estimate(grid_stride)
     coarser = None
-    if chosen.fit_peak > memory.machine_memory():
+    if chosen.fit_peak > machine_memory():
         strides = [grid_stride * 2**k for k in range(1, 5) if grid_stride * 2**k <= min(size)]
-        coarser = next((g for g in strides if estimate(g).fit_peak <= memory.machine_memory()), None)
+        coarser = next((g for g in strides if estimate(g).fit_peak <= machine_memory()), None)
     return Plan(size, grid_stride, tile, chosen, reason, coarser)
 
 
-def apply_plan(model: Any, resolved: dict, paths: list | None, batch_size: int | None, quiet: bool) -> None:
-    """Set a :class:`padim.model.padim.Padim`'s working size, grid and tiles (:func:`plan`); print and check its memory.
+def checked_plan(params: Any, resolved: Any, weights_bytes: int, paths: list | None, batch_size: int | None,
+                 quiet: bool) -> Plan:  # fmt: skip
+    """A fit's :func:`plan` for a model's arguments, printed (unless ``quiet``) and checked against the memory.
 
-    ``resolved`` is :func:`padim.model.padim.resolve_params`'s result; the model's backbone is built.
+    Args:
+        params: the model (its ``image_size``, ``backbone``, ``tile_size`` and ``sigma`` as given).
+        resolved: :func:`padim.model.settings.resolve`'s result.
+        weights_bytes: the cut backbone's weights.
+        paths, batch_size: as :func:`plan`.
 
     Raises:
         OptionError: for a working size the model cannot use, or a fit larger than the memory.
     """
-    weights = sum(t.numel() * t.element_size() for t in model.extractor_.body.state_dict().values())
-    fit_plan = plan(model.image_size, paths, backbone=model.backbone, layer_info=resolved["layer_info"],
-                    n_features=resolved["n_features"], grid_stride=resolved["grid_stride"], tile_size=model.tile_size,
-                    sigma=model.sigma, weights_bytes=weights, batch_size=batch_size)  # fmt: skip
+    fit_plan = plan(params.image_size, paths, backbone=params.backbone, layer_info=resolved.layer_info,
+                    n_features=resolved.n_features, grid_stride=resolved.grid_stride, tile_size=params.tile_size,
+                    sigma=params.sigma, weights_bytes=weights_bytes, batch_size=batch_size)  # fmt: skip
     if not quiet:
         print(f"padim: {fit_plan.describe()}", file=sys.stderr)
     memory.check(fit_plan.estimate, fit_plan.coarser_grid)
-    model.image_size_, model.grid_stride_, model.tile_size_ = fit_plan.image_size, fit_plan.grid_stride, fit_plan.tile
-    model.feature_size_ = fit_plan.estimate.grid
+    return fit_plan

@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 
 from padim.errors import ModelFileError
-from padim.scoring.rules import Calibration
+from padim.scoring.calibration import Calibration
 
 PathLike = str | os.PathLike
 
@@ -112,7 +112,7 @@ def _onnx_info(path: Path) -> dict:
     tensors = [
         _tensor(t.name, dtypes.get(t.data_type, str(t.data_type)), list(t.dims)) for t in proto.graph.initializer
     ]
-    from padim.runtime.predictor import read_metadata
+    from padim.modelfile.onnx_file import read_metadata
 
     image_size, calibration, config = read_metadata(props, path)  # refuses malformed metadata
     inputs = {i.name for i in proto.graph.input}

@@ -45,14 +45,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from padim import __version__
-from padim.errors import ModelFileError, OptionError, OutputError
+import numpy as np
+
+from padim.errors import ModelFileError, OutputError
 from padim.io.files import atomic_path
-
-if TYPE_CHECKING:
-    from padim.model.padim import Padim
 
 FORMAT_VERSION = 3
 _KEY = "padim"
@@ -139,7 +137,7 @@ def check_metadata(meta: Any, path: str | os.PathLike) -> dict:
                 f"{path}: inconsistent padim model file ({key} must be {expected}, got {meta[key]!r:.80})"
             )
     if meta["calibration"] is not None:
-        from padim.scoring.rules import Calibration
+        from padim.scoring.calibration import Calibration
 
         try:
             Calibration(**meta["calibration"])
@@ -183,15 +181,17 @@ def check_shapes(shapes: dict[str, tuple], meta: dict, path: str | os.PathLike) 
 
 
 def tensor_digest(tensors: dict) -> str:
-    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order (64 hex digits)."""
-    import torch
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order (64 hex digits).
 
+    Tensors are NumPy arrays (or anything ``np.asarray`` takes, torch CPU tensors included): the
+    digest of a file is the same whichever library wrote or reads it.
+    """
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}|{array.dtype.name}|{tuple(array.shape)}|".encode())
+        if array.size:
+            digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 
@@ -212,13 +212,12 @@ def parse_metadata(text: Any, path: str | os.PathLike) -> dict:
 
 
 def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None:
-    """Write tensors (name -> torch.Tensor) and metadata (JSON-serialisable dict) atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    header = json.dumps({"format_version": FORMAT_VERSION, **meta, "tensor_sha256": tensor_digest(tensors)})
+    """Write tensors (name -> NumPy array) and metadata (a JSON-serialisable dict) atomically."""
     from safetensors import SafetensorError
+    from safetensors.numpy import save_file
 
+    tensors = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    header = json.dumps({"format_version": FORMAT_VERSION, **meta, "tensor_sha256": tensor_digest(tensors)})
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata={_KEY: header})
@@ -227,32 +226,33 @@ def write_model_file(path: str | os.PathLike, tensors: dict, meta: dict) -> None
             raise OutputError(f"{path}: cannot write ({reason}); nothing was changed") from None
 
 
-def read_model_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict, dict]:
-    """Read a model file written by :func:`write_model_file`.
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a model file written by :func:`write_model_file`; no torch, and no code from the file runs.
 
     Returns:
-        (tensors, meta): name -> torch.Tensor on ``device``, and the metadata dict.
+        (tensors, meta): name -> NumPy array, and the checked metadata (:func:`check_metadata`).
 
     Raises:
-        ModelFileError: for a missing, truncated, corrupt, foreign or newer-format file.
+        ModelFileError: for a missing, truncated, corrupt, foreign or newer-format file, or one
+            whose tensors do not match the checksum stored at save.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:
             header = (handle.metadata() or {}).get(_KEY)
             if header is None:
                 raise ModelFileError(f"{path}: a safetensors file, but not a padim model (no '{_KEY}' metadata)")
             meta = parse_metadata(header, path)
             check_shapes({name: handle.get_slice(name).get_shape() for name in handle.keys()}, meta, path)
-        tensors = load_file(str(path), device="cpu")
+        tensors = load_file(str(path))
     except ModelFileError:
         raise
-    except (SafetensorError, OSError, ValueError, RecursionError) as error:
+    except (SafetensorError, OSError, ValueError, TypeError, RecursionError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt ({reason})") from None
     if "tensor_sha256" in meta and tensor_digest(tensors) != meta["tensor_sha256"]:
@@ -260,121 +260,4 @@ def read_model_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict,
             f"{path}: the tensor data does not match the checksum stored at save (a damaged copy or a flipped "
             f"bit): copy the model file again"
         )
-    if device != "cpu":
-        tensors = {name: t.to(device) for name, t in tensors.items()}
     return tensors, meta
-
-
-def save(model: Padim, path: str | os.PathLike) -> Path:
-    """Write a fitted model to ``path`` (atomic); returns the path."""
-    from padim.model.padim import check_fitted
-
-    check_fitted(model)
-    packed = model.precision_cholesky_packed_.half()
-    tensors = {"mean": model.mean_, "precision_cholesky_packed": packed, "channel_idx": model.channel_idx_}
-    tensors.update({f"backbone.{k}": v for k, v in model.extractor_.body.state_dict().items()})
-    meta = {
-        **model.config(),
-        "feature_size": list(model.feature_size_),
-        "n_images": model.n_images_,
-        "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
-        "padim_toolkit_version": __version__,
-    }
-    if getattr(model, "quantization_", None) is not None:
-        meta["quantization"] = model.quantization_.to_dict()
-    stats = model.__dict__.get("stats_")
-    if stats is not None:  # fit --keep-stats: what an update (padim.model.incremental) adds images to
-        tensors.update(stats_mean=stats.mean, stats_m2=stats.m2)
-        meta["stats_count"] = stats.count
-        meta["holdout_paths"] = [os.path.abspath(p) for p in getattr(model, "holdout_paths_", [])]
-    write_model_file(path, tensors, meta)
-    return Path(path)
-
-
-def load(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") -> Padim:
-    """Read a model written by :func:`save`. Runs no code from the file.
-
-    Raises:
-        ModelFileError: for a missing, corrupt, truncated, foreign, newer or inconsistent file.
-    """
-    import torch
-
-    from padim.errors import PadimError
-    from padim.features.backbones import FeatureExtractor, get_spec
-    from padim.features.tiling import resolve_tile
-    from padim.graph.pipeline import check_device, use_onnxruntime
-    from padim.graph.quantize import Quantization
-    from padim.model.padim import Padim, resolve_params
-    from padim.scoring.rules import Calibration
-    from padim.stats.gaussian import GaussianStats, pack_triangular
-
-    tensors, meta = read_model_file(path)
-    dtype = meta["backbone_dtype"]
-    if dtype == "int8":  # checked first: a matter of the options, not of the file
-        try:
-            use_onnxruntime(backend, device, dtype)
-        except OptionError as error:
-            raise OptionError(f"{path} is an int8 model: {error}") from None
-    check_device(device)  # a matter of the options too: never blamed on the file
-    try:
-        params = {key: meta[key] for key in (*PARAMS, *NEW_PARAMS)}
-        params["image_size"] = tuple(params["image_size"])
-        model = Padim(**params, device=device, backend=backend, backbone_dtype=dtype)
-        resolved = resolve_params(model)
-        feature_size = _pair(meta["feature_size"])
-        if feature_size != get_spec(model.backbone).grid(resolved["image_size"], resolved["grid_stride"]):
-            raise ValueError(f"feature_size {list(feature_size)} does not match the working size and grid stride")
-        d = resolved["n_features"]
-        if d != meta["n_features"]:
-            raise ValueError(f"n_features {meta['n_features']} is not what the layers allow ({d})")
-        if meta["format_version"] == 1:  # the precision: its upper factor, C = J chol(J precision J) J
-            flipped = torch.linalg.cholesky(tensors.pop("precision").double().flip(1, 2))
-            tensors["precision_cholesky"] = flipped.flip(1, 2).float()
-        if meta["format_version"] < 3:
-            tensors["precision_cholesky_packed"] = pack_triangular(tensors.pop("precision_cholesky"))
-        channel_idx = tensors["channel_idx"].long()
-        total = sum(info.channels for info in resolved["layer_info"])
-        if channel_idx.min() < 0 or channel_idx.max() >= total or channel_idx.unique().numel() != d:
-            raise ValueError(f"channel_idx must be {d} distinct indices in 0..{total - 1}")
-        for name in ("mean", "precision_cholesky_packed"):
-            if not bool(torch.isfinite(tensors[name]).all()):
-                raise ValueError("the Gaussians hold NaN or infinite values")
-        body = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        extractor = FeatureExtractor(model.backbone, resolved["layers"], state_dict=body)
-        calibration = meta["calibration"]
-        align = resolved["layer_info"][-1].stride
-        fitted = dict(
-            layers_=resolved["layers"],
-            image_size_=resolved["image_size"],
-            grid_stride_=resolved["grid_stride"],
-            tile_size_=resolve_tile(params["tile_size"], resolved["image_size"], align),
-            extractor_=extractor,
-            channel_idx_=channel_idx,
-            feature_size_=feature_size,
-            mean_=tensors["mean"].float().to(model.device),
-            precision_cholesky_packed_=tensors["precision_cholesky_packed"].to(model.device),
-            n_images_=int(meta["n_images"]),
-            calibration_=None if calibration is None else Calibration(**calibration),
-            quantization_=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
-        )
-        if "stats_mean" in tensors:  # optional: the mergeable statistics (fit --keep-stats); shapes checked
-            m2 = tensors["stats_m2"]
-            fitted["stats_"] = GaussianStats(
-                meta["stats_count"], tensors["stats_mean"].double().to(model.device), m2.to(model.device)
-            )
-            fitted["holdout_paths_"] = [Path(q) for q in meta.get("holdout_paths", [])]
-            model.stats_dtype = "float64" if m2.dtype == torch.float64 else "float32"
-    except (KeyError, TypeError, RuntimeError, ValueError) as error:
-        if isinstance(error, PadimError) and not isinstance(error, ModelFileError):
-            reason = str(error)
-        else:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelFileError(f"{path}: inconsistent padim model file ({reason})") from None
-    model.__dict__.update(fitted)
-    return model
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
-        raise ValueError(f"expected [height, width], got {value!r}")
-    return int(value[0]), int(value[1])

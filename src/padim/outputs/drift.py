@@ -1,7 +1,7 @@
 """A drift warning: far more images flagged than the calibration expects on good parts.
 
 A model is calibrated on good images: at its threshold it flags a known share of them, its
-false-alarm rate (:attr:`padim.scoring.rules.Calibration.false_alarm_rate`, about 1 - quantile). On
+false-alarm rate (:attr:`padim.scoring.calibration.Calibration.false_alarm_rate`, about 1 - quantile). On
 a line where nearly every part is good, the share of DEFECT verdicts should stay near that
 rate. When it is far above it over the last N images, either many parts really are bad, or
 the images changed: a camera moved by 30 px made 20 of 20 good bottle images anomalous. The

@@ -130,7 +130,7 @@ def region_extent(anomaly_map: Any, size: tuple[int, int], calibration: Any, sco
     Args:
         anomaly_map: (H, W) map at the model's working size.
         size: the image's (width, height).
-        calibration: :class:`padim.scoring.rules.Calibration`, or None (no region).
+        calibration: :class:`padim.scoring.calibration.Calibration`, or None (no region).
         score: the image's score (default: the map's maximum); a region needs it at or above the threshold.
 
     Returns:

@@ -109,7 +109,7 @@ def write_evaluation_report(
 
     Args:
         evaluation: what :func:`padim.eval.evaluation.evaluate_model` measured.
-        calibration: the model's :class:`padim.scoring.rules.Calibration`, or None (the report then
+        calibration: the model's :class:`padim.scoring.calibration.Calibration`, or None (the report then
             uses the F1-best threshold of this test set).
         directory: output folder.
         model_path, config: the model file and configuration, for the details section.
@@ -122,7 +122,7 @@ def write_evaluation_report(
     # Without a calibration, regions and colours follow the report's threshold.
     shown = calibration
     if shown is None:
-        from padim.scoring.rules import manual
+        from padim.scoring.calibration import manual
 
         shown = manual(threshold)
     wrong = np.flatnonzero(labels != (scores >= threshold))

@@ -227,11 +227,11 @@ def overlay(
 def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
     """(vmin, vmax) for :func:`overlay`, the same rule for the command line and the web service.
 
-    With a calibration (:class:`padim.scoring.rules.Calibration`) the colours span normalised
+    With a calibration (:class:`padim.scoring.calibration.Calibration`) the colours span normalised
     scores 0 to 1 (threshold -/+ its scale), so one colour means one score in every image;
     without one, the map's own range.
 
-    >>> from padim.scoring.rules import Calibration
+    >>> from padim.scoring.calibration import Calibration
     >>> heatmap_range(Calibration(threshold=10.0, center=6.0), np.zeros((2, 2)))
     (6.0, 14.0)
     """
@@ -262,7 +262,7 @@ def overlay_at_image_size(
     Args:
         image: the decoded PIL image at its own size.
         anomaly_map: (H, W) map at the model's working size.
-        calibration: :class:`padim.scoring.rules.Calibration` or None (no region drawn).
+        calibration: :class:`padim.scoring.calibration.Calibration` or None (no region drawn).
         vmin, vmax: the colour range (:func:`heatmap_range`).
         max_side: the picture's longest side at most.
         score: the image's score (default: the map's maximum), which decides if it has a region.

@@ -5,7 +5,7 @@ the user. ``padim fit`` sets one from held-out good images; an inspector often w
 after seeing the line: a number of their own, a quantile of a fresh folder of good images, or
 a rule on good and defective images (F1-max, or the highest threshold that finds a share R of
 the defective ones). The rules themselves are :mod:`padim.scoring.rules`'s; this module runs a model
-over the images (:func:`good_statistics`), builds the new :class:`~padim.scoring.rules.Calibration`
+over the images (:func:`good_statistics`), builds the new :class:`~padim.scoring.calibration.Calibration`
 (:func:`calibration_from_images`) and rewrites a ``.padim`` file with it
 (:func:`recalibrate_file`): the same tensors and metadata, only ``calibration`` changed, written
 under a temporary name and renamed into place.
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from padim.errors import OptionError
-from padim.scoring.rules import PIXEL_QUANTILE, Calibration, from_labelled_scores, from_normal_scores, manual
+from padim.eval.thresholds import from_labelled_scores, from_normal_scores
+from padim.scoring.calibration import PIXEL_QUANTILE, Calibration, manual
 
 PathLike = str | os.PathLike
 
@@ -188,7 +189,7 @@ def recalibrate_file(
     old = None if meta.get("calibration") is None else Calibration(**meta["calibration"])
     good_scores = bad_scores = None
     if good is not None:
-        from padim.runtime.predictor import open_model
+        from padim.runtime.opening import open_model
 
         predictor = open_model(model, device=device, backend=backend)
         quantile = float(meta.get("quantile", 0.99)) if quantile is None else quantile

@@ -39,16 +39,16 @@ def region_mask(anomaly_map: Any, calibration: Any, score: float | None = None) 
     """(H, W) bool: the pixels a calibration calls defective; None for an uncalibrated model.
 
     The pixel rule of :func:`padim.scoring.rules.region`: pixels at or above the calibration's pixel
-    threshold (:attr:`padim.scoring.rules.Calibration.region_threshold`), in an image whose score is
+    threshold (:attr:`padim.scoring.calibration.Calibration.region_threshold`), in an image whose score is
     at or above the image threshold; an image called normal has no region. NaN pixels of a
     flagged image count as defective.
 
     Args:
         anomaly_map: (H, W) map, at the working size or resized (:func:`map_at_size`).
-        calibration: :class:`padim.scoring.rules.Calibration` or None.
+        calibration: :class:`padim.scoring.calibration.Calibration` or None.
         score: the image's score (default: the map's maximum, NaN if it holds one).
 
-    >>> from padim.scoring.rules import Calibration
+    >>> from padim.scoring.calibration import Calibration
     >>> c = Calibration(threshold=2.0, center=1.0, pixel_threshold=1.5)
     >>> region_mask(np.array([[1.0, 1.6, 2.5]]), c).tolist(), region_mask(np.array([[1.0, 1.6]]), c).tolist()
     ([[False, True, True]], [[False, False]])
@@ -105,7 +105,8 @@ def boxes_at_size(
     grid). None for an uncalibrated model.
 
     >>> m = np.zeros((4, 4), np.float32); m[1:3, 1:3] = 9.0
-    >>> cal = scoring.Calibration(threshold=1.0, center=0.0)
+    >>> from padim.scoring.calibration import Calibration
+    >>> cal = Calibration(threshold=1.0, center=0.0)
     >>> boxes_at_size(m, (400, 400), cal, 9.0), boxes_at_size(m, (400, 400), cal, 9.0, max_pixels=1600)
     ([Box(x0=61, y0=61, x1=339, y1=339, area=71404)], [Box(x0=60, y0=60, x1=340, y1=340, area=72800)])
     """

@@ -59,7 +59,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from padim import __version__
 from padim.errors import ImageError, ImageTooLargeError, OptionError, OutputError
 from padim.io.decoding import DECODE_BUDGET_PIXELS, PixelBudget
 from padim.io.images import header_pixels, load_image, max_pixels
@@ -67,8 +66,9 @@ from padim.io.pictures import picture_bytes
 from padim.modelfile.info import file_sha256
 from padim.outputs.drift import DriftMonitor
 from padim.outputs.verdict_log import VerdictLog, utc_now
-from padim.runtime.predictor import open_model
+from padim.runtime.opening import open_model
 from padim.serve.uploads import UploadError, multipart_file, read_body
+from padim.version import __version__
 
 PathLike = str | os.PathLike
 

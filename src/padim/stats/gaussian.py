@@ -265,19 +265,3 @@ def stream(
         if sum(p.numel() * p.element_size() for p in pending) >= group_bytes:
             stats, pending = accumulate(stats, pending, dtype), []
     return accumulate(stats, pending, dtype) if pending else stats
-
-
-def runtime_factors(packed: Tensor, dtype: str | None = None) -> Tensor:
-    """The precision factors as a predictor holds them: (P, D, D) unpacked from (P, D(D+1)/2).
-
-    Args:
-        packed: the packed factors (:func:`precision_cholesky_from_stats` with ``packed``).
-        dtype: ``"float32"`` or ``"float16"``; None: float32 unless that would pass
-            :func:`padim.model.memory.runtime_limit` (:func:`padim.maps.anomaly_map.mahalanobis` casts
-            float16 factors a chunk at a time).
-    """
-    from padim.model.memory import runtime_dtype
-
-    n_patches, size = packed.shape
-    dtype = runtime_dtype(n_patches, triangle_dim(size)) if dtype is None else dtype
-    return unpack_triangular(packed, torch.float32 if dtype == "float32" else torch.float16)

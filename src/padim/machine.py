@@ -1,0 +1,86 @@
+"""What this machine gives a process: CPUs, memory, and glibc's allocator settings.
+
+One place for the facts every layer asks about: how many threads to run (:func:`cpu_threads`,
+which honours the process's affinity mask and ``PADIM_THREADS``), how much memory there is
+(:func:`machine_memory`, a control group's limit included), and the two allocator settings that
+keep resident memory at what is live (:func:`return_large_blocks`, :func:`release_freed_memory`).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+#: Blocks of at least this many bytes are mapped on their own and returned to the system when freed.
+MMAP_THRESHOLD = 4 * 2**20
+#: Environment variable that caps :func:`cpu_threads` (a Ray worker sets it to the CPUs it holds).
+ENV_THREADS = "PADIM_THREADS"
+
+
+def cpu_threads() -> int:
+    """CPUs this process may use: its affinity mask (not the machine's count), capped by ``PADIM_THREADS``."""
+    limit = os.environ.get(ENV_THREADS, "")
+    if limit.isdigit() and int(limit) > 0:
+        return int(limit)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decoding and drawing threads: the CPUs this process may use, at most 8."""
+    return max(1, min(8, cpu_threads()))
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its control group's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by Python and torch back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Tracing a graph runs it once at the working size; without this, those activations stay in
+    the process's heap after they are freed and count in its resident memory.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def return_large_blocks() -> bool:
+    """Have glibc map every block of :data:`MMAP_THRESHOLD` bytes or more on its own, returned when freed.
+
+    By default glibc raises its mmap threshold each time a large block is freed, up to 32 MB;
+    from then on decoded images (Pillow allocates up to 16 MB blocks), activations and embeddings
+    come from per-thread heaps whose fragments stay resident: decoding a folder of 8000x8000
+    images grew by about 50 MB per image, and a fit at 512x512 by 300 MB. Fixing the threshold
+    keeps resident memory at what is live. It costs a page fault per fresh block, which made a
+    fit's streamed update 1.5 times slower at 256x256, so a fit sets it only past 256x256
+    (:mod:`padim.model.memory`). Returns whether it was set (only glibc has it).
+    """
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # not glibc (macOS, Windows, musl): nothing to set
+        return False
+    return bool(mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
