@@ -42,11 +42,11 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
+    from padim.graph.build import runtime_factors
     from padim.graph.modules import OUTPUTS
     from padim.graph.trace import onnx_bytes
-    from padim.model.padim import Padim
     from padim.machine import cpu_threads
-    from padim.graph.build import runtime_factors
+    from padim.model.padim import Padim
 
     model = Padim.load(args.model)
     example = {

@@ -32,8 +32,8 @@ from padim.io.files import atomic_path, write_text
 from padim.io.images import ENV_MAX_MEGAPIXELS, decode, load_image, load_mask
 from padim.modelfile.info import model_info
 from padim.modelfile.padim_file import check_metadata, read_model_file, write_model_file
-from padim.runtime.predictor import Prediction
 from padim.runtime.opening import open_model
+from padim.runtime.predictor import Prediction
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

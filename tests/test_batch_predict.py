@@ -18,8 +18,8 @@ from padim.jobs.predict import predict_files
 from padim.outputs import rows as verdicts
 from padim.outputs.rows import CSV_COLUMNS, overlay_names, region_extent
 from padim.runtime.predictor import Prediction
-from padim.scoring.regions import map_at_size, region_boxes, region_mask, union_box
 from padim.scoring.calibration import Calibration
+from padim.scoring.regions import map_at_size, region_boxes, region_mask, union_box
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ import torch
 import padim
 from padim.errors import ModelFileError, OptionError
 from padim.graph.modules import Embedder, Scorer
-from padim.graph.trace import onnx_bytes
 from padim.graph.quantize import BACKBONE_SCOPE, Quantization, calibrate
-from padim.model.fitting import split_first
+from padim.graph.trace import onnx_bytes
 from padim.io.images import list_images
 from padim.model.export import export_onnx, model_proto
+from padim.model.fitting import split_first
 from padim.model.padim import Padim
 from padim.modelfile.padim_file import read_model_file
 from padim.runtime.opening import open_model

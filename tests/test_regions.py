@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from padim.scoring.regions import Box, map_at_size, region_boxes, region_mask, union_box
 from padim.scoring.calibration import Calibration
+from padim.scoring.regions import Box, map_at_size, region_boxes, region_mask, union_box
 
 
 def naive_bilinear(x, height, width):

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from padim.eval import thresholds
 from padim.graph.modules import OUTPUTS
 from padim.io.images import list_images, load_image, preprocess
 from padim.scoring import rules as scoring
-from padim.eval import thresholds
 from padim.scoring.calibration import PIXEL_QUANTILE, Calibration
 
 

@@ -19,8 +19,8 @@ from padim.io.images import list_images
 from padim.model.export import export_onnx
 from padim.report.overlays import heatmap_range, overlay_at_image_size
 from padim.runtime.opening import open_model
-from padim.scoring.regions import map_at_size, region_boxes, region_mask
 from padim.scoring.calibration import Calibration
+from padim.scoring.regions import map_at_size, region_boxes, region_mask
 from padim.serve.app import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app, run
 
 with warnings.catch_warnings():
