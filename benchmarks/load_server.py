@@ -1,6 +1,6 @@
 """Load test of ``padim serve``: K concurrent clients on loopback send a fixed number of requests.
 
-Starts the server (:func:`padim.serve.app.run`) in a subprocess on 127.0.0.1, waits for
+Starts the server (:func:`padim.serve.run.run`) in a subprocess on 127.0.0.1, waits for
 ``/health``, then K client threads (one keep-alive httpx connection each) each POST the same
 real image R times to ``/predict``. Reports throughput, client-side latency (p50, p99, max),
 the server's own ``latency_ms``, the error count (goal 0: any answer other than 200, or a

@@ -1,6 +1,6 @@
 """CPU and wall time of one ``POST /predict`` answer, in process: decode, predict, regions, heatmap.
 
-Times :func:`padim.serve.app.predict_upload` (everything the service does per request but HTTP)
+Times :func:`padim.serve.answer.predict_upload` (everything the service does per request but HTTP)
 on one image, with and without the heatmap, median of ``--rounds`` calls after a warm-up.
 Compare two checkouts by running it with each on the path, alternating:
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from padim.runtime.opening import open_model
-from padim.serve.app import predict_upload
+from padim.serve.answer import predict_upload
 
 
 def main() -> None:

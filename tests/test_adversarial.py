@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from padim.cli.main import main
+from padim.cli.main import RUNTIME, main
 from padim.errors import ImageError, ImageTooLargeError, ModelFileError, OutputError, PadimError, ScoreError
 from padim.io.files import atomic_path, write_text
 from padim.io.images import ENV_MAX_MEGAPIXELS, decode, load_image, load_mask
@@ -336,7 +336,7 @@ def test_evaluate_gives_no_metrics_from_non_finite_scores(tiny_model, mvtec_tree
 
 
 def test_serve_gives_no_verdict_for_a_non_finite_score(tiny_model, mvtec_tree):
-    from padim.serve.app import predict_upload
+    from padim.serve.answer import predict_upload
     from padim.serve.uploads import UploadError
 
     data = sorted((mvtec_tree / "test" / "good").iterdir())[0].read_bytes()
@@ -452,7 +452,7 @@ def test_sigterm_stops_every_command_like_ctrl_c(capsys, monkeypatch, tiny_padim
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr("padim.cli.parser.cmd_info", killed)  # what the parser binds
+    monkeypatch.setitem(RUNTIME, "info", killed)  # what main dispatches to
     code, _, err = run(capsys, "info", tiny_padim)
     assert code == 130 and "interrupted" in err
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None) or callable(
@@ -476,7 +476,7 @@ def test_a_port_in_use_and_a_bad_host_are_one_line(capsys, tiny_onnx):
 
 def test_uploads_over_the_pixel_cap_are_413_and_decodes_are_bounded(tiny_model, tmp_path):
     from padim.io.decoding import PixelBudget
-    from padim.serve.app import predict_upload
+    from padim.serve.answer import predict_upload
     from padim.serve.uploads import UploadError
 
     budget = PixelBudget(1000)

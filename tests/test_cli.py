@@ -125,7 +125,7 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
 
     model = tmp_path / "model.padim"  # opened by the patched open_model
     model.write_bytes(b"")
-    monkeypatch.setattr("padim.runtime.opening.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
+    monkeypatch.setattr("padim.cli.run.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.nan))
     code, _, err = run(capsys, "predict", model, mvtec_tree / "test" / "good", "-o", tmp_path / "out", "--quiet")
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert code == 3 and [r["label"] == "error" for r in rows] == [False, True, False]
@@ -133,9 +133,7 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
         f"padim predict: error: {rows[1]['path']}: the score is not a finite number; labelled error"
     ]
     image = mvtec_tree / "test" / "good" / "000.png"
-    monkeypatch.setattr(
-        "padim.runtime.opening.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0)
-    )
+    monkeypatch.setattr("padim.cli.run.open_model", lambda *a, **k: NonFinite(tiny_model.predictor(), np.inf, 0))
     code, out, err = run(capsys, "predict", model, image, "--quiet")
     assert code == 3 and out == f"{image}: error  score inf (not a finite number)\n" and str(image) in err
 

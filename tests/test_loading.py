@@ -217,8 +217,16 @@ def test_every_input_form_gives_the_same_batches(mvtec_tree):
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda s: iter_batches(s, 16, batch_size=0), OptionError, "batch-size must be an integer >= 1, got 0"),
-        (lambda s: iter_batches(s, 16, workers=-1), OptionError, "workers must be an integer >= 0.*got -1"),
+        (
+            lambda s: iter_batches(s, 16, batch_size=0),
+            OptionError,
+            "batch_size must be an integer in 1..4096 or None, got 0",
+        ),
+        (
+            lambda s: iter_batches(s, 16, workers=-1),
+            OptionError,
+            "workers must be an integer in 0..256 or None, got -1",
+        ),
         (lambda s: iter_batches(s, (8, 8, 3)), OptionError, "image_size"),
         (lambda s: as_batches(s, 16, folder="test"), OptionError, "folder must be one of"),
         (lambda s: as_batches([], 16), DataError, "empty list"),

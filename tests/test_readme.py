@@ -4,7 +4,8 @@ import re
 import shlex
 from pathlib import Path
 
-from padim.cli.main import build_parser, main
+from padim.cli.main import main
+from padim.cli.parser import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -134,7 +134,7 @@ def test_bad_arguments(mvtec_tree, files):
     runtime = open_model(onnx_file)
     with pytest.raises(OptionError, match=r"\(N, 3, 64, 64\), got shape \(2, 3, 32, 32\)"):
         runtime.predict(np.zeros((2, 3, 32, 32), np.float32))
-    with pytest.raises(OptionError, match="batch-size must be an integer >= 1, got 0"):
+    with pytest.raises(OptionError, match="batch_size must be an integer in 1..4096 or None, got 0"):
         runtime.predict(image_paths(mvtec_tree), batch_size=0)
     with pytest.raises(OptionError, match="expected images .* got int"):
         runtime.predict(42)

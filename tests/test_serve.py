@@ -21,7 +21,8 @@ from padim.report.overlays import heatmap_range, overlay_at_image_size
 from padim.runtime.opening import open_model
 from padim.scoring.calibration import Calibration
 from padim.scoring.regions import map_at_size, region_boxes, region_mask
-from padim.serve.app import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app, run
+from padim.serve.app import ENV_MAX_UPLOAD, ENV_MODEL, app_from_environment, create_app
+from padim.serve.run import run
 
 with warnings.catch_warnings():
     # Starlette's TestClient warns that it will move to httpx2; the tests use httpx as installed.
@@ -257,11 +258,13 @@ def test_run_binds_to_loopback_by_default(files, monkeypatch):
 
 
 def test_bad_arguments(files, tmp_path):
-    with pytest.raises(ValueError, match="port must be an int in 0..65535, got 70000"):
+    with pytest.raises(ValueError, match=r"port must be an integer in 1\.\.65535, got 70000"):
         run(files[1], port=70000)
-    with pytest.raises(ValueError, match="workers must be an int in 1..256, got 0"):
+    with pytest.raises(ValueError, match=r"port must be an integer in 1\.\.65535, got 0"):
+        run(files[1], port=0)
+    with pytest.raises(ValueError, match=r"workers must be an integer in 1\.\.256, got 0"):
         run(files[1], workers=0)
-    with pytest.raises(ValueError, match="max_upload_mb must be a number > 0"):
+    with pytest.raises(ValueError, match=r"max_upload_mb must be a number in \(0, 10240\]"):
         create_app(files[1], max_upload_mb=0)
     with pytest.raises(ValueError, match="missing.onnx: model file not found"):
         create_app(tmp_path / "missing.onnx")

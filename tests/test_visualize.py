@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from padim.io import pictures
+from padim.report import colors
 from padim.report import overlays as visualize
 
 
@@ -28,17 +29,17 @@ def _naive_boundary(region: np.ndarray) -> np.ndarray:
 
 
 def test_colormap_ends_and_clipping():
-    colours = visualize.colormap(np.array([[0.0, 1.0], [-5.0, 7.0]]))
+    colours = colors.colormap(np.array([[0.0, 1.0], [-5.0, 7.0]]))
     assert colours.dtype == np.uint8 and colours.shape == (2, 2, 3)
     assert colours[0, 0].tolist() == [0, 0, 128]  # dark blue
     assert colours[0, 1].tolist() == [128, 0, 0]  # dark red
     assert colours[1, 0].tolist() == [0, 0, 128]
     assert colours[1, 1].tolist() == [128, 0, 0]
-    assert visualize.colormap(np.array([np.nan])).tolist() == [[0, 0, 128]]
+    assert colors.colormap(np.array([np.nan])).tolist() == [[0, 0, 128]]
 
 
 def test_colormap_runs_blue_to_red():
-    colours = visualize.colormap(np.linspace(0, 1, 11)).astype(int)
+    colours = colors.colormap(np.linspace(0, 1, 11)).astype(int)
     red, blue = colours[:, 0], colours[:, 2]
     assert np.argmax(blue) < np.argmax(colours[:, 1]) < np.argmax(red)
     assert colours[5, 1] == 255  # the middle is green-dominated
@@ -71,7 +72,7 @@ def test_overlay_is_transparent_where_the_map_is_low():
     anomaly_map = np.array([[0.0, 2.4, 3.75, 5.0, 10.0]])  # positions 0, 0.24, 0.375, 0.5, 1 of [0, 10]
     out = visualize.overlay(image, anomaly_map, vmin=0.0, vmax=10.0, alpha=0.4)
     assert out[0, 0].tolist() == out[0, 1].tolist() == [255, 255, 255]
-    colours = visualize.colormap(anomaly_map / 10.0)[0].astype(float)
+    colours = colors.colormap(anomaly_map / 10.0)[0].astype(float)
     for k, weight in ((2, 0.2), (3, 0.4), (4, 0.4)):  # half-way in the fade: half of alpha
         np.testing.assert_array_equal(out[0, k], np.round((1 - weight) * 255 + weight * colours[k]))
 

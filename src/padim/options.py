@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from padim.errors import OptionError
@@ -28,7 +30,8 @@ class Option:
 
     Attributes:
         name: the Python keyword (``n_features``); the command-line flag is ``--n-features``.
-        kind: ``int``, ``float``, ``str`` or ``"size"`` (an int, or height x width).
+        kind: ``int``, ``float``, ``str``, ``bool`` (a flag), ``"path"`` (a non-empty path) or
+            ``"size"`` (an int, or height x width).
         default: the value when it is not given (None: decided later, e.g. by the working size).
         low, high: the range; ``low_open``/``high_open`` exclude the bound itself.
         choices: the accepted values of a ``str`` option.
@@ -36,6 +39,8 @@ class Option:
         finite: a float must be a finite number (NaN and infinities refused).
         help: one sentence for ``--help``, the default included.
         metavar: the placeholder in ``--help``.
+        flags: the command-line flags, when not ``--name-with-dashes`` alone (``("-o", "--output")``).
+        nargs, const: argparse's, for an option whose value is optional (``--ray [ADDRESS]``).
     """
 
     name: str
@@ -50,10 +55,14 @@ class Option:
     finite: bool = True
     help: str = ""
     metavar: str | None = None
+    flags: tuple[str, ...] | None = None
+    nargs: str | None = None
+    const: Any = None
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        """The long flag: ``--n-features`` for ``n_features`` unless ``flags`` says otherwise."""
+        return self.flags[-1] if self.flags else "--" + self.name.replace("_", "-")
 
     def expected(self, none: bool = True) -> str:
         """What the option accepts, in words: ``an integer in 1..8192``, ``a number in (0, 1]``.
@@ -67,6 +76,10 @@ class Option:
             return "one of " + ", ".join(self.choices)
         if self.kind == "size":
             return f"SIZE or HEIGHTxWIDTH in 1..{int(self.high)} pixels"
+        if self.kind == "path":
+            return "a path"
+        if self.kind is bool:
+            return "true or false"
         if self.kind is int:
             low = int(self.low) + self.low_open
             high = None if self.high is None else int(self.high) - self.high_open
@@ -96,8 +109,12 @@ class Option:
             return False
         if self.kind is float and not (_is_number(value) and (math.isfinite(value) or not self.finite)):
             return False
+        if self.kind is bool:
+            return isinstance(value, bool)
         if self.kind is str:
             return isinstance(value, str)
+        if self.kind == "path":
+            return isinstance(value, (str, os.PathLike)) and bool(str(value).strip())
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
         return self.high is None or not (value > self.high or (self.high_open and value == self.high))
@@ -126,17 +143,20 @@ class Option:
             raise argparse.ArgumentTypeError(f"expected {self.expected(none=False)}, got {text!r}")
         return value
 
-    def argument(self, **overrides: Any) -> dict[str, Any]:
-        """Keyword arguments for ``parser.add_argument(flag, ...)``: type, default, help, metavar, choices."""
-        out: dict[str, Any] = dict(default=self.default, help=self.help)
-        if self.choices is not None:
+    def add_to(self, parser: argparse.ArgumentParser, **overrides: Any) -> None:
+        """Add this option to an argparse parser: flags, type, default, help (``overrides`` win)."""
+        out: dict[str, Any] = dict(default=self.default, help=self.help, dest=self.name)
+        if self.kind is bool:
+            out.update(action="store_true", default=False)
+        elif self.choices is not None:
             out["choices"] = list(self.choices)
         else:
             out["type"] = self.parse
-        if self.metavar:
-            out["metavar"] = self.metavar
+        for key in ("metavar", "nargs", "const"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out.update(overrides)
-        return out
+        parser.add_argument(*(self.flags or (self.flag,)), **out)
 
 
 _INVALID = object()
@@ -153,6 +173,10 @@ def _is_number(value: Any) -> bool:
 
 
 def _from_text(kind: Any, text: str) -> Any:
+    if kind == "path":
+        if not text.strip():
+            raise ValueError("empty")
+        return Path(text)
     if kind is int:
         return int(text)
     if kind is float:
@@ -168,221 +192,102 @@ def _options(*rows: Option) -> dict[str, Option]:
 
 
 #: The option table: every option of the command, the service and the Python API, by name.
+# fmt: off
 OPTIONS: dict[str, Option] = _options(
-    # --- the model (Padim's constructor) --------------------------------------------------
-    Option(
-        "backbone",
-        str,
-        "efficientnet_lite0",
-        choices=("efficientnet_lite0", "resnet18", "wide_resnet50_2"),
-        help="the CNN whose layers embed each patch (default: efficientnet_lite0, offline ImageNet weights)",
-    ),
-    Option(
-        "layers",
-        str,
-        None,
-        nullable=True,
-        metavar="NAMES",
-        help="comma-separated layer names (default: the backbone's three stages)",
-    ),
-    Option(
-        "n_features",
-        int,
-        None,
-        low=1,
-        high=8192,
-        nullable=True,
-        help="channels kept, d (default: 100; 550 for wide_resnet50_2)",
-    ),
-    Option(
-        "image_size",
-        "size",
-        256,
-        high=MAX_SIDE,
-        metavar="SIZE|HxW",
-        help="working size: SIZE is the short side, the long side follows the training images' median aspect "
-        "ratio (a square if they vary widely), rounded to the backbone's stride; HxW is used as given "
-        "(default: 256)",
-    ),
-    Option(
-        "grid_stride",
-        int,
-        None,
-        low=1,
-        high=1024,
-        nullable=True,
-        metavar="PIXELS",
-        help="pixels per Gaussian (default: the first layer's stride, 4); 8 or 16 make the model 4 or 16 "
-        "times smaller, for large working sizes",
-    ),
-    Option(
-        "tile_size",
-        int,
-        None,
-        low=0,
-        high=MAX_SIDE,
-        nullable=True,
-        metavar="PIXELS",
-        help="run the backbone over overlapping tiles of this side (default: 1024 when the working size "
-        "exceeds it; 0: never), so activation memory stays bounded",
-    ),
+    # --- the model (Padim's constructor) -------------------------------------------------------
+    Option("backbone", str, "efficientnet_lite0", choices=("efficientnet_lite0", "resnet18", "wide_resnet50_2"),
+           help="the CNN whose layers embed each patch (default: efficientnet_lite0, offline ImageNet weights)"),
+    Option("layers", str, None, nullable=True, metavar="NAMES",
+           help="comma-separated layer names (default: the backbone's three stages)"),
+    Option("n_features", int, None, low=1, high=8192, nullable=True,
+           help="channels kept, d (default: 100; 550 for wide_resnet50_2)"),
+    Option("image_size", "size", 256, high=MAX_SIDE, metavar="SIZE|HxW",
+           help="working size: SIZE is the short side, the long side follows the training images' median aspect "
+                "ratio (a square if they vary widely), rounded to the backbone's stride; HxW is used as given "
+                "(default: 256)"),
+    Option("grid_stride", int, None, low=1, high=1024, nullable=True, metavar="PIXELS",
+           help="pixels per Gaussian (default: the first layer's stride, 4); 8 or 16 make the model 4 or 16 times "
+                "smaller, for large working sizes"),
+    Option("tile_size", int, None, low=0, high=MAX_SIDE, nullable=True, metavar="PIXELS",
+           help="run the backbone over overlapping tiles of this side (default: 1024 when the working size exceeds "
+                "it; 0: never), so activation memory stays bounded"),
     Option("seed", int, 0, low=0, high=2**63, high_open=True, help="channel selection and hold-out seed (default: 0)"),
     Option("eps", float, 0.01, low=0.0, high=1e6, help="added to each covariance's diagonal (default: 0.01)"),
-    Option(
-        "sigma", float, 4.0, low=0.0, high=1e4, low_open=True, help="the map's Gaussian blur, in pixels (default: 4)"
-    ),
-    Option(
-        "holdout",
-        float,
-        0.1,
-        low=0.0,
-        high=1.0,
-        high_open=True,
-        help="fraction of good images held out to set the threshold (default: 0.1)",
-    ),
-    Option(
-        "quantile",
-        float,
-        0.99,
-        low=0.0,
-        high=1.0,
-        low_open=True,
-        help="threshold = this quantile of the held-out good images' scores (default: 0.99)",
-    ),
-    Option(
-        "backend",
-        str,
-        "auto",
-        choices=("auto", "torch", "onnxruntime"),
-        help="what runs a .padim model (default: auto = onnxruntime on the CPU, torch on CUDA)",
-    ),
+    Option("sigma", float, 4.0, low=0.0, high=1e4, low_open=True, help="the map's blur, in pixels (default: 4)"),
+    Option("holdout", float, 0.1, low=0.0, high=1.0, high_open=True,
+           help="fraction of good images held out to set the threshold (default: 0.1)"),
+    Option("quantile", float, 0.99, low=0.0, high=1.0, low_open=True,
+           help="threshold = this quantile of the held-out good images' scores (default: 0.99)"),
+    Option("backend", str, "auto", choices=("auto", "torch", "onnxruntime"),
+           help="what runs a .padim model (default: auto = onnxruntime on the CPU, torch on CUDA)"),
     Option("device", str, "cpu", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cpu)"),
-    Option(
-        "stats_dtype",
-        str,
-        "float32",
-        choices=("float32", "float64"),
-        help="the scatter matrices' type while fitting (default: float32)",
-    ),
-    Option(
-        "backbone_dtype",
-        str,
-        "float32",
-        choices=("float32", "int8"),
-        help="int8: the backbone quantised, calibrated on 32 of the good images (CPU, onnxruntime; "
-        "predicts about 1.5x faster); default: float32",
-    ),
-    # --- reading images ---------------------------------------------------------------------
-    Option(
-        "batch_size",
-        int,
-        None,
-        low=1,
-        high=4096,
-        nullable=True,
-        help="images per batch (default: by working size: 32 at 256x256, 8 at 512x512, 1 from 1448x1448)",
-    ),
-    Option(
-        "workers",
-        int,
-        None,
-        low=0,
-        high=256,
-        nullable=True,
-        help="image decoding threads, and for predict drawing threads (default: the CPUs, at most 8; 0: none)",
-    ),
-    Option(
-        "max_megapixels",
-        float,
-        None,
-        low=0.0,
-        high=1e6,
-        low_open=True,
-        high_open=True,
-        nullable=True,
-        metavar="MP",
-        help="refuse images with more pixels than this, read from their header before decoding "
-        "(default: 100, or $PADIM_MAX_MEGAPIXELS)",
-    ),
-    # --- verdicts and outputs -----------------------------------------------------------------
+    Option("stats_dtype", str, "float32", choices=("float32", "float64"),
+           help="the scatter matrices' type while fitting (default: float32)"),
+    Option("backbone_dtype", str, "float32", choices=("float32", "int8"),
+           help="int8: the backbone quantised, calibrated on 32 of the good images (CPU, onnxruntime; predicts "
+                "about 1.5x faster); default: float32"),
+    Option("weights", "path", None, nullable=True, metavar="FILE",
+           help="backbone weights file (.pth or .safetensors) instead of the default location"),
+    Option("random_weights", bool, help="random backbone weights (for testing only)"),
+    # --- what a fit reads and keeps --------------------------------------------------------------
+    Option("validation", "path", None, nullable=True, metavar="DIR",
+           help="folder of good images for the threshold instead of a held-out fraction"),
+    Option("keep_stats", bool, help="also store the mergeable statistics (about 3x the file size) and the held-out "
+                                    "images' paths, so that good images can be added later with --update"),
+    Option("update", "path", None, nullable=True, metavar="MODEL",
+           help="add the good images DATA to MODEL (fitted with --keep-stats), exactly as if fitted on both sets; "
+                "MODEL's settings are kept, the threshold is set again from both fits' held-out images"),
+    Option("ray", str, None, nullable=True, metavar="ADDRESS", nargs="?", const="",
+           help="run on a Ray cluster: ADDRESS (ray://HOST:10001, HOST:6379 or auto); without it RAY_ADDRESS, "
+                "else a local cluster on this machine; needs pip install 'padim-toolkit[ray]'"),
+    # --- reading images --------------------------------------------------------------------------
+    Option("batch_size", int, None, low=1, high=4096, nullable=True,
+           help="images per batch (default: by working size: 32 at 256x256, 8 at 512x512, 1 from 1448x1448)"),
+    Option("workers", int, None, low=0, high=256, nullable=True,
+           help="image decoding threads, and for predict drawing threads (default: the CPUs, at most 8; 0: none)"),
+    Option("max_megapixels", float, None, low=0.0, high=1e6, low_open=True, high_open=True, nullable=True,
+           metavar="MP", help="refuse images with more pixels than this, read from their header before decoding "
+                              "(default: 100, or $PADIM_MAX_MEGAPIXELS)"),
+    Option("skip_bad", bool, help="skip unreadable images and list them at the end"),
+    Option("recursive", bool, flags=("-r", "--recursive"), help="also read the images in subfolders"),
+    Option("quiet", bool, help="no progress bars or messages"),
+    # --- verdicts and outputs ----------------------------------------------------------------------
+    Option("output", "path", None, nullable=True, flags=("-o", "--output"), help="where to write"),
     Option("threshold", float, None, nullable=True, metavar="T", help="use this threshold instead of the model's"),
     Option("pixel_threshold", float, None, nullable=True, metavar="P", help="the regions' pixel threshold, by hand"),
-    Option(
-        "pixel_quantile",
-        float,
-        0.999,
-        low=0.0,
-        high=1.0,
-        low_open=True,
-        help="with --good: pixel threshold = this quantile of their map pixels (default: 0.999)",
-    ),
-    Option(
-        "recall",
-        float,
-        None,
-        low=0.0,
-        high=1.0,
-        low_open=True,
-        nullable=True,
-        metavar="R",
-        help="with --defective: the highest threshold that flags at least R of them",
-    ),
-    Option(
-        "overlays",
-        str,
-        "anomalous",
-        choices=("all", "anomalous", "none"),
-        help="which images get a heatmap picture (default: anomalous, the ones to look at)",
-    ),
-    Option(
-        "overlay_format",
-        str,
-        "jpeg",
-        choices=("jpeg", "png", "webp"),
-        help="heatmap picture format (default: jpeg, quality 90: 3 ms and 80 kB for 900x900; png: 60 ms, 670 kB)",
-    ),
-    # --- the web service ------------------------------------------------------------------------
+    Option("pixel_quantile", float, 0.999, low=0.0, high=1.0, low_open=True,
+           help="with --good: pixel threshold = this quantile of their map pixels (default: 0.999)"),
+    Option("good", "path", None, nullable=True, metavar="DIR", help="folder of good images the model was not fitted on"),
+    Option("defective", "path", None, nullable=True, metavar="DIR", help="folder of defective images (needs --good)"),
+    Option("f1", bool, help="with --defective: the F1-maximising threshold (default)"),
+    Option("recall", float, None, low=0.0, high=1.0, low_open=True, nullable=True, metavar="R",
+           help="with --defective: the highest threshold that flags at least R of them"),
+    Option("overlays", str, "anomalous", choices=("all", "anomalous", "none"),
+           help="which images get a heatmap picture (default: anomalous, the ones to look at)"),
+    Option("overlay_format", str, "jpeg", choices=("jpeg", "png", "webp"),
+           help="heatmap picture format (default: jpeg, quality 90: 3 ms and 80 kB for 900x900; png: 60 ms, 670 kB)"),
+    Option("json_file", "path", None, nullable=True, flags=("--json",), metavar="FILE", help="write the results as JSON"),
+    Option("json", bool, help="print JSON"),
+    Option("report", "path", None, nullable=True, metavar="DIR",
+           help="write an HTML report: model, confusion matrix, thresholds, curves, every mistake, every image"),
+    # --- the web service -----------------------------------------------------------------------------
     Option("host", str, "127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"),
     Option("port", int, 8000, low=1, high=65535, help="TCP port (default: 8000)"),
-    Option("server_workers", int, 1, low=1, high=256, help="server processes (default: 1)"),
-    Option(
-        "max_upload_mb",
-        float,
-        20.0,
-        low=0.0,
-        high=10240.0,
-        low_open=True,
-        help="largest upload accepted, in MiB (default: 20)",
-    ),
-    Option(
-        "log_max_mb",
-        float,
-        10.0,
-        low=0.0,
-        high=10240.0,
-        low_open=True,
-        help="rotate the verdict log at this size, in MiB (default: 10)",
-    ),
+    Option("server_workers", int, 1, low=1, high=256, flags=("--workers",), help="server processes (default: 1)"),
+    Option("max_upload_mb", float, 20.0, low=0.0, high=10240.0, low_open=True,
+           help="largest upload accepted, in MiB (default: 20)"),
+    Option("verdict_log", "path", Path("padim-verdicts.jsonl"), metavar="FILE",
+           help="append every verdict here as a JSON line (default: ./padim-verdicts.jsonl)"),
+    Option("no_verdict_log", bool, help="keep no verdict log"),
+    Option("log_max_mb", float, 10.0, low=0.0, high=10240.0, low_open=True,
+           help="rotate the verdict log at this size, in MiB (default: 10)"),
     Option("log_keep", int, 5, low=0, high=1000, help="rotated verdict log files kept (default: 5)"),
-    Option(
-        "drift_window",
-        int,
-        20,
-        low=1,
-        high=10**7,
-        metavar="N",
-        help="drift warning: over the last N images (default: 20)",
-    ),
-    Option(
-        "drift_factor",
-        float,
-        5.0,
-        low=1.0,
-        high=1e6,
-        low_open=True,
-        help="warn when this many times the calibrated false-alarm rate is flagged (default: 5)",
-    ),
+    Option("drift_window", int, 20, low=1, high=10**7, metavar="N",
+           help="drift warning: over the last N images (default: 20)"),
+    Option("drift_factor", float, 5.0, low=1.0, high=1e6, low_open=True,
+           help="warn when this many times the calibrated false-alarm rate is flagged (default: 5)"),
 )
+# fmt: on
 
 
 def check(name: str, value: Any) -> Any:

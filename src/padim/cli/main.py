@@ -1,10 +1,11 @@
-"""The ``padim`` command: fit, predict, evaluate, calibrate, info, demo, export and serve.
+"""The ``padim`` command: parse, run one command, turn a user's error into one line.
 
-Each ``cmd_*`` parses, calls the library and prints. Errors a user can cause
-(:class:`padim.errors.PadimError`: a missing folder, a bad option value, an unreadable image or
-model file) print one line on stderr and exit with status 2; anything else is a bug and keeps
-its traceback (exit 1). Set ``PADIM_DEBUG=1`` to see tracebacks for user errors too. Torch is
-imported only by the subcommands that need it, so ``padim predict model.onnx`` runs without it.
+Errors a user can cause (:class:`padim.errors.PadimError`: a missing folder, a bad option value,
+an unreadable image or model file, a missing extra) print one line on stderr and exit with
+status 2; anything else is a bug and keeps its traceback (exit 1). ``PADIM_DEBUG=1`` shows
+tracebacks for user errors too. The commands that run a model live in :mod:`padim.cli.run`;
+those that need torch (:mod:`padim.cli.train`) are reached by name through :func:`padim.extras.load`,
+so ``padim predict model.onnx`` runs where torch is not installed.
 """
 
 from __future__ import annotations
@@ -15,30 +16,39 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from padim.cli.commands import _sigterm_as_interrupt
+from padim.cli import run
+from padim.cli.common import sigterm_as_interrupt
 from padim.cli.parser import build_parser
 from padim.errors import PadimError
+from padim.extras import load
+from padim.io.images import ENV_MAX_MEGAPIXELS
 
 EXIT_USER_ERROR = 2
-#: The environment variable of the pixel cap (:data:`padim.io.images.ENV_MAX_MEGAPIXELS`; no import here).
-ENV_MAX_MEGAPIXELS = "PADIM_MAX_MEGAPIXELS"
+#: The commands that need the training extra, and where they are.
+TRAINING = {"fit": "padim.cli.train:fit", "export": "padim.cli.train:export", "demo": "padim.cli.train:demo"}
+#: The commands of the runtime install.
+RUNTIME = {"predict": run.predict, "evaluate": run.evaluate, "calibrate": run.calibrate, "info": run.info,
+           "serve": run.serve}  # fmt: skip
 
 __all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cap = os.environ.get(ENV_MAX_MEGAPIXELS)
     if getattr(args, "max_megapixels", None) is not None:  # read by padim.io.images (and a server's workers)
         os.environ[ENV_MAX_MEGAPIXELS] = repr(args.max_megapixels)
     try:
         with (
             warnings.catch_warnings(),
-            _sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext(),
+            sigterm_as_interrupt() if args.command != "serve" else contextlib.nullcontext(),
         ):
             warnings.filterwarnings("ignore", message=".*decompression bomb")  # Pillow's: padim's own cap decides
-            return args.func(args)
+            if args.command in TRAINING:
+                command = load(TRAINING[args.command], "train", f"padim {args.command}")
+            else:
+                command = RUNTIME[args.command]
+            return command(args)
     except PadimError as error:
         if os.environ.get("PADIM_DEBUG"):
             raise

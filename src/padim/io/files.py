@@ -223,3 +223,36 @@ class LineAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _writable_folder(path: Path, option: str) -> None:
+    """The nearest existing folder at or above ``path`` must be a folder this process may write in."""
+    ancestor = path
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: permission denied (cannot write in {ancestor})")
+
+
+def check_output_file(path: Path | None, option: str = "-o") -> None:
+    """Refuse an output file path that is a folder, a device, a pipe or a link, or in a folder not writable."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; expected a file name")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputError(f"{option} {path}: not a regular file; padim replaces only regular files")
+    _writable_folder(path.parent, option)
+
+
+def check_output_folder(path: Path | None, option: str = "-o") -> None:
+    """Refuse an output folder path that is an existing file, or under a folder that is not writable."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: is a file, not a folder")
+    _writable_folder(path, option)

@@ -18,6 +18,7 @@ Shapes: a batch is (N, 3, H, W) float32, channels first, as the backbones take i
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import re
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from padim.errors import DataError, ImageError, ImageTooLargeError, OptionError
+from padim.options import OPTIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,12 +56,12 @@ def max_pixels() -> int:
     text = os.environ.get(ENV_MAX_MEGAPIXELS)
     if not text:
         return DEFAULT_MAX_PIXELS
+    option = OPTIONS["max_megapixels"]
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0 < value < 1e6):  # also refuses NaN and inf
-        raise OptionError(f"{ENV_MAX_MEGAPIXELS} (--max-megapixels) must be a number in (0, 1e6), got {text!r}")
+        value = option.parse(text)
+    except argparse.ArgumentTypeError:
+        raise OptionError(f"{ENV_MAX_MEGAPIXELS} (--max-megapixels) must be {option.expected(none=False)}, "
+                          f"got {text!r}") from None  # fmt: skip
     return max(1, int(value * 1_000_000))
 
 

@@ -28,6 +28,7 @@ from padim.io.datasets import Sample, image_samples, train_samples
 from padim.io.decoding import DECODE_BUDGET_PIXELS, PixelBudget, try_decode
 from padim.io.images import as_size, preprocess
 from padim.machine import default_workers, return_large_blocks
+from padim.options import check
 from padim.progress import progress
 
 #: Folder meanings of :func:`as_batches` (see :mod:`padim.io.datasets`).
@@ -112,11 +113,8 @@ def iter_batches(
         OptionError: for a batch size below 1 or a negative worker count.
     """
     size = as_size(image_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
-    workers = default_workers() if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise OptionError(f"--workers must be an integer >= 0 (0: decode in this thread), got {workers!r}")
+    batch_size = check("batch_size", batch_size) or 32
+    workers = default_workers() if check("workers", workers) is None else workers
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise OptionError(f"max_side must be an integer >= 1, got {max_side!r}")
     decode = dict(image_size=size, masks=masks, keep=keep_images, max_side=max_side)

@@ -51,6 +51,7 @@ import numpy as np
 
 from padim.errors import ModelFileError, OutputError
 from padim.io.files import atomic_path
+from padim.options import MAX_SIDE, OPTIONS
 
 FORMAT_VERSION = 3
 _KEY = "padim"
@@ -59,47 +60,44 @@ PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigm
 #: Parameters added in format 3, with the values that describe models of older formats.
 NEW_PARAMS = {"grid_stride": None, "tile_size": 0}
 #: The largest working size stored in a model file, in pixels (height x width) and per side.
-MAX_WORKING_PIXELS, MAX_SIDE = 100_000_000, 65_536
-#: Kept channels (d) at most: wide_resnet50_2 has 1792 in its three stages.
-MAX_FEATURES = 8192
-_NUMBER = (int, float)
+MAX_WORKING_PIXELS = 100_000_000
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _is_number(value: Any, low: float, high: float) -> bool:
-    return isinstance(value, _NUMBER) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
-
-
 def is_pair(value: Any, high: int) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(_is_int(v, 1, high) for v in value)
 
 
-#: key -> (test, what it must be); keys older formats lack are filled in before the check.
+def _table(name: str) -> tuple:
+    """A schema entry from the option table: the stored setting accepts what the option accepts."""
+    option = OPTIONS[name]
+    return option.accepts, option.expected(none=False) + (" or null" if option.nullable else "")
+
+
+#: key -> (test, what it must be); keys older formats lack are filled in before the check. The
+#: model's settings are checked against the option table (:mod:`padim.options`), as the command
+#: line and the Python API check them.
 SCHEMA = {
-    "backbone": (lambda v: isinstance(v, str) and 0 < len(v) < 100, "a backbone name"),
+    "backbone": _table("backbone"),
     "layers": (
         lambda v: isinstance(v, list) and 0 < len(v) < 10 and all(isinstance(x, str) for x in v),
         "a list of layer names",
     ),
-    "n_features": (lambda v: _is_int(v, 1, MAX_FEATURES), f"an int in 1..{MAX_FEATURES}"),
+    "n_features": _table("n_features"),
     "image_size": (
         lambda v: is_pair(v, MAX_SIDE) and v[0] * v[1] <= MAX_WORKING_PIXELS,
         f"[height, width] of at most {MAX_WORKING_PIXELS:,} pixels",
     ),
     "feature_size": (lambda v: is_pair(v, MAX_SIDE), "[height, width] of the feature grid"),
-    "seed": (lambda v: _is_int(v, 0, 2**63 - 1), "an int in [0, 2**63)"),
-    "eps": (lambda v: _is_number(v, 0, 1e6), "a finite number >= 0"),
-    "sigma": (lambda v: _is_number(v, 0, 1e4), "a finite number >= 0"),
-    "holdout": (lambda v: _is_number(v, 0, 1) and v < 1, "a number in [0, 1)"),
-    "quantile": (lambda v: _is_number(v, 0, 1) and v > 0, "a number in (0, 1]"),
+    **{
+        name: _table(name)
+        for name in ("seed", "eps", "sigma", "holdout", "quantile", "grid_stride", "tile_size", "backbone_dtype")
+    },  # fmt: skip
     "pretrained": (lambda v: isinstance(v, bool), "true or false"),
-    "grid_stride": (lambda v: v is None or _is_int(v, 1, 1024), "null or an int in 1..1024"),
-    "tile_size": (lambda v: v is None or _is_int(v, 0, MAX_SIDE), f"null or an int in 0..{MAX_SIDE}"),
     "n_images": (lambda v: _is_int(v, 0, 2**53), "an int >= 0"),
-    "backbone_dtype": (lambda v: v in ("float32", "int8"), "'float32' or 'int8'"),
     "calibration": (lambda v: v is None or isinstance(v, dict), "null or an object"),
     "tensor_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "64 hex digits"),
 }

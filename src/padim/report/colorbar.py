@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from padim.report.colors import colormap, fade_weights
+
 #: The background the bar's colours are blended over (the overlay's image, in the bar).
 BAR_BACKGROUND = (200, 200, 200)
 
@@ -41,8 +43,6 @@ def colorbar(
     >>> colorbar(300, 0.0, 2.0, 1.0).shape
     (27, 300, 3)
     """
-    from padim.report.overlays import colormap, fade_weights
-
     font_size = max(9, min(28, width // 40))
     bar_height = max(8, font_size)
     margin = max(2, font_size // 3)

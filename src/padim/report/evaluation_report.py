@@ -167,3 +167,14 @@ def evaluation_json(evaluation: Any, calibration: Any) -> dict[str, Any]:
         thresholds=threshold_table(labels, scores, threshold),
         images=image_rows([s.path for s in samples], [s.defect_type for s in samples], scores, threshold, normalized),
     )
+
+
+def evaluation_summary(evaluation: Any, calibration: Any, model: Any, data: Any) -> dict[str, Any]:
+    """What ``padim evaluate --json`` writes: the headline metrics, every summary, and :func:`evaluation_json`."""
+    metrics = evaluation.metrics
+    overall = metrics["overall"]
+    summary = {key: overall[key] for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "f1_threshold")}
+    summary.update(threshold=overall["threshold"], n_images=overall["n_images"], overall=overall,
+                   per_defect=metrics["per_defect"], model=str(model), data=str(data),
+                   **evaluation_json(evaluation, calibration))  # fmt: skip
+    return summary

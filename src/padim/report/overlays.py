@@ -22,56 +22,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-# Matplotlib's "jet" as piecewise-linear control points (position, red, green, blue):
-# dark blue, blue, cyan, yellow, red, dark red. Nine numbers per channel are the whole
-# definition; a 256-entry table is interpolated from them once.
-_JET_POINTS = np.array(
-    [
-        [0.000, 0.0, 0.0, 0.5],
-        [0.125, 0.0, 0.0, 1.0],
-        [0.375, 0.0, 1.0, 1.0],
-        [0.625, 1.0, 1.0, 0.0],
-        [0.875, 1.0, 0.0, 0.0],
-        [1.000, 0.5, 0.0, 0.0],
-    ]
-)
-
-
-def _lookup_table(points: np.ndarray, size: int = 256) -> np.ndarray:
-    """Interpolate (K, 4) control points into a read-only (size, 3) uint8 table."""
-    x = np.linspace(0.0, 1.0, size)
-    table = np.stack([np.interp(x, points[:, 0], points[:, c]) for c in (1, 2, 3)], axis=1)
-    table = np.round(table * 255.0).astype(np.uint8)
-    table.setflags(write=False)
-    return table
-
-
-_JET = _lookup_table(_JET_POINTS)
-
-
-def colormap(values: Any) -> np.ndarray:
-    """Colour values in [0, 1] with a jet colour map: 0 dark blue, 0.5 light green, 1 dark red.
-
-    Values outside [0, 1] are clipped, and NaN is drawn as 0.
-
-    Args:
-        values: (H, W) floats (any shape works).
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-
-    >>> colormap(np.array([[-1.0, 0.0, 1.0, 2.0]])).tolist()
-    [[[0, 0, 128], [0, 0, 128], [128, 0, 0], [128, 0, 0]]]
-    """
-    return _JET[_table_index(np.asarray(values, dtype=np.float32))]
-
-
-def _table_index(values: np.ndarray) -> np.ndarray:
-    """Index into the 256-entry table of positions in [0, 1] (clipped; NaN -> 0), as uint8."""
-    index = np.clip(values, 0.0, 1.0)
-    index *= len(_JET) - 1
-    index = np.rint(index, out=index)
-    return np.nan_to_num(index, copy=False, nan=0.0).astype(np.uint8)
+from padim.report.colorbar import colorbar as colour_bar
+from padim.report.colors import JET, fade_weights, table_index
 
 
 def region_boundary(region: Any) -> np.ndarray:
@@ -114,29 +66,6 @@ def _as_rgb_image(image: Any, size: tuple[int, int]) -> np.ndarray:
         height, width = size
         image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
     return image
-
-
-def fade_weights(values: Any, alpha: float, fade: tuple[float, float] | None) -> np.ndarray:
-    """Per-pixel weight of the heat map: 0 up to ``fade[0]``, rising linearly to ``alpha`` at ``fade[1]``.
-
-    ``values`` are positions on the colour scale (0 at ``vmin``, 1 at ``vmax``); with the
-    calibrated range of :func:`heatmap_range`, 0.5 is the threshold and 0.25 halfway from the
-    median good score to it. ``fade=None`` gives ``alpha`` everywhere. NaN counts as high.
-
-    >>> fade_weights(np.array([0.0, 0.25, 0.375, 0.5, 1.0]), 0.4, (0.25, 0.5)).tolist()
-    [0.0, 0.0, 0.2, 0.4, 0.4]
-    """
-    values = np.asarray(values)
-    values = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
-    if fade is None:
-        return np.full(values.shape, alpha, dtype=values.dtype)
-    low, high = fade
-    if not 0.0 <= low < high:
-        raise ValueError(f"fade must be (low, high) with 0 <= low < high, got {fade!r}")
-    weight = values - values.dtype.type(low)
-    weight *= values.dtype.type(alpha / (high - low))
-    np.clip(weight, 0.0, alpha, out=weight)
-    return np.nan_to_num(weight, copy=False, nan=alpha)
 
 
 def contour_width(size: tuple[int, int]) -> int:
@@ -212,7 +141,7 @@ def overlay(
     shown = weight > 0  # most of a picture is usually faded out: blend only where colour shows
     if shown.any():
         blended = base[shown].astype(np.float32)
-        blended += weight[shown][:, None] * (_JET[_table_index(position[shown])] - blended)
+        blended += weight[shown][:, None] * (JET[table_index(position[shown])] - blended)
         out[shown] = np.rint(blended, out=blended).astype(np.uint8)
     if region is not None:
         region = np.asarray(region, dtype=bool)
@@ -273,7 +202,6 @@ def overlay_at_image_size(
         (H', W', 3) uint8 RGB: the overlay, H' x W' the image's size scaled to ``max_side``,
         then as tall again as the colour bar and twice as wide (plus a gap) side by side.
     """
-    from padim.report.colorbar import colorbar as colour_bar
     from padim.scoring.regions import map_at_size, region_mask
 
     width, height = image.size

@@ -1,28 +1,23 @@
-"""Calibrating a trained model after fitting: new thresholds from images or by hand, written to its file.
+"""A model's thresholds from images: run it over good (and defective) images, apply the threshold rules.
 
 PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785) leaves the decision threshold to
-the user. ``padim fit`` sets one from held-out good images; an inspector often wants another
-after seeing the line: a number of their own, a quantile of a fresh folder of good images, or
-a rule on good and defective images (F1-max, or the highest threshold that finds a share R of
-the defective ones). The rules themselves are :mod:`padim.scoring.rules`'s; this module runs a model
-over the images (:func:`good_statistics`), builds the new :class:`~padim.scoring.calibration.Calibration`
-(:func:`calibration_from_images`) and rewrites a ``.padim`` file with it
-(:func:`recalibrate_file`): the same tensors and metadata, only ``calibration`` changed, written
-under a temporary name and renamed into place.
+the user. A fit sets one from held-out good images, and ``padim calibrate`` from images the user
+gives: :func:`good_statistics` runs any predictor over images batch by batch (scores, and map
+pixels for the regions' pixel threshold), and :func:`calibration_from_images` applies the rules of
+:mod:`padim.eval.thresholds` (a quantile of good scores, F1-max, or a recall on defective ones).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from padim.errors import OptionError
 from padim.eval.thresholds import from_labelled_scores, from_normal_scores
-from padim.scoring.calibration import PIXEL_QUANTILE, Calibration, manual
+from padim.io.loading import as_batches
+from padim.scoring.calibration import PIXEL_QUANTILE, Calibration
 
 PathLike = str | os.PathLike
 
@@ -44,8 +39,6 @@ def good_statistics(
     Returns:
         ``(scores (N,), pixels (N, H / 2, W / 2))``: pixels every :data:`PIXEL_STRIDE` in each axis.
     """
-    from padim.io.loading import as_batches
-
     scores, pixels = [], []
     for batch in as_batches(images, predictor.image_size, folder=folder, desc="calibrate", **options):
         prediction = predictor.predict_batch(batch)
@@ -95,138 +88,3 @@ def calibration_from_images(
     except ValueError as error:
         raise OptionError(str(error)) from None
     return calibration, good_scores, bad_scores
-
-
-@dataclass
-class CalibrationChange:
-    """What :func:`recalibrate_file` did.
-
-    Attributes:
-        path: the model file written.
-        old: the calibration before (None for an uncalibrated model).
-        new: the calibration written.
-        good_scores: the good images' scores, when images were given.
-        defective_scores: the defective images' scores, when given.
-    """
-
-    path: Path
-    old: Calibration | None
-    new: Calibration
-    good_scores: np.ndarray | None = None
-    defective_scores: np.ndarray | None = None
-
-    def lines(self) -> list[str]:
-        """What changed, for a person: each threshold before and after, and what it means."""
-        old, new = self.old, self.new
-
-        def value(c: Calibration | None, pixel: bool = False) -> str:
-            if c is None:
-                return "none"
-            number = c.region_threshold if pixel else c.threshold
-            return f"{number:.4g} ({c.describe_pixel() if pixel else c.describe()})"
-
-        out = []
-        for name, pixel in (("threshold", False), ("pixel threshold (regions)", True)):
-            before, after = value(old, pixel), value(new, pixel)
-            out.append(f"{name}: {before} (unchanged)" if before == after else f"{name}: {before} -> {after}")
-        for scores, what, good in ((self.good_scores, "good images flagged", True),
-                                   (self.defective_scores, "defective images missed", False)):  # fmt: skip
-            if scores is not None:
-                counts = [_wrong(scores, c.threshold, good) for c in (old, new) if c is not None]
-                out.append(f"{what}: {' -> '.join(map(str, counts))} of {scores.size}")
-        out.append(f"wrote {self.path}")
-        return out
-
-
-def _wrong(scores: np.ndarray, threshold: float, good: bool) -> int:
-    """False alarms among good images' scores, or misses among defective ones, at ``threshold``."""
-    flagged = int((scores >= threshold).sum())
-    return flagged if good else scores.size - flagged
-
-
-def recalibrate_file(
-    model: PathLike,
-    *,
-    threshold: float | None = None,
-    good: Any = None,
-    defective: Any = None,
-    quantile: float | None = None,
-    recall: float | None = None,
-    pixel_threshold: float | None = None,
-    pixel_quantile: float = PIXEL_QUANTILE,
-    output: PathLike | None = None,
-    device: str = "cpu",
-    backend: str = "auto",
-    **options: Any,
-) -> CalibrationChange:
-    """Give a ``.padim`` model file a new calibration; everything else in the file stays as it was.
-
-    Exactly one of ``threshold`` (by hand) and ``good`` (from images) is given, or neither
-    with ``pixel_threshold`` alone. With ``good`` only, the threshold is the ``quantile``
-    (default: the model's own) of their scores; with ``defective`` too, F1-max or ``recall``.
-
-    Args:
-        model: the ``.padim`` file.
-        output: where to write (default: ``model`` itself, replaced atomically).
-        device, backend: what runs the model over the images.
-        others: as :func:`calibration_from_images`; ``pixel_threshold`` sets the region
-            threshold by hand.
-
-    Raises:
-        OptionError: for a combination that does not say what to do, or an ``.onnx`` file.
-        ModelFileError: for an unreadable model file. DataError, ImageError: for the images.
-    """
-    from padim.modelfile.padim_file import read_model_file, write_model_file
-
-    model = Path(model)
-    if model.suffix.lower() == ".onnx":
-        raise OptionError(
-            f"{model}: padim calibrate rewrites .padim files; calibrate the .padim model and export it "
-            "again, or give --threshold to padim predict or padim serve"
-        )
-    _check_choice(threshold, good, defective, quantile, recall, pixel_threshold)
-    tensors, meta = read_model_file(model)
-    old = None if meta.get("calibration") is None else Calibration(**meta["calibration"])
-    good_scores = bad_scores = None
-    if good is not None:
-        from padim.runtime.opening import open_model
-
-        predictor = open_model(model, device=device, backend=backend)
-        quantile = float(meta.get("quantile", 0.99)) if quantile is None else quantile
-        new, good_scores, bad_scores = calibration_from_images(
-            predictor, good, defective, quantile=quantile, recall=recall, pixel_quantile=pixel_quantile, **options
-        )
-    elif threshold is not None:
-        new = manual(threshold, old)
-    elif old is None:
-        raise OptionError(f"{model} has no threshold yet: give --threshold T or --good DIR with --pixel-threshold")
-    else:
-        new = old
-    if pixel_threshold is not None:
-        new = new.with_pixel_threshold(pixel_threshold)
-    target = Path(output) if output is not None else model
-    if target.is_dir():
-        raise OptionError(f"--output {target} is a folder; expected a model file path such as model.padim")
-    write_model_file(target, tensors, {**meta, "calibration": new.to_dict()})
-    return CalibrationChange(target, old, new, good_scores, bad_scores)
-
-
-def _check_choice(threshold, good, defective, quantile, recall, pixel_threshold) -> None:
-    """Refuse option combinations that do not name one calibration rule."""
-    import math
-
-    for name, number in (("--threshold", threshold), ("--pixel-threshold", pixel_threshold)):
-        if number is not None and not math.isfinite(number):
-            raise OptionError(f"{name} must be a finite number, got {number!r}")
-    if threshold is not None and good is not None:
-        raise OptionError("give either --threshold T or --good DIR, not both")
-    if defective is not None and good is None:
-        raise OptionError("--defective needs --good DIR too (good images the model was not fitted on)")
-    if quantile is not None and (good is None or defective is not None):
-        raise OptionError("--quantile applies to --good DIR alone (without --defective)")
-    if recall is not None and defective is None:
-        raise OptionError("--recall needs --good DIR and --defective DIR")
-    if threshold is None and good is None and pixel_threshold is None:
-        raise OptionError(
-            "say how to calibrate: --threshold T, or --good DIR (with --defective DIR for F1 or --recall)"
-        )

@@ -15,7 +15,7 @@ Endpoints (:func:`create_app`):
   image (x1, y1 exclusive; :func:`padim.scoring.regions.boxes_at_size`: found on a reduced map above 16
   megapixels), ``image_size`` is its
   ``[height, width]``. With ``?heatmap=1`` the JSON also holds ``heatmap_png``: the overlay at
-  the uploaded image's size (longest side at most :data:`HEATMAP_MAX_SIDE`), regions outlined,
+  the uploaded image's size (longest side at most :data:`padim.serve.answer.HEATMAP_MAX_SIDE`), regions outlined,
   with a colour bar under it (:func:`padim.report.overlays.overlay_at_image_size`), base64 PNG.
   ``latency_ms`` is the server's time from the request's arrival to the answer.
 
@@ -44,11 +44,8 @@ torch takes them one at a time. The server binds to 127.0.0.1 unless told otherw
 
 from __future__ import annotations
 
-import base64
-import errno
 import hashlib
 import json
-import math
 import os
 import time
 from importlib import resources
@@ -59,14 +56,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from padim.errors import ImageError, ImageTooLargeError, OptionError, OutputError
+from padim.errors import OutputError
 from padim.io.decoding import DECODE_BUDGET_PIXELS, PixelBudget
-from padim.io.images import header_pixels, load_image, max_pixels
-from padim.io.pictures import picture_bytes
 from padim.modelfile.info import file_sha256
+from padim.options import check
 from padim.outputs.drift import DriftMonitor
 from padim.outputs.verdict_log import VerdictLog, utc_now
 from padim.runtime.opening import open_model
+from padim.serve.answer import predict_upload
 from padim.serve.uploads import UploadError, multipart_file, read_body
 from padim.version import __version__
 
@@ -75,88 +72,8 @@ PathLike = str | os.PathLike
 MIB = 2**20
 #: Room for the multipart boundaries and part headers on top of the file itself.
 MULTIPART_SLACK = 64 * 1024
-#: The heatmap PNG's longest side at most: larger uploads are drawn scaled down (boxes are not).
-HEATMAP_MAX_SIDE = 2048
 #: Environment variables through which :func:`run` hands its arguments to worker processes.
 ENV_MODEL, ENV_MAX_UPLOAD, ENV_OPTIONS = "PADIM_SERVE_MODEL", "PADIM_SERVE_MAX_UPLOAD_MB", "PADIM_SERVE_OPTIONS"
-
-
-def predict_upload(model, data: bytes, heatmap: bool = False, budget: PixelBudget | None = None) -> dict[str, Any]:
-    """Decode one uploaded image, predict, and build the JSON answer (without ``file``, ``drift``, ``latency_ms``).
-
-    Raises:
-        UploadError: 415 for bytes that are not a decodable image, 413 for an image over the pixel
-            cap (a decompression bomb), 500 when the score is not a finite number (no verdict).
-    """
-    if budget is None:
-        return _predict_upload(model, data, heatmap)
-    with budget.hold(min(header_pixels(data), max_pixels())):  # over the cap: refused at once, inside
-        return _predict_upload(model, data, heatmap)
-
-
-def _predict_upload(model, data: bytes, heatmap: bool) -> dict[str, Any]:
-    from padim.report.overlays import heatmap_range, overlay_at_image_size
-    from padim.scoring.regions import boxes_at_size
-
-    try:
-        image = load_image(data)
-    except ImageTooLargeError as error:
-        raise UploadError(413, str(error).splitlines()[0]) from None
-    except ImageError as error:
-        raise UploadError(415, str(error).splitlines()[0]) from None
-    prediction = model.predict([image])
-    calibration = model.calibration
-    label = None if prediction.label is None else bool(prediction.label[0])
-    score, anomaly_map = float(prediction.score[0]), prediction.anomaly_map[0]
-    if not math.isfinite(score):  # fail closed: no verdict at all rather than a guess
-        raise UploadError(500, "no verdict: the model gave a score that is not a finite number")
-    boxes = boxes_at_size(anomaly_map, image.size, calibration, score)
-    answer: dict[str, Any] = {
-        "score": score,
-        "normalized_score": None if prediction.normalized_score is None else float(prediction.normalized_score[0]),
-        "label": label,
-        "verdict": None if label is None else ("DEFECT" if label else "OK"),
-        "threshold": None if calibration is None else float(calibration.threshold),
-        "image_size": [image.height, image.width],
-        "regions": [] if boxes is None else [vars(box) for box in boxes],
-    }
-    if heatmap:
-        vmin, vmax = heatmap_range(calibration, anomaly_map)
-        picture = overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, HEATMAP_MAX_SIDE, score=score)
-        answer["heatmap_png"] = base64.b64encode(picture_bytes(picture, "png")).decode("ascii")
-    return answer
-
-
-#: The largest upload limit and verdict-log size accepted, in MiB.
-MAX_MB = 10240
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_MB:
-        raise OptionError(f"{name} must be a number > 0 and at most {MAX_MB} (MiB), got {value!r}")
-
-
-def check_address(host: str, port: int) -> None:
-    """Refuse, before the model is loaded, a ``--host`` that does not resolve and a ``--port`` in use.
-
-    Raises:
-        OptionError: naming ``--host`` or ``--port``.
-    """
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError, ValueError) as error:
-        raise OptionError(f"--host {host}: not an address of this machine ({error})") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
-        try:
-            probe.bind(address)
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise OptionError(f"--port {port}: already in use on {host} (another server?)") from None
-            raise OptionError(f"--host {host} --port {port}: cannot listen there ({error.strerror})") from None
 
 
 def create_app(
@@ -189,8 +106,15 @@ def create_app(
         padim.errors.OutputError: if the verdict log cannot be written.
         ValueError: for a bad number.
     """
-    _check_positive("max_upload_mb", max_upload_mb)
-    _check_positive("log_max_mb", log_max_mb)
+    for name, value in (
+        ("max_upload_mb", max_upload_mb),
+        ("threshold", threshold),
+        ("log_max_mb", log_max_mb),
+        ("log_keep", log_keep),
+        ("drift_window", drift_window),
+        ("drift_factor", drift_factor),
+    ):
+        check(name, value)
     model = open_model(model_path)
     if threshold is not None:
         model = model.with_threshold(threshold)
@@ -285,60 +209,3 @@ def app_from_environment() -> FastAPI:
         raise ValueError(f"set {ENV_MODEL} to a .padim or .onnx model file")
     options = json.loads(os.environ.get(ENV_OPTIONS, "{}"))
     return create_app(model, max_upload_mb=float(os.environ.get(ENV_MAX_UPLOAD, "20")), **options)
-
-
-def run(
-    model_path: PathLike,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    workers: int = 1,
-    max_upload_mb: float = 20,
-    *,
-    access_log: bool = True,
-    **options: Any,
-) -> None:
-    """Serve a model with uvicorn until interrupted.
-
-    Args:
-        model_path: a ``.padim`` or ``.onnx`` model file.
-        host: address to bind; 127.0.0.1 (this machine only) unless told otherwise.
-        port: TCP port, 0..65535 (0: any free one).
-        workers: server processes (each loads its own copy of the model and has its own
-            drift window; they share the verdict log).
-        max_upload_mb: largest accepted image file, in MiB.
-        access_log: log one line per request.
-        options: the other keyword arguments of :func:`create_app` (``threshold``,
-            ``verdict_log``, ``log_max_mb``, ``log_keep``, ``drift_window``, ``drift_factor``).
-
-    Raises:
-        padim.errors.ModelFileError: for a missing or unreadable model file.
-        ValueError: for a bad port, worker count or upload limit.
-    """
-    import uvicorn
-
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-        raise ValueError(f"workers must be an int in 1..256, got {workers!r}")
-    check_address(host, port)
-    if workers == 1:
-        # Load in this process, so a bad model file fails before the port is bound.
-        app = create_app(model_path, max_upload_mb=max_upload_mb, **options)
-        uvicorn.run(app, host=host, port=port, access_log=access_log)
-        return
-    open_model(model_path)  # a malformed model refuses to start here, not in each worker
-    _check_positive("max_upload_mb", max_upload_mb)
-    if options.get("verdict_log") is not None:  # refused once here rather than by each worker
-        options["verdict_log"] = str(VerdictLog(options["verdict_log"]).path.resolve())
-    # Worker processes import the application by name, so the arguments travel by environment.
-    os.environ[ENV_MODEL] = str(Path(model_path).resolve())
-    os.environ[ENV_MAX_UPLOAD] = repr(float(max_upload_mb))
-    os.environ[ENV_OPTIONS] = json.dumps(options)
-    uvicorn.run(
-        "padim.serve.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-    )
