@@ -190,9 +190,10 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         from padim.io.images import load_image, preprocess
         from padim.io.pictures import picture_bytes
         from padim.jobs.predict import OVERLAY_MAX_SIDE
-        from padim.outputs.rows import Row, region_extent
+        from padim.outputs.rows import Row
         from padim.report.overlays import heatmap_range, overlay_at_image_size
         from padim.runtime.opening import open_model
+        from padim.scoring.regions import region_extent
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)

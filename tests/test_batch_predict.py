@@ -15,11 +15,10 @@ from padim.errors import DataError, ImageError, OptionError
 from padim.io.datasets import image_samples
 from padim.io.files import LineAppender, write_bytes
 from padim.jobs.predict import predict_files
-from padim.outputs import rows as verdicts
-from padim.outputs.rows import CSV_COLUMNS, overlay_names, region_extent
+from padim.outputs.rows import CSV_COLUMNS, overlay_names
 from padim.runtime.predictor import Prediction
 from padim.scoring.calibration import Calibration
-from padim.scoring.regions import map_at_size, region_boxes, region_mask, union_box
+from padim.scoring.regions import map_at_size, region_boxes, region_extent, region_mask, union_box
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def reference_region(anomaly_map, size, calibration):
 @pytest.mark.parametrize("strip", [None, 500])
 def test_region_extent_is_the_union_of_the_regions(size, strip, monkeypatch):
     if strip:  # strips of a few rows, as for a very large image
-        monkeypatch.setattr(verdicts, "STRIP_PIXELS", strip)
+        monkeypatch.setattr("padim.scoring.regions.STRIP_PIXELS", strip)
     rng = np.random.default_rng(sum(size))
     smooth = np.asarray(Image.fromarray(rng.random((8, 8)).astype(np.float32)).resize((64, 64), Image.BICUBIC))
     for threshold in (0.3, 0.6, 0.9, 2.0):

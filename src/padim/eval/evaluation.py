@@ -28,6 +28,7 @@ from padim.eval.metrics import (
     image_auroc,
     pixel_auroc,
 )
+from padim.eval.operating_points import confusion
 from padim.io.datasets import Sample, test_samples
 from padim.io.loading import default_batch_size, iter_batches
 
@@ -106,10 +107,8 @@ def _summary(
             out["pixel_auroc"] = pixel_auroc(masks, maps)
             out["aupro"] = aupro(masks, maps)
     if threshold is not None:
-        predicted = scores >= threshold
-        tp = int((predicted & labels).sum())
-        fp = int((predicted & ~labels).sum())
-        fn = n_defective - tp
+        counts = confusion(labels, scores, threshold)
+        tp, fp, fn = counts["true_positives"], counts["false_alarms"], counts["misses"]
         out["n_missed"] = fn
         out["image_recall"] = tp / n_defective if n_defective else None
         if defect_only:

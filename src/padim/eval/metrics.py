@@ -1,6 +1,6 @@
 """Anomaly detection metrics: image and pixel AUROC, AUPRO, F1-max, and a per-defect summary.
 
-Plain NumPy and SciPy functions, no torch and no scikit-learn at run time (the tests use
+Plain NumPy functions, no torch and no scikit-learn at run time (the tests use
 scikit-learn as the reference). Every curve is computed the same way: sort the scores once,
 collapse ties, and read the counts at each distinct threshold from cumulative sums, so
 that millions of pixels cost one ``argsort`` and no Python loop over thresholds. AUPRO
@@ -19,11 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-# 8-connectivity for ground-truth regions, as in MVTec's reference evaluation code: two
-# defect pixels touching only at a corner belong to the same region.
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+from padim.scoring.components import label
 
 
 def _as_labels(labels: Any, name: str = "labels") -> np.ndarray:
@@ -277,7 +274,7 @@ def pro_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray
     overlap_weight = np.zeros(masks.shape, dtype=np.float32)
     n_regions = 0
     for i, mask in enumerate(masks):
-        regions, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        regions, n = label(mask)
         if n == 0:
             continue
         sizes = np.bincount(regions.ravel())

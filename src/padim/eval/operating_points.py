@@ -5,7 +5,8 @@ weighs false alarms (good parts rejected) against misses (defective parts passed
 functions give the counts the report and ``padim evaluate --json`` show: at the model's
 threshold (:func:`confusion`), at several candidate thresholds including the F1-maximising one
 and the highest that misses nothing (:func:`threshold_table`), and per image
-(:func:`image_rows`). NumPy only; an image is called defective when ``score >= threshold``.
+(:func:`image_rows`). NumPy only; an image is called defective by the verdict rule,
+:func:`padim.scoring.rules.label` (``score >= threshold``; a score that is not a number is never normal).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from padim.eval.metrics import f1_max
+from padim.scoring.rules import label
 
 
 def confusion(labels: Any, scores: Any, threshold: float) -> dict[str, int]:
@@ -25,7 +27,7 @@ def confusion(labels: Any, scores: Any, threshold: float) -> dict[str, int]:
     {'true_negatives': 1, 'false_alarms': 1, 'misses': 1, 'true_positives': 1}
     """
     labels = np.asarray(labels, dtype=bool)
-    called = np.asarray(scores, dtype=np.float64) >= threshold
+    called = label(np.asarray(scores, dtype=np.float64), threshold)
     return dict(
         true_negatives=int((~labels & ~called).sum()),
         false_alarms=int((~labels & called).sum()),
@@ -105,7 +107,7 @@ def image_rows(
     scores = np.asarray(scores, dtype=np.float64)
     rows = []
     for i, (path, defect_type) in enumerate(zip(paths, defect_types)):
-        called = None if threshold is None else bool(scores[i] >= threshold)
+        called = None if threshold is None else bool(label(scores[i], threshold))
         rows.append(
             dict(
                 path=str(path),

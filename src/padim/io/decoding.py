@@ -14,13 +14,12 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 from PIL import Image
 
 from padim.errors import ImageError
 from padim.io.datasets import Sample
-from padim.io.images import load_image, load_mask, max_pixels, preprocess
+from padim.io.images import fit_within, header_pixels, load_image, load_mask, max_pixels, preprocess
 
 #: Pixels (width x height) decoded at once across the decoding threads: 64 megapixels are
 #: 192 MB as RGB. A larger image is decoded alone.
@@ -47,26 +46,15 @@ class PixelBudget:
                 self.changed.notify_all()
 
 
-def _pixels(path: Path) -> int:
-    """Width x height from the file's header (no decoding); 0 when unknown (decoding reports why)."""
-    try:
-        with Image.open(path) as image:
-            return min(image.width * image.height, max_pixels())  # over the cap: decoding refuses it
-    except Exception:  # any failure is raised, with its one-line message, by load_image
-        return 0
-
-
 def reduced(image: Image.Image, max_side: int) -> Image.Image:
     """``image`` with its longest side at most ``max_side`` (aspect ratio kept; bilinear).
 
     >>> reduced(Image.new("RGB", (4000, 3000)), 1024).size
     (1024, 768)
     """
-    width, height = image.size
-    scale = min(1.0, max_side / max(width, height))
-    if scale == 1.0:
+    size = fit_within(image.size, max_side)
+    if size == image.size:
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # reducing_gap: an integer box reduction first (8000 px -> 2667 px), then bilinear: faster and
     # 36 MB lighter than bilinear from the full size, and as good for a picture (Pillow's documentation).
     return image.resize(size, Image.BILINEAR, reducing_gap=2.0)
@@ -80,7 +68,7 @@ def decode_sample(
     Raises:
         ImageError: naming the image or mask file that cannot be decoded.
     """
-    with budget.hold(_pixels(sample.path)):
+    with budget.hold(min(header_pixels(sample.path), max_pixels())):  # over the cap: decoding refuses it
         image = load_image(sample.path)
         batch_image = preprocess(image, image_size)[0]
         picture = (image if max_side is None else reduced(image, max_side)) if keep else None

@@ -65,13 +65,37 @@ def max_pixels() -> int:
     return max(1, int(value * 1_000_000))
 
 
-def header_pixels(data: bytes) -> int:
-    """Width x height from an image file's header (no decoding); 0 when it cannot be read."""
+def header_size(source: PathLike | bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header (a path or the file's bytes), without decoding; None if unreadable.
+
+    The one header reading: the pixel cap (:func:`check_pixels` via :func:`header_pixels`), the
+    decoding budget and the working-size rule all ask it. An unreadable file is None here; decoding
+    it says why, in one line naming the file.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.width * image.height
-    except Exception:  # any failure is raised, with its one-line message, by decode()
-        return 0
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image.size
+    except Exception:
+        return None
+
+
+def header_pixels(source: PathLike | bytes) -> int:
+    """Width x height from an image file's header (no decoding); 0 when it cannot be read."""
+    size = header_size(source)
+    return 0 if size is None else size[0] * size[1]
+
+
+def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled so that the longest side is at most ``max_side`` (aspect ratio kept; never enlarged).
+
+    The one rule for every picture a person looks at: overlays, the report's pictures, the service's heatmap.
+
+    >>> fit_within((4000, 3000), 1024), fit_within((300, 200), 1024)
+    ((1024, 768), (300, 200))
+    """
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    return (width, height) if scale == 1.0 else (max(1, round(width * scale)), max(1, round(height * scale)))
 
 
 def check_pixels(size: tuple[int, int], name: str, what: str = "image") -> None:

@@ -3,7 +3,7 @@
 :func:`predict_files` runs a predictor (:mod:`padim.runtime.predictor`) over images decoded by the one
 loading pipeline (:mod:`padim.io.loading`: threads, in order, a batch decoded ahead). The model runs
 on one batch while a pool of threads finishes the images of the previous one: the predicted
-region's bounding box and area in pixels of the original image (:func:`padim.outputs.rows.region_extent`, the rule
+region's bounding box and area in pixels of the original image (:func:`padim.scoring.regions.region_extent`, the rule
 of :mod:`padim.scoring.regions`), and the overlay picture (:func:`padim.report.overlays.overlay_at_image_size`)
 encoded (:func:`padim.io.pictures.picture_bytes`) and written under ``overlays/``, mirroring the
 images' folders. Each image's row is appended to ``predictions.csv`` as soon as it and every
@@ -29,9 +29,10 @@ from padim.io.files import LineAppender, write_bytes
 from padim.io.loading import iter_batches
 from padim.io.pictures import PICTURE_FORMATS, picture_bytes
 from padim.machine import default_workers
-from padim.outputs.rows import CSV_COLUMNS, Row, overlay_names, region_extent
+from padim.outputs.rows import CSV_COLUMNS, Row, overlay_names
 from padim.progress import progress
 from padim.report.overlays import heatmap_range, overlay_at_image_size
+from padim.scoring.regions import region_extent
 
 #: Which images get an overlay picture: every one, the anomalous ones (and, for a model without
 #: a threshold, every one), or none.

@@ -32,6 +32,8 @@ import numpy as np
 
 from padim.errors import OptionError
 from padim.graph.build import runtime_factors
+from padim.graph.quantize import quantize
+from padim.graph.trace import pipeline_onnx
 from padim.io.files import check_replaceable, staging_folder
 from padim.io.images import IMAGENET_MEAN, IMAGENET_STD
 from padim.model.padim import Padim, check_fitted
@@ -75,8 +77,6 @@ def model_proto(model: Padim):
     import torch
     from onnx import numpy_helper
 
-    from padim.graph.trace import pipeline_onnx
-
     check_fitted(model)
     calibration = model.calibration_
     state = {
@@ -88,8 +88,6 @@ def model_proto(model: Padim):
     example = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
     graph = pipeline_onnx(model.pipeline(), model.image_size_, example)
     if getattr(model, "quantization_", None) is not None:  # int8: the graph the .padim model runs
-        from padim.graph.quantize import quantize
-
         graph = quantize(graph, model.quantization_)
     proto = onnx.load_from_string(graph)
     constant = {"mean", "precision_cholesky"}

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from padim.errors import OptionError
 from padim.features.backbones import get_spec
 from padim.features.tiling import resolve_tile
+from padim.io.images import header_size
 from padim.machine import machine_memory
 from padim.model import memory
 from padim.model.settings import check_working_size
@@ -43,14 +43,8 @@ def header_sizes(paths: Sequence[str | os.PathLike], limit: int = MAX_HEADERS) -
     At most ``limit`` files are read, evenly spaced through ``paths``.
     """
     step = max(1, -(-len(paths) // limit))
-    sizes = []
-    for path in list(paths)[::step]:
-        try:
-            with Image.open(path) as image:  # reads the header only
-                sizes.append(image.size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            continue  # the decoding pipeline reports unreadable files with their reason
-    return sizes
+    found = (header_size(path) for path in list(paths)[::step])
+    return [size for size in found if size is not None]  # unreadable files: decoding reports them
 
 
 def round_to(value: float, multiple: int) -> int:

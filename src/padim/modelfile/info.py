@@ -18,6 +18,8 @@ import struct
 from pathlib import Path
 
 from padim.errors import ModelFileError
+from padim.modelfile.onnx_file import read_metadata
+from padim.modelfile.padim_file import check_shapes, parse_metadata
 from padim.scoring.calibration import Calibration
 
 PathLike = str | os.PathLike
@@ -76,8 +78,6 @@ def _tensor(name: str, dtype: str, shape: list[int]) -> dict:
 
 
 def _padim_info(path: Path) -> dict:
-    from padim.modelfile.padim_file import check_shapes, parse_metadata
-
     header = _safetensors_header(path)
     stored = header.pop("__metadata__", None)
     meta = parse_metadata(stored.get("padim") if isinstance(stored, dict) else None, path)
@@ -112,8 +112,6 @@ def _onnx_info(path: Path) -> dict:
     tensors = [
         _tensor(t.name, dtypes.get(t.data_type, str(t.data_type)), list(t.dims)) for t in proto.graph.initializer
     ]
-    from padim.modelfile.onnx_file import read_metadata
-
     image_size, calibration, config = read_metadata(props, path)  # refuses malformed metadata
     inputs = {i.name for i in proto.graph.input}
     outputs = {o.name for o in proto.graph.output}

@@ -52,6 +52,7 @@ import numpy as np
 from padim.errors import ModelFileError, OutputError
 from padim.io.files import atomic_path
 from padim.options import MAX_SIDE, OPTIONS
+from padim.scoring.calibration import Calibration
 
 FORMAT_VERSION = 3
 _KEY = "padim"
@@ -135,8 +136,6 @@ def check_metadata(meta: Any, path: str | os.PathLike) -> dict:
                 f"{path}: inconsistent padim model file ({key} must be {expected}, got {meta[key]!r:.80})"
             )
     if meta["calibration"] is not None:
-        from padim.scoring.calibration import Calibration
-
         try:
             Calibration(**meta["calibration"])
         except (TypeError, ValueError) as error:

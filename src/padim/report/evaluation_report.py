@@ -19,7 +19,12 @@ from PIL import Image
 
 from padim.eval import metrics as padim_metrics
 from padim.eval.operating_points import confusion, image_rows, threshold_table
+from padim.io.images import fit_within, load_image
+from padim.modelfile.info import model_info
 from padim.report.html import PICTURE_SIDE, ReportData, write_report
+from padim.report.overlays import contour_width, heatmap_range, overlay, overlay_at_image_size
+from padim.scoring.calibration import manual
+from padim.scoring.rules import label
 
 #: The ground truth's outline and tint.
 TRUTH_COLOR = (0, 220, 0)
@@ -38,8 +43,6 @@ def truth_picture(picture: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     >>> truth_picture(np.zeros((4, 4, 3), np.uint8), np.ones((2, 2), bool))[0, 0].tolist()
     [0, 220, 0]
     """
-    from padim.report.overlays import contour_width, overlay
-
     if mask is None or not np.any(mask):
         return picture.copy()
     height, width = picture.shape[:2]
@@ -54,13 +57,8 @@ def truth_picture(picture: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 def mistake_pictures(path: Any, anomaly_map: Any, mask: Any, score: float, calibration: Any, vmin: float, vmax: float):
     """(original, ground truth, overlay) of one image, its longest side :data:`padim.report.html.PICTURE_SIDE`."""
-    from padim.io.images import load_image
-    from padim.report.overlays import overlay_at_image_size
-
     image = load_image(path)
-    scale = min(1.0, PICTURE_SIDE / max(image.size))
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    original = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
+    original = np.asarray(image.convert("RGB").resize(fit_within(image.size, PICTURE_SIDE), Image.BILINEAR))
     drawn = overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, PICTURE_SIDE, score=score)
     return original, truth_picture(original, mask), drawn
 
@@ -70,8 +68,6 @@ def model_details(model_path: Any = None, config: dict | None = None, calibratio
     details: dict[str, Any] = {}
     n_images = None
     if model_path is not None:
-        from padim.modelfile.info import model_info
-
         info = model_info(model_path)
         config, n_images = info["config"], info["n_images"]
         details.update({"model file": str(model_path), "SHA-256": info["sha256"]})
@@ -114,18 +110,14 @@ def write_evaluation_report(
         directory: output folder.
         model_path, config: the model file and configuration, for the details section.
     """
-    from padim.report.overlays import heatmap_range
-
     labels, scores, maps = evaluation.labels, evaluation.scores, evaluation.maps
     threshold = _threshold(evaluation, calibration)
     vmin, vmax = heatmap_range(calibration, maps)
     # Without a calibration, regions and colours follow the report's threshold.
     shown = calibration
     if shown is None:
-        from padim.scoring.calibration import manual
-
         shown = manual(threshold)
-    wrong = np.flatnonzero(labels != (scores >= threshold))
+    wrong = np.flatnonzero(labels != label(scores, threshold))
     mistakes = {
         int(i): mistake_pictures(evaluation.samples[i].path, maps[i], evaluation.masks[i], scores[i], shown, vmin, vmax)
         for i in wrong

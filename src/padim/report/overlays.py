@@ -1,6 +1,6 @@
 """Anomaly-map pictures: a jet colour map, a heat-map overlay with the predicted region's outline.
 
-NumPy, SciPy and Pillow only (no torch, no matplotlib), so that the command line, the web
+NumPy and Pillow only (no torch, no matplotlib), so that the command line, the web
 service and the HTML report draw the same pictures on any machine. An overlay shows the
 anomaly map of PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785) as colour
 blended over the input image, and outlines in one solid colour the region that the pixel
@@ -20,10 +20,28 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
+from padim.io.images import fit_within
 from padim.report.colorbar import colorbar as colour_bar
 from padim.report.colors import JET, fade_weights, table_index
+from padim.scoring.regions import map_at_size, region_mask
+
+
+def erode(region: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary erosion by the 4-neighbour cross, ``iterations`` times; pixels beyond the border count as outside.
+
+    What ``scipy.ndimage.binary_erosion(region, iterations=n, border_value=0)`` gives (the tests
+    compare the two), in NumPy: the runtime install has no SciPy.
+
+    >>> erode(np.ones((3, 4), bool)).astype(int).tolist()
+    [[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    """
+    out = np.asarray(region, dtype=bool)
+    for _ in range(iterations):
+        inner = np.zeros_like(out)
+        inner[1:-1, 1:-1] = out[1:-1, 1:-1] & out[:-2, 1:-1] & out[2:, 1:-1] & out[1:-1, :-2] & out[1:-1, 2:]
+        out = inner
+    return out
 
 
 def region_boundary(region: Any) -> np.ndarray:
@@ -48,9 +66,7 @@ def region_boundary(region: Any) -> np.ndarray:
     region = np.asarray(region, dtype=bool)
     if region.ndim != 2:
         raise ValueError(f"region must have shape (H, W), got shape {region.shape}")
-    # The default structuring element is the 4-neighbour cross; border_value=0 makes
-    # pixels beyond the edge count as outside the region.
-    return region & ~ndimage.binary_erosion(region, border_value=0)
+    return region & ~erode(region)
 
 
 def _as_rgb_image(image: Any, size: tuple[int, int]) -> np.ndarray:
@@ -148,7 +164,7 @@ def overlay(
         if region.shape != anomaly_map.shape:
             raise ValueError(f"region must have the map's shape {anomaly_map.shape}, got {region.shape}")
         width = contour_width(anomaly_map.shape) if contour_px is None else int(contour_px)
-        band = region & ~ndimage.binary_erosion(region, iterations=width, border_value=0) if width > 1 else None
+        band = region & ~erode(region, width) if width > 1 else None
         out[region_boundary(region) if band is None else band] = color.astype(np.uint8)
     return out
 
@@ -202,11 +218,7 @@ def overlay_at_image_size(
         (H', W', 3) uint8 RGB: the overlay, H' x W' the image's size scaled to ``max_side``,
         then as tall again as the colour bar and twice as wide (plus a gap) side by side.
     """
-    from padim.scoring.regions import map_at_size, region_mask
-
-    width, height = image.size
-    scale = min(1.0, max_side / max(width, height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = fit_within(image.size, max_side)
     picture = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
     resized = map_at_size(anomaly_map, size)
     region = region_mask(resized, calibration, score)

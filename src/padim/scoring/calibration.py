@@ -79,7 +79,7 @@ class Calibration:
     def false_alarm_rate(self) -> float | None:
         """Share of the calibration's good images at or above the threshold (1 - quantile without them)."""
         if self.good_scores:
-            return float(np.mean(np.asarray(self.good_scores) >= self.threshold))
+            return float(np.mean(label(np.asarray(self.good_scores), self.threshold)))
         return None if self.quantile is None else 1.0 - self.quantile
 
     def normalize(self, scores: Any) -> np.ndarray:

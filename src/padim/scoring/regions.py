@@ -4,22 +4,19 @@ PaDiM (Defard et al. 2020, https://arxiv.org/abs/2011.08785) computes its map at
 working size. A user wants the region on the original picture: :func:`map_at_size` resizes a
 map (bilinear, half-pixel centres, as the map itself was up-sampled), :func:`region_mask`
 applies the calibration's pixel rule, and :func:`region_boxes` gives each connected region's
-bounding box and area in pixels of the original image. NumPy, SciPy and Pillow only.
+bounding box and area in pixels of the original image. NumPy and Pillow only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
+from padim.scoring import components
 from padim.scoring import rules as scoring
-
-#: 8-connectivity, as for the ground-truth regions of the AUPRO metric.
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def map_at_size(anomaly_map: Any, size: tuple[int, int]) -> np.ndarray:
@@ -78,16 +75,12 @@ def region_boxes(mask: Any) -> list[Box]:
     >>> [(b.x0, b.y0, b.x1, b.y1, b.area) for b in region_boxes(m)]
     [(4, 0, 6, 1, 2), (1, 1, 2, 3, 2)]
     """
-    mask = np.asarray(mask, dtype=bool)
-    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    labels, count = components.label(mask)
     if count == 0:
         return []
-    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1)).astype(int)
-    boxes = [
-        Box(int(s[1].start), int(s[0].start), int(s[1].stop), int(s[0].stop), int(area))
-        for s, area in zip(ndimage.find_objects(labels), areas)
-    ]
-    return sorted(boxes, key=lambda b: (-b.area, b.y0, b.x0))
+    corners, areas = components.boxes(labels, count)
+    found = [Box(*(int(v) for v in corner), int(area)) for corner, area in zip(corners, areas)]
+    return sorted(found, key=lambda b: (-b.area, b.y0, b.x0))
 
 
 #: Regions of a larger image are found on its map reduced to about this many pixels, then scaled
@@ -141,3 +134,61 @@ def union_box(boxes: list[Box]) -> Box | None:
         max(b.y1 for b in boxes),
         sum(b.area for b in boxes),
     )
+
+
+#: Map pixels resized at once when finding the region of a large image (4 MB as float32).
+STRIP_PIXELS = 1_000_000
+
+
+def _mask_box(mask: np.ndarray) -> Box | None:
+    """The box around the True pixels of an (H, W) mask and their count (``union_box`` of its regions)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    columns = np.flatnonzero(mask.any(axis=0))
+    return Box(int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1, int(np.count_nonzero(mask)))
+
+
+def region_extent(anomaly_map: Any, size: tuple[int, int], calibration: Any, score: float | None = None) -> Box | None:
+    """The predicted region at the image's own size: the box around all of it and its area in pixels.
+
+    Equals ``union_box(region_boxes(region_mask(map_at_size(anomaly_map, size), calibration, score)))``
+    of :mod:`padim.scoring.regions`, without labelling each region (the job needs only their union),
+    and for an image over :data:`STRIP_PIXELS` pixels in strips of rows, so that an 8000x8000
+    image needs a few MB, not 256 MB, of map at a time.
+
+    Args:
+        anomaly_map: (H, W) map at the model's working size.
+        size: the image's (width, height).
+        calibration: :class:`padim.scoring.calibration.Calibration`, or None (no region).
+        score: the image's score (default: the map's maximum); a region needs it at or above the threshold.
+
+    Returns:
+        a :class:`padim.scoring.regions.Box` in pixels of the image (x1, y1 exclusive), or None.
+    """
+    if calibration is None:
+        return None
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    # The pixel rule flags a value at or above a threshold (or NaN). Bilinear resizing only
+    # averages neighbours with weights >= 0 that sum to 1: a map with no flagged pixel at the
+    # working size has none at any size, and most images (the normal ones) stop here.
+    if not region_mask(anomaly_map, calibration, score).any():
+        return None
+    width, height = size
+    rows = max(1, STRIP_PIXELS // width)
+    if rows >= height:
+        return _mask_box(region_mask(map_at_size(anomaly_map, size), calibration, score))
+    # Each strip is judged by the whole image's score, not by its own maximum.
+    score = float(np.max(anomaly_map)) if score is None else score
+    source, (map_height, map_width) = Image.fromarray(anomaly_map), anomaly_map.shape
+    boxes = []
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        # The same sampling as one resize of the whole map: output row y reads the map at
+        # (y + 0.5) * map_height / height - 0.5 whichever strip it is in.
+        area = (0, top * map_height / height, map_width, bottom * map_height / height)
+        strip = np.asarray(source.resize((width, bottom - top), Image.BILINEAR, box=area))
+        box = _mask_box(region_mask(strip, calibration, score))
+        if box is not None:
+            boxes.append(replace(box, y0=box.y0 + top, y1=box.y1 + top))
+    return union_box(boxes)
