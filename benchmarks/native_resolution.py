@@ -74,7 +74,7 @@ def child_cli(argv: list[str]) -> dict:
 
 def child_predict_one(model: str, image: str, out: str) -> dict:
     """Open a model, then ``padim predict``'s job on one image; peak RSS above the loaded model."""
-    from padim.io.datasets import image_samples
+    from padim.io.inputs import image_samples
     from padim.jobs.predict import predict_files
     from padim.runtime.opening import open_model
 
@@ -101,6 +101,7 @@ def child_float16(data: str) -> dict:
     import torch
 
     from padim.eval.evaluation import evaluate_model
+    from padim.graph import build
     from padim.graph.modules import OUTPUTS
     from padim.graph.runners import make_runner
     from padim.model.padim import Padim
@@ -111,7 +112,7 @@ def child_float16(data: str) -> dict:
     exact = precision_cholesky_from_stats(model.stats_, model.eps)  # float32, never rounded
     example = {"images": torch.zeros(2, 3, *model.image_size_), "mean": model.mean_, "precision_cholesky": exact,
                "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
-    runner = make_runner(model.pipeline(), example, OUTPUTS, {"images": 0, **dict.fromkeys(OUTPUTS, 0)},
+    runner = make_runner(build.pipeline(model.graph_spec()), example, OUTPUTS, {"images": 0, **dict.fromkeys(OUTPUTS, 0)},
                          bound=("mean", "precision_cholesky"), onnxruntime=True)  # fmt: skip
     reference = Predictor(runner, image_size=model.image_size_, calibration=model.calibration_,
                           config=model.config(), kind="onnxruntime")  # fmt: skip

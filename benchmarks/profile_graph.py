@@ -42,6 +42,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
+    from padim.graph import build
     from padim.graph.build import runtime_factors
     from padim.graph.modules import OUTPUTS
     from padim.graph.trace import onnx_bytes
@@ -56,7 +57,7 @@ def main() -> None:
         "threshold": torch.tensor(1.0),
         "scale": torch.tensor(1.0),
     }
-    graph = onnx_bytes(model.pipeline(), example, OUTPUTS, {"images": 0, **dict.fromkeys(OUTPUTS, 0)})
+    graph = onnx_bytes(build.pipeline(model.graph_spec()), example, OUTPUTS, {"images": 0, **dict.fromkeys(OUTPUTS, 0)})
     if model.quantization_ is not None:  # an int8 model runs its quantised graph
         from padim.graph.quantize import quantize
 

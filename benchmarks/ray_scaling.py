@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from padim.io.datasets import image_samples, train_samples
+from padim.io.datasets import train_samples
+from padim.io.inputs import image_samples
 from padim.jobs import distributed
 from padim.model.padim import Padim
 from padim.stats.gaussian import GaussianStats, precision_cholesky_from_stats

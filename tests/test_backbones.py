@@ -5,7 +5,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from padim.errors import OptionError, WeightsNotFoundError
-from padim.features.backbones import BACKBONES, FeatureExtractor, load_state_dict_file, resolve_layers
+from padim.features.backbones import BACKBONES, FeatureExtractor, resolve_layers
+from padim.features.weights import load_state_dict_file
 from padim.io.images import preprocess
 
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from padim.errors import DataError, ImageError, OptionError
-from padim.io.datasets import image_samples
 from padim.io.files import LineAppender, write_bytes
+from padim.io.inputs import image_samples
 from padim.jobs.predict import predict_files
 from padim.outputs.rows import CSV_COLUMNS, overlay_names
 from padim.runtime.predictor import Prediction

@@ -11,15 +11,8 @@ from PIL import Image
 
 from padim.errors import DataError, OptionError
 from padim.io import datasets as data
-from padim.io.datasets import (
-    Sample,
-    folder_samples,
-    image_samples,
-    is_mvtec,
-    mvtec_samples,
-    split_holdout,
-    train_samples,
-)
+from padim.io.datasets import Sample, folder_samples, is_mvtec, mvtec_samples, split_holdout, train_samples
+from padim.io.inputs import image_samples
 
 
 def _save(path: Path, image: Image.Image) -> Path:

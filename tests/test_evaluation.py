@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from padim.eval import evaluation, metrics
+from padim.eval import metrics, pro, summary
 
 # ---------------------------------------------------------------------------- evaluate
 
@@ -28,15 +28,15 @@ def _dataset(seed: int = 0):
 
 def test_evaluate_keys_and_values_match_sklearn():
     labels, scores, types, maps, masks = _dataset()
-    result = evaluation.summarize(labels, scores, types, maps=maps, masks=list(masks), threshold=0.5)
+    result = summary.summarize(labels, scores, types, maps=maps, masks=list(masks), threshold=0.5)
     assert set(result) == {"overall", "per_defect"}
     assert list(result["per_defect"]) == ["crack", "hole"]
     overall = result["overall"]
-    assert tuple(overall) == evaluation.SUMMARY_KEYS
+    assert tuple(overall) == summary.SUMMARY_KEYS
     assert overall["n_images"] == 17 and overall["n_good"] == 8 and overall["n_defective"] == 9
     assert overall["image_auroc"] == pytest.approx(skm.roc_auc_score(labels, scores))
     assert overall["pixel_auroc"] == pytest.approx(skm.roc_auc_score(masks.ravel(), maps.ravel()))
-    assert overall["aupro"] == pytest.approx(metrics.aupro(masks, maps))
+    assert overall["aupro"] == pytest.approx(pro.aupro(masks, maps))
     predicted = scores >= 0.5
     assert overall["threshold"] == 0.5
     assert overall["image_accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
@@ -63,7 +63,7 @@ def test_evaluate_keys_and_values_match_sklearn():
 
 def test_evaluate_without_maps_or_threshold_gives_none():
     labels, scores, types, _, _ = _dataset()
-    overall = evaluation.summarize(labels, scores, types)["overall"]
+    overall = summary.summarize(labels, scores, types)["overall"]
     for key in ("pixel_auroc", "aupro", "threshold", "image_accuracy", "image_precision", "image_recall"):
         assert overall[key] is None
     assert overall["image_auroc"] is not None
@@ -74,12 +74,12 @@ def test_evaluate_missing_masks():
     with_none = list(masks)
     for i in np.flatnonzero(~labels):
         with_none[i] = None  # good images without a mask count as all-normal
-    result = evaluation.summarize(labels, scores, types, maps=maps, masks=with_none)
+    result = summary.summarize(labels, scores, types, maps=maps, masks=with_none)
     assert result["overall"]["pixel_auroc"] == pytest.approx(skm.roc_auc_score(masks.ravel(), maps.ravel()))
 
     first_hole = types.index("hole")
     with_none[first_hole] = None  # a defect image without a mask: its groups lose pixel metrics
-    result = evaluation.summarize(labels, scores, types, maps=maps, masks=with_none)
+    result = summary.summarize(labels, scores, types, maps=maps, masks=with_none)
     assert result["overall"]["pixel_auroc"] is None and result["overall"]["aupro"] is None
     assert result["per_defect"]["hole"]["pixel_auroc"] is None
     assert result["per_defect"]["crack"]["pixel_auroc"] is not None
@@ -87,12 +87,12 @@ def test_evaluate_missing_masks():
 
 
 def test_evaluate_single_class_is_none():
-    result = evaluation.summarize([1, 1], [0.3, 0.4], ["crack", "crack"], threshold=0.35)
+    result = summary.summarize([1, 1], [0.3, 0.4], ["crack", "crack"], threshold=0.35)
     overall = result["overall"]
     assert overall["image_auroc"] is None
     assert overall["image_f1_max"] == 1.0 and overall["f1_threshold"] == 0.3
     assert overall["image_recall"] == 0.5 and overall["image_precision"] == 1.0
-    result = evaluation.summarize([0, 0], [0.3, 0.4], ["good", "good"], threshold=1.0)
+    result = summary.summarize([0, 0], [0.3, 0.4], ["good", "good"], threshold=1.0)
     assert result["per_defect"] == {}
     assert result["overall"]["image_f1_max"] is None and result["overall"]["image_precision"] is None
 
@@ -103,7 +103,7 @@ def test_evaluate_single_class_is_none():
 )
 def test_evaluate_rejects_types_that_contradict_labels(labels, types):
     with pytest.raises(ValueError, match=r"defect_types\[\d\] must be 'good'"):
-        evaluation.summarize(labels, [0.1, 0.2], types)
+        summary.summarize(labels, [0.1, 0.2], types)
 
 
 def test_evaluate_rejects_mask_of_wrong_size():
@@ -111,4 +111,4 @@ def test_evaluate_rejects_mask_of_wrong_size():
     bad = list(masks)
     bad[3] = np.zeros((5, 5), bool)
     with pytest.raises(ValueError, match=r"masks\[3\] must have the map size"):
-        evaluation.summarize(labels, scores, types, maps=maps, masks=bad)
+        summary.summarize(labels, scores, types, maps=maps, masks=bad)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from padim.eval import evaluation, metrics, operating_points
+from padim.eval import metrics, operating_points, summary
 from padim.report import charts
 from padim.report import html as report
 from padim.report import overlays as visualize
@@ -60,7 +60,7 @@ def _data(with_curves: bool = True) -> report.ReportData:
     masks[labels, 2:5, 2:5] = True
     maps = (rng.random(masks.shape) + masks).astype(np.float32)
     threshold = 0.5
-    result = evaluation.summarize(labels, scores, types, maps=maps, masks=masks, threshold=threshold)
+    result = summary.summarize(labels, scores, types, maps=maps, masks=masks, threshold=threshold)
     paths = [f"images/{t}/{i:03d}.png" for i, t in enumerate(types)]
     paths[0] = "images/<script>alert(1)</script>.png"
     wrong = np.flatnonzero(labels != (scores >= threshold))
@@ -68,7 +68,7 @@ def _data(with_curves: bool = True) -> report.ReportData:
     mistakes = {int(i): (images[i], images[i], visualize.overlay(images[i], maps[i], 0.0, 2.0)) for i in wrong}
     curves = {}
     if with_curves:
-        curves = dict(pixel_roc=metrics.roc_curve(masks, maps)[:2], pro=metrics.pro_curve(masks, maps)[:2])
+        curves = dict(pixel_roc=metrics.roc_curve(masks, maps)[:2], pro=pro.pro_curve(masks, maps)[:2])
     model = {"backbone": "resnet18 <random>", "trained on": "7 good images"}
     return report.ReportData(paths, labels, scores, types, result, threshold, mistakes, model=model, **curves)
 

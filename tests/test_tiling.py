@@ -10,6 +10,7 @@ from padim.errors import OptionError
 from padim.features.backbones import FeatureExtractor
 from padim.features.embedding import select, select_channels, split_channels
 from padim.features.tiling import TilePlan, plan_axis, resolve_tile, tiled_features
+from padim.graph import build
 
 
 @pytest.mark.parametrize("length, tile, margin, align", [(100, 64, 16, 16), (1000, 256, 32, 32), (257, 128, 16, 16)])
@@ -87,7 +88,9 @@ def test_a_tiled_model_runs_the_same_in_torch_onnxruntime_and_the_exported_file(
     options = dict(backbone="resnet18", pretrained=False, n_features=16, sigma=2, image_size=(64, 160))
     images = torch.randn(6, 3, 64, 160, generator=torch.Generator().manual_seed(2))
     model = Padim(**options, tile_size=64, grid_stride=8).fit(images)
-    assert model.tile_size_ == 64 and len(model.embedder().tiles) == 4 and model.feature_size_ == (8, 20)
+    assert (
+        model.tile_size_ == 64 and len(build.embedder(model.graph_spec()).tiles) == 4 and model.feature_size_ == (8, 20)
+    )
     eager = copy.copy(model)
     eager.backend, eager._runners = "torch", {}
     test = images[:2].numpy() + 0.5
@@ -96,4 +99,8 @@ def test_a_tiled_model_runs_the_same_in_torch_onnxruntime_and_the_exported_file(
         got = predictor.predict(test).anomaly_map
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
     untiled = Padim(**options, tile_size=0, grid_stride=8).fit(images)
-    assert untiled.embedder().tiles is None and untiled.predict(test).anomaly_map.shape == (2, 64, 160)
+    assert build.embedder(untiled.graph_spec()).tiles is None and untiled.predict(test).anomaly_map.shape == (
+        2,
+        64,
+        160,
+    )

@@ -1,11 +1,9 @@
 """Every option, once: its type, range, default and help, for the command line, the service and the Python API.
 
-An :class:`Option` is one row of :data:`OPTIONS`. The command's parser takes its argparse type,
-default and help from it (:func:`Option.parse` turns text into a value or says what was
-expected), the Python API and the web service check their arguments with :func:`check`, and the
-model file's schema checks the stored settings with :meth:`Option.accepts`. A bound therefore
-cannot say 1..65535 in one place and 0..65535 in another (as scikit-learn's
-``_parameter_constraints`` does for its estimators). Standard library only.
+An :class:`Option` is one row of :data:`OPTIONS`: the parser takes its type, default and help from
+it (:meth:`Option.parse`), the Python API and the service check arguments with :func:`check`, and
+the model file's schema checks stored settings with :meth:`Option.accepts`, so a bound cannot
+differ between them (as scikit-learn's ``_parameter_constraints``). Standard library only.
 """
 
 from __future__ import annotations
@@ -39,8 +37,7 @@ class Option:
         finite: a float must be a finite number (NaN and infinities refused).
         help: one sentence for ``--help``, the default included.
         metavar: the placeholder in ``--help``.
-        flags: the command-line flags, when not ``--name-with-dashes`` alone (``("-o", "--output")``).
-        nargs, const: argparse's, for an option whose value is optional (``--ray [ADDRESS]``).
+        flags, nargs, const: argparse's, where the flag is not ``--name-with-dashes`` or the value optional.
     """
 
     name: str

@@ -15,8 +15,8 @@ from typing import Any
 
 from padim.cli.common import decoding, report_skipped, say, sigterm_as_interrupt
 from padim.errors import ModelFileError, OptionError
-from padim.io.datasets import image_samples
 from padim.io.files import check_output_file, check_output_folder, write_text
+from padim.io.inputs import image_samples
 from padim.progress import phase
 from padim.runtime.opening import open_model
 

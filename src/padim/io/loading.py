@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image
 
 from padim.errors import DataError, ImageError, OptionError
-from padim.io.datasets import Sample, image_samples, train_samples
+from padim.io.datasets import Sample, train_samples
 from padim.io.decoding import DECODE_BUDGET_PIXELS, PixelBudget, try_decode
 from padim.io.images import as_size, preprocess
+from padim.io.inputs import image_samples
 from padim.machine import default_workers, return_large_blocks
 from padim.options import check
 from padim.progress import progress

@@ -186,7 +186,7 @@ def predict_files(
 
     Args:
         predictor: a :class:`padim.runtime.predictor.Predictor`.
-        samples: the images (:func:`padim.io.datasets.image_samples`).
+        samples: the images (:func:`padim.io.inputs.image_samples`).
         output: the folder to write (created if missing); None writes nothing (``on_row`` gets the rows).
         overlays: which images get a picture (:data:`OVERLAY_CHOICES`).
         overlay_format: a key of :data:`padim.io.pictures.PICTURE_FORMATS`.

@@ -17,8 +17,8 @@ from typing import Any
 
 from padim.errors import OutputError
 from padim.eval.evaluation import evaluate_model, format_table
-from padim.io.datasets import image_samples
 from padim.io.files import check_output_folder, write_text
+from padim.io.inputs import image_samples
 from padim.io.synthetic import make_demo_dataset
 from padim.jobs.predict import predict_files
 from padim.model.padim import Padim

@@ -31,9 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from padim.errors import OptionError
-from padim.graph.build import runtime_factors
-from padim.graph.quantize import quantize
-from padim.graph.trace import pipeline_onnx
+from padim.graph.build import pipeline_graph, runtime_factors
 from padim.io.files import check_replaceable, staging_folder
 from padim.io.images import IMAGENET_MEAN, IMAGENET_STD
 from padim.model.padim import Padim, check_fitted
@@ -86,9 +84,7 @@ def model_proto(model: Padim):
         "scale": np.float32(1.0 if calibration is None else calibration.scale),
     }
     example = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
-    graph = pipeline_onnx(model.pipeline(), model.image_size_, example)
-    if getattr(model, "quantization_", None) is not None:  # int8: the graph the .padim model runs
-        graph = quantize(graph, model.quantization_)
+    graph = pipeline_graph(model.graph_spec(), example)  # int8: the graph the .padim model runs
     proto = onnx.load_from_string(graph)
     constant = {"mean", "precision_cholesky"}
     kept = [value for value in proto.graph.input if value.name not in constant]

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from padim.graph.build import GraphSpec, compact_runner, embedding_runner, pipeline, pipeline_runner
-from padim.graph.modules import Embedder, Pipeline
+from padim.graph.build import GraphSpec, compact_runner, embedding_runner, pipeline_runner
 from padim.graph.runners import use_onnxruntime
 from padim.io.loading import FIT_PIXELS
 from padim.machine import ENV_THREADS, cpu_threads, release_freed_memory
@@ -121,11 +120,7 @@ class Padim:
         return self
 
     def partial_fit(self, images: Any) -> Padim:
-        """Add pre-processed good images (N, 3, H, W) to the statistics and refit; returns self.
-
-        The first call starts a model as ``fit`` does (without a threshold); each call factors the
-        precisions again, so pass large batches (or ``fit`` an iterable of them).
-        """
+        """Add pre-processed good images (N, 3, H, W) to the statistics and factor again (pass large batches)."""
         if getattr(self, "stats_", None) is None:
             return self.fit(images, keep_stats=True)
         self._set_gaussians(self._statistics(images, self.stats_, {"desc": ""}), keep_stats=True)
@@ -165,7 +160,7 @@ class Padim:
         return self
 
     def graph_spec(self) -> GraphSpec:
-        """What defines this model's inference graph (:func:`padim.graph.build.embedder` and the rest)."""
+        """What defines this model's inference graph: :func:`padim.graph.build.pipeline` builds it from this."""
         return GraphSpec(self.extractor_, self.channel_idx_, self.feature_size_, self.image_size_, self.tile_size_,
                          self.sigma, self.quantization_)  # fmt: skip
 
@@ -195,15 +190,6 @@ class Padim:
                               self.device) if compact else self._runner("pipeline"))  # fmt: skip
         return Predictor(run, image_size=self.image_size_, calibration=self.calibration_, config=self.config(),
                          kind=kind, run_pixels=FIT_PIXELS if compact else None)  # fmt: skip
-
-    def pipeline(self) -> Pipeline:
-        """The inference module of this fitted model (:mod:`padim.graph.modules`); its state is passed as inputs."""
-        check_fitted(self)
-        return pipeline(self.graph_spec())
-
-    def embedder(self) -> Embedder:
-        """The embedding module of this fitted model: backbone (tiled or not), channels, grid."""
-        return self.pipeline().embedder
 
     def _onnxruntime(self) -> bool:
         return use_onnxruntime(self.backend, self.device, self.backbone_dtype)

@@ -37,7 +37,7 @@ def svg_pro(curve: tuple[np.ndarray, np.ndarray], aupro: float | None, fpr_limit
     """The PRO curve (Bergmann et al. 2021) up to ``fpr_limit``, the range AUPRO integrates.
 
     Args:
-        curve: ``(fpr, pro)`` from :func:`padim.eval.metrics.pro_curve`, fpr non-decreasing.
+        curve: ``(fpr, pro)`` from :func:`padim.eval.pro.pro_curve`, fpr non-decreasing.
         aupro: the normalised area, shown in the legend (None: left out).
         fpr_limit: the x axis ends here; the curve is cut (interpolated) at it.
     """

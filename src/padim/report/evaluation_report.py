@@ -19,6 +19,7 @@ from PIL import Image
 
 from padim.eval import metrics as padim_metrics
 from padim.eval.operating_points import confusion, image_rows, threshold_table
+from padim.eval.pro import pro_curve
 from padim.io.images import fit_within, load_image
 from padim.modelfile.info import model_info
 from padim.report.html import PICTURE_SIDE, ReportData, write_report
@@ -127,7 +128,7 @@ def write_evaluation_report(
         masks = np.stack(evaluation.masks)
         if masks.any() and not masks.all():
             pixel_roc = tuple(padim_metrics.roc_curve(masks.ravel(), maps.ravel())[:2])
-            pro = tuple(padim_metrics.pro_curve(masks, maps)[:2])
+            pro = tuple(pro_curve(masks, maps)[:2])
     data = ReportData(
         paths=[str(s.path) for s in evaluation.samples],
         labels=labels,

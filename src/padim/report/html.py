@@ -72,7 +72,7 @@ class ReportData:
             uint8, for the false alarms and misses (see :func:`mistake_pictures`).
         normalized: optional (N,) normalised scores.
         pixel_roc: optional pixel-level ``(fpr, tpr)`` from :func:`padim.eval.metrics.roc_curve`.
-        pro: optional ``(fpr, pro)`` from :func:`padim.eval.metrics.pro_curve`.
+        pro: optional ``(fpr, pro)`` from :func:`padim.eval.pro.pro_curve`.
         model: what the model is, label -> value, in display order (empty: no section).
         threshold_note: how the threshold was set, in words.
         title: the page title.
