@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from padim.eval import metrics, operating_points, summary
+from padim.eval import metrics, operating_points, pro, summary
 from padim.report import charts
 from padim.report import html as report
 from padim.report import overlays as visualize
