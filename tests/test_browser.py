@@ -22,6 +22,8 @@ from padim.serve.app import create_app
 CHROMIUM = os.environ.get("PADIM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
+pytestmark = pytest.mark.slow  # a Ray cluster or a browser starts for these
+
 
 def browser_missing() -> str | None:
     """Why the browser test cannot run here, or None."""
@@ -84,6 +86,7 @@ def _drop(page, files):
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
 
 
+@pytest.mark.slow
 def test_page_shows_verdict_score_and_overlay(chromium, served):
     url, onnx_file, ok_image, defect_image = served
     runtime = open_model(onnx_file)

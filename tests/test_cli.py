@@ -51,6 +51,7 @@ def assert_one_line_error(result, *needles):
         assert str(needle) in lines[-1], (needle, lines[-1])
 
 
+@pytest.mark.slow
 def test_fit_writes_a_calibrated_model(mvtec_tree, tmp_path, capsys):
     assert run(capsys, "fit", mvtec_tree, "-o", tmp_path / "m.padim", *FAST)[0] == 0
     model = Padim.load(tmp_path / "m.padim")
@@ -58,6 +59,7 @@ def test_fit_writes_a_calibrated_model(mvtec_tree, tmp_path, capsys):
     assert model.image_size_ == (64, 64) and len(model.channel_idx_) == 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_padim", "tiny_onnx"])
 def test_predict_writes_csv_and_overlays(model, mvtec_tree, tmp_path, capsys, request):
     model_file = request.getfixturevalue(model)
@@ -138,6 +140,7 @@ def test_predict_exits_3_when_a_score_is_not_finite(tiny_model, mvtec_tree, tmp_
     assert code == 3 and out == f"{image}: error  score inf (not a finite number)\n" and str(image) in err
 
 
+@pytest.mark.slow
 def test_evaluate_padim_and_onnx_give_the_same_metrics(tiny_padim, tiny_onnx, mvtec_tree, tmp_path, capsys):
     code, table, _ = run(
         capsys,
@@ -174,6 +177,7 @@ def test_evaluate_padim_and_onnx_give_the_same_metrics(tiny_padim, tiny_onnx, mv
         assert onnx_metrics[key] == pytest.approx(metrics[key], abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_export_then_predict_with_the_onnx_file(tiny_padim, mvtec_tree, tmp_path, capsys):
     assert run(capsys, "export", tiny_padim, "-o", tmp_path / "m.onnx", "--quiet")[0] == 0
     assert open_model(tmp_path / "m.onnx").config == open_model(tiny_padim).config
@@ -211,6 +215,7 @@ def test_bad_option_values(mvtec_tree, tmp_path, capsys):
     assert not (tmp_path / "m.padim").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_named_and_skip_bad_lists_it(mvtec_tree, tmp_path, capsys):
     data = tmp_path / "good"
     shutil.copytree(mvtec_tree / "train" / "good", data)
@@ -245,6 +250,7 @@ def test_failed_fit_keeps_the_existing_model(tmp_path, tiny_padim, capsys):
     assert target.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_mask_of_another_size_is_resized_with_a_warning(mvtec_tree, tmp_path, tiny_padim, capsys):
     data = tmp_path / "cat"
     shutil.copytree(mvtec_tree, data)
@@ -300,6 +306,7 @@ def _scores(model, folder):
     return model.predict(sorted(folder.iterdir())).score
 
 
+@pytest.mark.slow
 def test_calibrate_by_hand_keeps_everything_else(tiny_padim, tmp_path, capsys):
     target = tmp_path / "m.padim"
     shutil.copy(tiny_padim, target)
@@ -339,6 +346,7 @@ def test_calibration_rules_on_images(tiny_model, mvtec_tree):
     assert calibration.source == "f1" and f1_score(labels, scores >= calibration.threshold) == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_calibrate_from_good_and_defective_images(tiny_model, tiny_padim, mvtec_tree, tmp_path, capsys):
     target = tmp_path / "m.padim"
     shutil.copy(tiny_padim, target)

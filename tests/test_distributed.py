@@ -27,6 +27,8 @@ from support import TINY
 ray = pytest.importorskip("ray")
 F64 = {**TINY, "stats_dtype": "float64", "backend": "torch"}  # eager: no graph traced per task
 
+pytestmark = pytest.mark.slow  # a Ray cluster or a browser starts for these
+
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
@@ -67,6 +69,7 @@ def assert_same_model(a: Padim, b: Padim, test_images: Path) -> None:
     assert relative(mb, ma) < 1e-5
 
 
+@pytest.mark.slow
 def test_fit_on_ray_equals_one_process_fit(mvtec_tree: Path, local: Padim) -> None:
     merged = distributed.fit(Padim(**F64), mvtec_tree, n_shards=3, keep_stats=True)
     assert_same_model(local, merged, mvtec_tree / "test" / "scratch")
@@ -88,6 +91,7 @@ def test_a_killed_worker_is_retried_without_counting_twice(mvtec_tree: Path, loc
     assert relative(merged.stats_.mean, local.stats_.mean) < 1e-6
 
 
+@pytest.mark.slow
 def test_update_equals_a_fit_on_both_sets(mvtec_tree: Path, tmp_path: Path) -> None:
     samples = train_samples(mvtec_tree)
     first, second = [s.path for s in samples[:4]], [s.path for s in samples[4:]]
@@ -109,6 +113,7 @@ def rows(folder: Path) -> list[dict]:
         return sorted(csv.DictReader(handle), key=lambda row: row["path"])
 
 
+@pytest.mark.slow
 def test_cli_fit_update_and_predict_on_ray(mvtec_tree: Path, tiny_padim: Path, tmp_path: Path, capsys) -> None:
     flags = [
         "--backbone",
@@ -136,6 +141,7 @@ def test_cli_fit_update_and_predict_on_ray(mvtec_tree: Path, tiny_padim: Path, t
         assert (tmp_path / "ray" / row["overlay"]).read_bytes() == (tmp_path / "local" / row["overlay"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_on_ray_is_one_line(mvtec_tree: Path, tmp_path: Path, capsys) -> None:
     good = tmp_path / "good"
     good.mkdir()

@@ -74,6 +74,7 @@ def test_batch_axis_is_dynamic(mvtec_tree, tiny_onnx):
     np.testing.assert_allclose(run_graph(tiny_onnx, batch[1:6])["anomaly_map"], whole[1:6], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_non_square_images_and_lite0_backbone(tmp_path):
     model = Padim(**dict(TINY, backbone="efficientnet_lite0", image_size=(64, 96), n_features=20))
     model.fit(torch.randn(6, 3, 64, 96, generator=torch.Generator().manual_seed(0)))
@@ -103,12 +104,14 @@ def test_uncalibrated_model_fails_closed(tmp_path):
     assert prediction.label is None and prediction.normalized_score is None and prediction.region is None
 
 
+@pytest.mark.slow
 def test_export_from_a_model_file(tmp_path, mvtec_tree, tiny_model, tiny_padim):
     path = export_onnx(tiny_padim, tmp_path / "sub" / "m.onnx")
     batch = load_test_images(mvtec_tree)
     assert relative_error(run_graph(path, batch)["anomaly_map"], tiny_model.predict(batch).anomaly_map) < 1e-4
 
 
+@pytest.mark.slow
 def test_external_data_is_one_file_beside_the_model_and_loads_back(tmp_path, mvtec_tree, tiny_model):
     export_onnx(tiny_model, tmp_path / "big.onnx", external_data=True)
     assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]

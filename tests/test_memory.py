@@ -21,6 +21,7 @@ def test_the_model_file_estimate_is_the_packed_statistics_plus_the_weights():
     assert "working size 512x512" in plan.describe() and "Gaussians on a 128x128 grid x d=100" in plan.describe()
 
 
+@pytest.mark.slow
 def test_the_estimate_matches_the_saved_file(tmp_path, mvtec_tree):
     model = Padim(**TINY).fit(mvtec_tree)
     weights = sum(t.numel() * t.element_size() for t in model.extractor_.body.state_dict().values())
@@ -81,6 +82,7 @@ def test_predict_runs_the_graph_a_few_images_at_a_time_with_the_same_results(mon
     np.testing.assert_array_equal(parts.label, whole.label)
 
 
+@pytest.mark.slow
 def test_float16_runtime_factors_give_the_float32_maps(monkeypatch, tiny_model, tmp_path):
     """A model past the runtime limit holds float16 factors and casts them in chunks: same maps, exported too."""
     import copy

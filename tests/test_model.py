@@ -89,6 +89,7 @@ def test_init_only_stores_and_fit_checks():
             Padim(**{**SMALL, "pretrained": False, **kwargs}).fit(torch.zeros(2, 3, 64, 64))
 
 
+@pytest.mark.slow
 def test_channel_selection_is_seeded_and_saved_with_the_model(tmp_path, fitted):
     assert torch.equal(select_channels(448, 100, 3), select_channels(448, 100, 3))
     assert not torch.equal(select_channels(448, 100, 3), select_channels(448, 100, 4))
@@ -106,6 +107,7 @@ def naive_fit(model, images):
     return mean, np.linalg.inv(cov)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stats_dtype", ["float32", "float64"])
 def test_fit_matches_naive_per_patch_covariance(stats_dtype):
     """The float32 factors give the naive precision; the model keeps exactly them rounded to float16, packed."""
@@ -122,6 +124,7 @@ def test_fit_matches_naive_per_patch_covariance(stats_dtype):
     assert np.abs(model.precision().numpy() - precision).max() <= 2**-10 * 2 * scale.max()
 
 
+@pytest.mark.slow
 def test_streamed_fit_equals_one_shot_equals_merged_halves():
     parts = batches(4, count=5)
     exact = dict(SMALL, stats_dtype="float64")
@@ -136,6 +139,7 @@ def test_streamed_fit_equals_one_shot_equals_merged_halves():
         np.testing.assert_allclose(stats.m2.numpy(), one.stats_.m2.numpy(), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_predict_is_the_seed_generator_on_the_embedding(fitted):
     images = batches(3, seed=9)[0]
     prediction = fitted.predict(images)
@@ -148,6 +152,7 @@ def test_predict_is_the_seed_generator_on_the_embedding(fitted):
     assert prediction.label is None and prediction.region is None  # fitted on tensors: uncalibrated
 
 
+@pytest.mark.slow
 def test_onnxruntime_and_torch_run_the_same_pipeline(tiny_model, mvtec_tree):
     """One model, both executors: the in-memory ONNX graph and eager PyTorch give the same outputs."""
     on_torch = copy.copy(tiny_model)
@@ -168,6 +173,7 @@ def test_onnxruntime_and_torch_run_the_same_pipeline(tiny_model, mvtec_tree):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
 def test_onnxruntime_backend_fits_the_torch_model(backbone):
     config = dict(SMALL, backbone=backbone)
@@ -187,6 +193,7 @@ def test_a_shifted_patch_scores_higher(fitted):
     assert maps[1, 20:36, 20:36].mean() > 1.5 * maps[0, 20:36, 20:36].mean()
 
 
+@pytest.mark.slow
 def test_save_load_predict_gives_identical_maps(tmp_path, fitted):
     loaded = Padim.load(fitted.save(tmp_path / "model.padim"))
     images = batches(2, seed=4)[0]
@@ -255,6 +262,7 @@ def test_failed_save_leaves_the_existing_file_intact(tmp_path, fitted, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["m.padim"]
 
 
+@pytest.mark.slow
 def test_fit_on_files_holds_out_good_images_for_the_threshold(mvtec_tree):
     model = Padim(**SMALL, holdout=0.25, quantile=1.0).fit(mvtec_tree, workers=0)
     assert model.n_images_ == 6  # 8 good training images, 2 held out
@@ -293,6 +301,7 @@ def test_predict_accepts_paths_pil_images_and_arrays(mvtec_tree, fitted):
     assert fitted.predict([path, path]).anomaly_map.shape == (2, 64, 64)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_named():
     with pytest.raises(OptionError, match=r"\(N, 3, H, W\)"):
         Padim(**SMALL).fit(torch.zeros(2, 64, 64, 3))
@@ -313,6 +322,7 @@ def test_predict_before_fit_says_call_fit():
         Padim(**SMALL).predict(torch.zeros(1, 3, 64, 64))
 
 
+@pytest.mark.slow
 def test_fit_memory_is_a_fixed_size_accumulator():
     model = Padim(**SMALL).fit(batches(3, count=4), keep_stats=True)
     p = math.prod(model.feature_size_)
@@ -330,6 +340,7 @@ def test_cuda_matches_cpu():
     np.testing.assert_allclose(gpu.predict(test).anomaly_map, cpu.predict(test).anomaly_map, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_precision_in_place_equals_kept_statistics():
     images = batches(9)[0]
     kept = Padim(**SMALL).fit(images, keep_stats=True)
@@ -338,6 +349,7 @@ def test_precision_in_place_equals_kept_statistics():
     np.testing.assert_array_equal(spent.precision_cholesky_packed_.numpy(), kept.precision_cholesky_packed_.numpy())
 
 
+@pytest.mark.slow
 def test_partial_fit_then_predict_works_and_stays_mergeable():
     model = Padim(**SMALL).partial_fit(batches(5)[0])
     assert model.predict(batches(1, seed=1)[0]).anomaly_map.shape == (1, 64, 64)
@@ -346,6 +358,7 @@ def test_partial_fit_then_predict_works_and_stays_mergeable():
     assert model.stats_.count == model.n_images_ == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", [1, 2])
 def test_files_of_formats_1_and_2_load_and_predict_the_same(tmp_path, fitted, version):
     """padim-toolkit 0.1 stored the precision (format 1), then its full float32 factor (format 2)."""

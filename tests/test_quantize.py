@@ -49,6 +49,7 @@ def int8(mvtec_tree, tmp_path_factory):
     return model, model.save(folder / "int8.padim"), export_onnx(model, folder / "int8.onnx")
 
 
+@pytest.mark.slow
 def test_fit_and_predict_see_the_same_int8_features(mvtec_tree, int8, tiny_model):
     model, _, _ = int8
     assert model.quantization_.n_images == 7 and model.quantization_.method == "minmax"  # 8 good, 1 held out
@@ -69,6 +70,7 @@ def test_fit_and_predict_see_the_same_int8_features(mvtec_tree, int8, tiny_model
     assert relative_error(patches.numpy(), float_patches.numpy()) > 1e-3
 
 
+@pytest.mark.slow
 def test_only_the_backbone_is_quantised(int8):
     model, _, _ = int8
     proto = model_proto(model)
@@ -82,6 +84,7 @@ def test_only_the_backbone_is_quantised(int8):
             assert all(made.get(name) is None or made[name].op_type != "DequantizeLinear" for name in node.input)
 
 
+@pytest.mark.slow
 def test_padim_and_onnx_files_agree(mvtec_tree, int8):
     model, padim_file, onnx_file = int8
     paths = image_paths(mvtec_tree)
@@ -105,6 +108,7 @@ def test_quantization_round_trips_through_the_model_file(int8):
     assert all(isinstance(v, float) for lo_hi in loaded.quantization_.ranges.values() for v in lo_hi)
 
 
+@pytest.mark.slow
 def test_another_process_rebuilds_the_same_int8_graph(mvtec_tree, int8, tmp_path):
     """A fresh process, given only the model file (no training images), gives the same maps."""
     model, padim_file, _ = int8
@@ -188,6 +192,7 @@ def test_int8_options_and_damaged_records(int8, tmp_path):
         Padim.load(tmp_path / "bad.padim")
 
 
+@pytest.mark.slow
 def test_cli_fit_export_predict_int8(mvtec_tree, tmp_path, capsys):
     from padim.cli.main import main
 

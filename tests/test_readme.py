@@ -4,6 +4,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from padim.cli.main import main
 from padim.cli.parser import build_parser
 
@@ -35,6 +37,7 @@ def test_every_readme_command_parses():
         parser.parse_args(args)  # exits with status 2 on an unknown option
 
 
+@pytest.mark.slow
 def test_readme_workflow_runs_on_a_tiny_tree(mvtec_tree, tmp_path, monkeypatch):
     """fit, evaluate, predict, export, predict (ONNX) as written, on the tiny tree instead of bottle."""
     monkeypatch.chdir(tmp_path)
@@ -51,6 +54,7 @@ def test_readme_workflow_runs_on_a_tiny_tree(mvtec_tree, tmp_path, monkeypatch):
     assert (tmp_path / "bottle-report" / "index.html").is_file()
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(mvtec_tree, tmp_path, monkeypatch):
     source = code_blocks("python")[0]
     source = source.replace(
@@ -64,6 +68,7 @@ def test_readme_python_example_runs(mvtec_tree, tmp_path, monkeypatch):
     assert (tmp_path / "bottle.padim").is_file()
 
 
+@pytest.mark.slow
 def test_padim_demo_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0

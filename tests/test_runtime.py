@@ -70,6 +70,7 @@ def test_input_forms_and_batching_agree(mvtec_tree, files):
     assert len(folder) == len(list_images(mvtec_tree / "test" / "good"))
 
 
+@pytest.mark.slow
 def test_torch_free_onnx_path(tmp_path, mvtec_tree, files):
     """The ONNX path must work where ``import torch`` fails, and must not try to import it."""
     _, _, onnx_file = files
@@ -145,6 +146,7 @@ def test_bad_arguments(mvtec_tree, files):
             runtime.with_threshold(bad)
 
 
+@pytest.mark.slow
 def test_predict_from_several_threads(mvtec_tree, files):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -85,6 +85,7 @@ def test_health_and_page(client, files):
     assert "http://" not in page.text and "https://" not in page.text and 'src="/' not in page.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["onnx", "padim"])
 def test_predict_answers_what_the_runtime_predicts(files, kind):
     model_file = files[1] if kind == "onnx" else files[0]
@@ -192,6 +193,7 @@ def test_a_verdict_that_cannot_be_logged_is_not_given(files, tmp_path):
     assert answer.status_code == 500 and "verdict not given" in answer.json()["detail"]
 
 
+@pytest.mark.slow
 def test_drift_warning_when_far_more_images_are_flagged_than_calibrated(files, tiny_model, tmp_path):
     """Every test image scores above a threshold that flagged none of 20 good images: a shifted camera's picture."""
     scores = open_model(files[1]).predict(files[2]).score
@@ -237,6 +239,7 @@ def test_concurrent_requests_are_served_without_errors(live_server, files):
         assert body["score"] == pytest.approx(expected[name], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_run_binds_to_loopback_by_default(files, monkeypatch):
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))

@@ -49,6 +49,7 @@ def untiled_and_tiled(extractor, images, tile):
     return plan, whole, tiled
 
 
+@pytest.mark.slow
 def test_stitched_features_equal_the_untiled_ones_when_the_margin_covers_the_receptive_field(extractor):
     images = torch.randn(2, 3, 200, 328, generator=torch.Generator().manual_seed(0))
     layer_idx = split_channels(select_channels(192, 24, 0), [64, 128])
@@ -63,6 +64,7 @@ def test_stitched_features_equal_the_untiled_ones_when_the_margin_covers_the_rec
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_with_a_small_margin_features_differ_only_near_the_seams(extractor):
     images = torch.randn(1, 3, 192, 320, generator=torch.Generator().manual_seed(1))
     plan, whole, tiled = untiled_and_tiled(extractor, images, 128)  # margin 16: smaller than the radius
@@ -80,6 +82,7 @@ def test_with_a_small_margin_features_differ_only_near_the_seams(extractor):
         assert diff.max() > 1e-3 * np.abs(a.numpy()).max()  # near a seam they do differ: the test can fail
 
 
+@pytest.mark.slow
 def test_a_tiled_model_runs_the_same_in_torch_onnxruntime_and_the_exported_file(tmp_path):
     from padim.model.export import export_onnx
     from padim.model.padim import Padim

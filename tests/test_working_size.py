@@ -66,6 +66,7 @@ def wide_model(wide_tree):
     return Padim(**dict(TINY, image_size=48)).fit(wide_tree)
 
 
+@pytest.mark.slow
 def test_a_non_square_model_predicts_evaluates_saves_and_exports(tmp_path, wide_tree, wide_model):
     """Working size 48 x 96 from the data: kept in the file, the same maps from .padim and .onnx."""
     from padim.eval.evaluation import evaluate_model
@@ -85,6 +86,7 @@ def test_a_non_square_model_predicts_evaluates_saves_and_exports(tmp_path, wide_
     assert evaluation.maps.shape[1:] == (48, 96) and evaluation.metrics["overall"]["pixel_auroc"] is not None
 
 
+@pytest.mark.slow
 def test_the_command_keeps_the_aspect_ratio_unless_given_height_and_width(tmp_path, wide_tree, capsys):
     from padim.cli.main import main
 

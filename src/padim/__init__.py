@@ -1,7 +1,10 @@
 """padim-toolkit: PaDiM anomaly detection (Defard et al. 2020, https://arxiv.org/abs/2011.08785).
 
-``import padim`` loads no torch: ``padim.Padim`` and ``padim.AnomalyMapGenerator`` are
-imported on first use, so the ONNX path runs where torch is not installed.
+``import padim`` loads nothing heavy: :func:`open_model` and :class:`Prediction` need only the
+runtime install (NumPy, Pillow, onnxruntime); :class:`Padim` and :class:`AnomalyMapGenerator`
+need the training extra (torch) and are imported on first use through :func:`padim.extras.load`,
+which says in one line what to install when it is missing. The package's layers are described
+in ``docs/architecture.md``.
 
 onnxruntime's telemetry is turned off before onnxruntime is first imported (it otherwise writes a
 database under ``~/.cache/Microsoft`` in every process that opens a session, and may send it);
@@ -18,16 +21,15 @@ from padim.version import __version__  # noqa: E402
 
 __all__ = ["AnomalyMapGenerator", "Padim", "PadimError", "Prediction", "__version__", "open_model"]
 
+#: The training layer's public names, reached through padim.extras (torch is an extra).
+_TRAINING = {"Padim": "padim.model.padim:Padim", "AnomalyMapGenerator": "padim.maps.anomaly_map:AnomalyMapGenerator"}
+
 
 def __getattr__(name: str):
-    if name == "Padim":
-        from padim.model.padim import Padim
+    if name in _TRAINING:
+        from padim.extras import load
 
-        return Padim
-    if name == "AnomalyMapGenerator":
-        from padim.maps.anomaly_map import AnomalyMapGenerator
-
-        return AnomalyMapGenerator
+        return load(_TRAINING[name], "train", f"padim.{name}")
     if name == "Prediction":
         from padim.runtime.predictor import Prediction
 
