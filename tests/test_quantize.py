@@ -206,3 +206,23 @@ def test_cli_fit_export_predict_int8(mvtec_tree, tmp_path, capsys):
         scores = [float(row["score"]) for row in csv.DictReader(handle)]
     np.testing.assert_allclose(scores, open_model(tmp_path / "m.padim").predict(test_folder).score, rtol=1e-4)
     capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_int8_with_a_coarser_grid_and_tiles_fits_and_evaluates(mvtec_tree, tmp_path, capsys):
+    """int8 calibration builds its embedder with the model's grid and tiles (one builder): no patch-count mismatch."""
+    from padim.cli.main import main
+
+    model = tmp_path / "m.padim"
+    fast = ["--backbone", "resnet18", "--random-weights", "--n-features", "16", "--quiet", "--workers", "0"]
+    assert main(["fit", str(mvtec_tree), "-o", str(model), "--backbone-dtype", "int8", "--grid-stride", "8",
+                 "--image-size", "64", *fast]) == 0  # fmt: skip
+    fitted = Padim.load(model)
+    assert fitted.feature_size_ == (8, 8) and fitted.grid_stride_ == 8 and fitted.quantization_ is not None
+    assert main(["evaluate", str(model), str(mvtec_tree), "--json", str(tmp_path / "m.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["image_auroc"] is not None
+    tiled = tmp_path / "tiled.padim"
+    assert main(["fit", str(mvtec_tree), "-o", str(tiled), "--backbone-dtype", "int8", "--image-size", "64x128",
+                 "--tile-size", "64", *fast]) == 0  # fmt: skip
+    assert Padim.load(tiled).tile_size_ == 64
+    capsys.readouterr()
