@@ -163,11 +163,12 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         return results
 
     if which == "old":
-        from padim.cli.main import overlay_at_image_size
-        from padim.io.files import write_bytes
-        from padim.report.overlays import heatmap_range, png_bytes  # the previous release's modules
-        from padim.runtime.opening import open_model
+        # The previous release's modules (its checkout is on the path), in its flat layout.
+        from padim.cli import overlay_at_image_size  # noqa: I001
+        from padim.files import write_bytes
+        from padim.runtime import open_model
         from padim.transforms import load_image, preprocess
+        from padim.visualize import heatmap_range, png_bytes
 
         predictor = open_model(model)
         images = timed("decode", load_image, paths)

@@ -284,12 +284,12 @@ def worker_anomalib_predict(cfg: dict, job: dict) -> dict:
 
 
 def worker_padim_fit(cfg: dict, job: dict) -> dict:
-    import padim.model.padim
+    import padim.model.fitting
 
     model = make_padim(cfg, job["backend"], job.get("eps", 0.01), job.get("precision", "float32"))
     base = current_rss_mb()
     timers = {"embed_s": 0.0, "calibrate_s": 0.0}
-    embed, calibrate_model = model.embed, padim.model.padim.calibrate_model
+    embed, calibrate_model = model.embed, padim.model.fitting.int8_calibration
 
     def timed(function, key):
         def run(*args, **kwargs):
@@ -302,7 +302,7 @@ def worker_padim_fit(cfg: dict, job: dict) -> dict:
 
     model.embed = timed(embed, "embed_s")
     # int8: calibrating the backbone and quantising its graph (before the first embedding).
-    padim.model.padim.calibrate_model = timed(calibrate_model, "calibrate_s")
+    padim.model.fitting.int8_calibration = timed(calibrate_model, "calibrate_s")
     source = (
         file_batches(job["data"], cfg["batch"])
         if job.get("data")

@@ -110,18 +110,21 @@ def fit_and_score(train, test, labels, masks, precision="float32", method="minma
     from sklearn.metrics import roc_auc_score
 
     import padim.graph.quantize
-    import padim.model.padim
+    import padim.model.fitting
     from padim.model.padim import Padim
 
-    saved = padim.model.padim.calibrate_model, padim.graph.quantize.calibrate
-    padim.model.padim.calibrate_model = partial(saved[0], n_images=n_images)
+    saved = padim.model.fitting.int8_calibration, padim.graph.quantize.calibrate
+    padim.model.fitting.int8_calibration = partial(saved[0], n_images=n_images)
     padim.graph.quantize.calibrate, padim.graph.quantize.WEIGHT_BITS = calibration(method), weight_bits
     try:
         start = time.perf_counter()
         model = Padim(backbone_dtype=precision).fit(train[i : i + 32] for i in range(0, len(train), 32))
         fit_s = time.perf_counter() - start
     finally:
-        (padim.model.padim.calibrate_model, padim.graph.quantize.calibrate), padim.graph.quantize.WEIGHT_BITS = saved, 7
+        (padim.model.fitting.int8_calibration, padim.graph.quantize.calibrate), padim.graph.quantize.WEIGHT_BITS = (
+            saved,
+            7,
+        )
     maps = np.concatenate([model.predict(test[i : i + 32]).anomaly_map for i in range(0, len(test), 32)])
     result = dict(
         backbone_dtype=precision,

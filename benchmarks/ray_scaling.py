@@ -6,13 +6,13 @@ Run from the repository root:
         --out benchmarks/results/ray_scaling
 
 A local Ray cluster with 2 CPUs. Each worker (a fit task, a predict actor) is held to one
-thread (torch, onnxruntime, decoding in its own thread: :mod:`padim.jobs.distributed`).
+thread (torch, onnxruntime, decoding in its own thread: :mod:`padim.model.distributed`).
 
-1. fit: the shards' statistics (:func:`padim.jobs.distributed.shard_statistics`: decoding, the
+1. fit: the shards' statistics (:func:`padim.model.distributed.shard_statistics`: decoding, the
    backbone traced for onnxruntime in each task, the streamed updates) of ``--fit-images``
    bottle training images at 256 px (efficientnet_lite0, d=100), as 1 shard on 1 worker and 2
    shards on 2 workers; then the whole ``distributed.fit`` once each way, for the record;
-2. predict: :func:`padim.jobs.distributed.predict_files` of the bottle test images and some training
+2. predict: :func:`padim.jobs.ray_predict.predict_files` of the bottle test images and some training
    images (CSV rows and the default JPEG overlays of anomalous images) on 1 and 2 actors,
    the actors' start (the model opened, its graph traced) included;
 3. merge: merging k shards' statistics of this model's size (random values; P = 4096 patches,
@@ -38,7 +38,8 @@ import torch
 
 from padim.io.datasets import train_samples
 from padim.io.inputs import image_samples
-from padim.jobs import distributed
+from padim.jobs import ray_cluster, ray_predict
+from padim.model import distributed, fitting
 from padim.model.padim import Padim
 from padim.stats.gaussian import GaussianStats, precision_cholesky_from_stats
 
@@ -51,15 +52,16 @@ def timed(fn) -> float:
 
 def fit_rounds(data: Path, n_images: int, rounds: int) -> dict:
     samples = train_samples(data)[:n_images]
-    model = Padim(image_size=256, seed=0)
-    model._start(samples, None, None, 0, True, False)  # channels, working size: as a fit sets them
+    unfitted = Padim(image_size=256, seed=0)
+    setup = fitting.prepare(unfitted, samples, None, workers=0)  # channels, working size: as a fit sets them
+    model = Padim.from_fitted(setup.fitted, **unfitted.get_params())
     options = {"batch_size": 8, "workers": 0, "quiet": True, "skip_bad": False}
-    distributed.shard_statistics(model, samples[:4], n_shards=2, options=options)  # start the worker processes
+    distributed.shard_statistics(model, samples[:4], options, n_shards=2)  # start the worker processes
     times: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(rounds):
         for workers in (1, 2):
             times[workers].append(
-                timed(lambda w=workers: distributed.shard_statistics(model, samples, n_shards=w, options=options))
+                timed(lambda w=workers: distributed.shard_statistics(model, samples, options, n_shards=w))
             )
             print(f"fit {workers} worker(s): {times[workers][-1]:.1f} s", file=sys.stderr)
     whole = {}
@@ -74,7 +76,7 @@ def predict_rounds(model_path: Path, samples: list, rounds: int) -> dict:
         for workers in (1, 2):
             with tempfile.TemporaryDirectory() as out:
                 times[workers].append(
-                    timed(lambda w=workers, o=out: distributed.predict_files(model_path, samples, o, n_actors=w))
+                    timed(lambda w=workers, o=out: ray_predict.predict_files(model_path, samples, o, n_actors=w))
                 )
             print(f"predict {workers} actor(s): {times[workers][-1]:.1f} s", file=sys.stderr)
     return summarise(times, len(samples))
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--predict-train-images", type=int, default=60, help="training images added to the test set")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    distributed.connect(num_cpus=2)
+    ray_cluster.connect(num_cpus=2)
     result = {
         "command": "PYTHONPATH=src python benchmarks/ray_scaling.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
