@@ -209,7 +209,7 @@ def quantize(graph: Any, quantization: Quantization) -> bytes:
     """The int8 version of a float32 graph that holds the backbone, from recorded ranges.
 
     Args:
-        graph: ONNX bytes traced from :mod:`padim.graph.pipeline` (the embedding or the whole
+        graph: ONNX bytes traced from :mod:`padim.graph.modules` (the embedding or the whole
             pipeline), or the ``ModelProto`` :func:`optimized` made of them.
         quantization: the backbone's calibrated ranges.
 

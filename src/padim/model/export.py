@@ -1,4 +1,4 @@
-"""ONNX export: the inference pipeline of :mod:`padim.graph.pipeline`, written to a file with its state.
+"""ONNX export: the inference pipeline of :mod:`padim.graph.modules`, written to a file with its state.
 
 The exported graph is exactly the one onnxruntime runs in memory for a ``.padim`` model
 (:func:`padim.graph.trace.pipeline_onnx`); only its state changes form. The Gaussians ``mean``

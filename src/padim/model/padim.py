@@ -35,7 +35,9 @@ Gather = Callable[["Padim", Any, dict], tuple[GaussianStats | None, dict]]
 class Padim:
     """PaDiM anomaly detector. The constructor only stores its arguments; ``fit`` checks them.
 
-    Args (keyword only; ranges in :data:`padim.options.OPTIONS`):
+    All arguments are keyword-only; their ranges are in :data:`padim.options.OPTIONS`.
+
+    Args:
         backbone: ``"efficientnet_lite0"`` (default, offline ImageNet weights), ``"resnet18"`` or ``"wide_resnet50_2"``.
         layers: layer names (None: the backbone's defaults). n_features: d (None: 100, 550 for wide_resnet50_2).
         image_size: (height, width), or an int: the short side, the long side from the training files'
