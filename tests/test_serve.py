@@ -17,7 +17,8 @@ from PIL import Image
 
 from padim.io.images import list_images
 from padim.model.export import export_onnx
-from padim.report.overlays import heatmap_range, overlay_at_image_size
+from padim.report.heatmap import overlay_at_image_size
+from padim.report.overlays import heatmap_range
 from padim.runtime.opening import open_model
 from padim.scoring.calibration import Calibration
 from padim.scoring.regions import map_at_size, region_boxes, region_mask
@@ -66,7 +67,8 @@ def test_health_and_page(client, files):
         "status": "ok",
         "model": "m.onnx",
         "model_sha256": hashlib.sha256(files[1].read_bytes()).hexdigest(),
-        "kind": "onnxruntime",
+        "kind": open_model(files[1]).kind,  # auto: onnxruntime, or OpenVINO where measured faster
+        "executor": open_model(files[1]).describe(),
         "image_size": [64, 64],
         "calibrated": True,
         "threshold": pytest.approx(calibration.threshold),

@@ -10,6 +10,7 @@ from PIL import Image
 
 from padim.io import pictures
 from padim.report import colors
+from padim.report import heatmap
 from padim.report import overlays as visualize
 
 
@@ -98,12 +99,12 @@ def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     anomaly_map[20:30, 20:30] = 20.0
     calibration = Calibration(threshold=10.0, center=5.0, pixel_threshold=8.0)
     vmin, vmax = visualize.heatmap_range(calibration, anomaly_map)
-    plain = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False)
+    plain = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False)
     assert plain.shape == (300, 400, 3)
-    with_bar = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
+    with_bar = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
     assert with_bar.shape[1] == 400 and with_bar.shape[0] > 300
     np.testing.assert_array_equal(with_bar[:300], plain)
-    both = visualize.overlay_at_image_size(
+    both = heatmap.overlay_at_image_size(
         image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True
     )
     assert both.shape == (300, 2 * 400 + 8, 3)
@@ -111,7 +112,7 @@ def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     np.testing.assert_array_equal(both[:, -400:], plain)
     # An image below the threshold has no outline, even where pixels pass the pixel threshold.
     quiet = anomaly_map.clip(max=9.0)
-    picture = visualize.overlay_at_image_size(image, quiet, calibration, vmin, vmax, colorbar=False)
+    picture = heatmap.overlay_at_image_size(image, quiet, calibration, vmin, vmax, colorbar=False)
     assert not (picture == 255).all(axis=2).any()
 
 

@@ -56,8 +56,9 @@ def export(args: argparse.Namespace) -> int:
     """``padim export``: the whole pipeline written to an ONNX file."""
     check_output_file(args.output)
     model = Padim.load(args.model)
-    path = export_onnx(model, args.output)
-    say(args, f"wrote {path} ({model.backbone_dtype} backbone, as fitted)")
+    path = export_onnx(model, args.output, external_data=not args.single_file)
+    beside = "" if args.single_file else f" and its tensors {path.name}.data"
+    say(args, f"wrote {path}{beside} ({model.backbone_dtype} backbone, as fitted)")
     return 0
 
 

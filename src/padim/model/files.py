@@ -79,7 +79,9 @@ def save(model: Any, path: str | os.PathLike, *, graph: bool = True) -> Path:
     if graph:
         onnx_graph, factors = inference_graph(model)
         arrays[GRAPH_TENSOR] = np.frombuffer(onnx_graph, np.uint8)
-        meta["graph"] = {"tensor": GRAPH_TENSOR, "opset": OPSET, "factors": factors, "torch": torch.__version__}
+        channels = sum(info.channels for info in state.extractor.layer_info)  # what channel_idx indexes
+        meta["graph"] = {"tensor": GRAPH_TENSOR, "opset": OPSET, "factors": factors, "channels": channels,
+                         "torch": torch.__version__}  # fmt: skip
     write_model_file(path, arrays, meta)
     return Path(path)
 

@@ -195,3 +195,9 @@ def open_runner(graph: Any, bound: dict[str, np.ndarray] | None, *, requested: s
 
         return OvRunner(graph, bound, precision="bfloat16" if precision == "bfloat16" else "float32"), choice
     return OrtRunner(graph, bound), choice
+
+
+def expected(config: dict, precision: str) -> Choice:
+    """What ``--executor auto`` gives this model here, without measuring (``padim info``)."""
+    found = check_executor("auto", precision) or remembered(signature(config, precision))
+    return found or Choice("onnxruntime or openvino", precision, "auto: measured at its first prediction here")

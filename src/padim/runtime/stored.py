@@ -12,9 +12,12 @@ were stored is opened through the training extra, as before (:func:`padim.runtim
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from padim.errors import ModelFileError
+from padim.machine import cpu_threads
 from padim.modelfile.mapped import MappedModel
 from padim.runtime.executors import open_runner
 from padim.runtime.predictor import Predictor
@@ -23,8 +26,6 @@ from padim.scoring.calibration import Calibration
 #: The model's settings a predictor's ``config`` holds (what :meth:`padim.model.padim.Padim.config` gives).
 CONFIG_KEYS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile",
                "pretrained", "backbone_dtype", "grid_stride", "tile_size")  # fmt: skip
-#: Patches unpacked at a time: the float16 -> float32 temporary stays a few MB.
-UNPACK_CHUNK = 256
 
 
 def unpack_triangular(packed: np.ndarray, dtype: str = "float32") -> np.ndarray:
@@ -40,12 +41,34 @@ def unpack_triangular(packed: np.ndarray, dtype: str = "float32") -> np.ndarray:
     dim = int(round((np.sqrt(8 * size + 1) - 1) / 2))
     if dim * (dim + 1) // 2 != size:
         raise ValueError(f"packed rows must hold D(D+1)/2 values, got {size}")
-    rows, cols = np.triu_indices(dim)
-    flat = rows * dim + cols
-    out = np.zeros((n_patches, dim * dim), dtype=dtype)
-    for start in range(0, n_patches, UNPACK_CHUNK):
-        out[start : start + UNPACK_CHUNK, flat] = packed[start : start + UNPACK_CHUNK]
-    return out.reshape(n_patches, dim, dim)
+    out = np.zeros((n_patches, dim, dim), dtype=dtype)
+    starts = np.concatenate([[0], np.cumsum(np.arange(dim, 0, -1))])
+
+    def rows(first: int, last: int) -> None:  # one strided copy per row of the triangle, no index arrays
+        for row in range(dim):
+            out[first:last, row, row:] = packed[first:last, starts[row] : starts[row + 1]]
+
+    parts = np.linspace(0, n_patches, min(cpu_threads(), max(1, n_patches // 256)) + 1).astype(int)
+    with ThreadPoolExecutor(len(parts) - 1) as pool:  # NumPy copies release the GIL: the page faults overlap
+        list(pool.map(rows, parts[:-1], parts[1:]))
+    return out
+
+
+def check_state(mapped: MappedModel) -> None:
+    """The checks of :func:`padim.model.files.read` that need no backbone: finite Gaussians, valid channel indices.
+
+    Raises:
+        ModelFileError: naming the file and what is wrong.
+    """
+    tensors, meta = mapped.tensors, mapped.meta
+    d, total = meta["n_features"], int(meta["graph"].get("channels", 2**31))
+    indices = np.asarray(tensors["channel_idx"])
+    if indices.min() < 0 or indices.max() >= total or np.unique(indices).size != d:
+        raise ModelFileError(f"{mapped.path}: inconsistent padim model file (channel_idx must be {d} distinct indices "
+                             f"in 0..{total - 1})")  # fmt: skip
+    for name in ("mean", "precision_cholesky_packed"):
+        if not np.isfinite(tensors[name]).all():
+            raise ModelFileError(f"{mapped.path}: inconsistent padim model file (the Gaussians hold NaN or infinite values)")
 
 
 def open_stored(mapped: MappedModel, *, executor: str = "auto", device: str = "cpu") -> Predictor:
@@ -58,9 +81,10 @@ def open_stored(mapped: MappedModel, *, executor: str = "auto", device: str = "c
     meta, tensors = mapped.meta, mapped.tensors
     failure: list[BaseException] = []
 
-    def check() -> None:
+    def check() -> None:  # beside the executor's start-up: hashlib and NumPy release the GIL
         try:
             mapped.verify()
+            check_state(mapped)
         except BaseException as error:  # raised below, in the caller's thread
             failure.append(error)
 
