@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from padim.io import pictures
-from padim.report import colors
-from padim.report import heatmap
+from padim.report import colors, heatmap
 from padim.report import overlays as visualize
 
 
@@ -104,9 +103,7 @@ def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     with_bar = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
     assert with_bar.shape[1] == 400 and with_bar.shape[0] > 300
     np.testing.assert_array_equal(with_bar[:300], plain)
-    both = heatmap.overlay_at_image_size(
-        image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True
-    )
+    both = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True)
     assert both.shape == (300, 2 * 400 + 8, 3)
     np.testing.assert_array_equal(both[:, :400], np.asarray(image))
     np.testing.assert_array_equal(both[:, -400:], plain)

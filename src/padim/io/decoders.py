@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from padim.errors import ImageError
-from padim.io.images import check_pixels, load_image as pillow_image
+from padim.io.images import check_pixels
+from padim.io.images import load_image as pillow_image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"

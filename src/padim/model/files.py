@@ -71,6 +71,8 @@ def save(model: Any, path: str | os.PathLike, *, graph: bool = True) -> Path:
     }
     if state.quantization is not None:
         meta["quantization"] = state.quantization.to_dict()
+    if state.precision_check is not None:
+        meta["precision_check"] = state.precision_check
     if state.stats is not None:  # fit --keep-stats: what an update (padim.model.incremental) adds images to
         tensors.update(stats_mean=state.stats.mean, stats_m2=state.stats.m2)
         meta["stats_count"] = state.stats.count
@@ -95,11 +97,11 @@ def read(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
     arrays, meta = read_model_file(path)
     tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
     dtype = meta["backbone_dtype"]
-    if dtype == "int8":  # checked first: a matter of the options, not of the file
+    if dtype != "float32":  # checked first: a matter of the options, not of the file
         try:
             use_onnxruntime(backend, device, dtype)
         except OptionError as error:
-            raise OptionError(f"{path} is an int8 model: {error}") from None
+            raise OptionError(f"{path} is an {dtype} model: {error}") from None
     check_device(device)  # a matter of the options too: never blamed on the file
     try:
         params = {key: meta[key] for key in (*PARAMS, *NEW_PARAMS)}
@@ -144,6 +146,7 @@ def read(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             n_images=int(meta["n_images"]),
             calibration=None if calibration is None else Calibration(**calibration),
             quantization=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
+            precision_check=meta.get("precision_check") if isinstance(meta.get("precision_check"), dict) else None,
         )
         if "stats_mean" in tensors:  # optional: the mergeable statistics (fit --keep-stats); shapes checked
             m2 = tensors["stats_m2"]

@@ -93,8 +93,20 @@ def _padim_info(path: Path) -> dict:
         kind="padim",
         format_version=meta.get("format_version"),
         toolkit_version=meta.get("padim_toolkit_version"),
-        config={k: meta.get(k) for k in ("backbone", "layers", "n_features", "image_size", "pretrained", "seed",
-                                         "backbone_dtype", "grid_stride", "tile_size")},  # fmt: skip
+        config={
+            k: meta.get(k)
+            for k in (
+                "backbone",
+                "layers",
+                "n_features",
+                "image_size",
+                "pretrained",
+                "seed",
+                "backbone_dtype",
+                "grid_stride",
+                "tile_size",
+            )
+        },  # fmt: skip
         graph=isinstance(meta.get("graph"), dict),
         feature_size=meta.get("feature_size"),
         n_images=meta.get("n_images"),

@@ -68,7 +68,9 @@ def check_state(mapped: MappedModel) -> None:
                              f"in 0..{total - 1})")  # fmt: skip
     for name in ("mean", "precision_cholesky_packed"):
         if not np.isfinite(tensors[name]).all():
-            raise ModelFileError(f"{mapped.path}: inconsistent padim model file (the Gaussians hold NaN or infinite values)")
+            raise ModelFileError(
+                f"{mapped.path}: inconsistent padim model file (the Gaussians hold NaN or infinite values)"
+            )
 
 
 def open_stored(mapped: MappedModel, *, executor: str = "auto", device: str = "cpu") -> Predictor:

@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 from padim.errors import ImageError, ImageTooLargeError
-from padim.io.decoding import PixelBudget
 from padim.io.decoders import load_image
+from padim.io.decoding import PixelBudget
 from padim.io.images import header_pixels, max_pixels
 from padim.io.pictures import picture_bytes
 from padim.report.heatmap import overlay_at_image_size
