@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from padim.errors import ModelFileError
+from padim.errors import ModelFileError, PadimError
 from padim.machine import cpu_threads
 from padim.modelfile.mapped import MappedModel
 from padim.runtime.executors import open_runner
@@ -98,8 +98,18 @@ def open_stored(mapped: MappedModel, *, executor: str = "auto", device: str = "c
         config = {key: meta[key] for key in CONFIG_KEYS}
         runner, choice = open_runner(mapped.graph, bound, requested=executor, precision=meta["backbone_dtype"],
                                      config=config, device=device)  # fmt: skip
-    finally:
+    except PadimError:  # the options' or the machine's (an executor that cannot run it), unless the file is damaged
         checker.join()
+        if failure:
+            raise failure[0] from None
+        raise
+    except Exception as error:  # a damaged graph: the checksum says so, else the executor's reason
+        checker.join()
+        if failure:
+            raise failure[0] from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelFileError(f"{mapped.path}: the stored graph cannot be run ({reason})") from None
+    checker.join()
     if failure:
         raise failure[0]
     calibration = None if meta["calibration"] is None else Calibration(**meta["calibration"])
