@@ -100,7 +100,6 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="labels (substrings) to leave out")
     args = parser.parse_args()
     import compare_anomalib as ca
-
     from padim.machine import cpu_info
 
     cfg = {"tag": "lite0", "backbone": "efficientnet_lite0", "layers": ca.LITE0_LAYERS, "n_features": 100,
@@ -120,8 +119,11 @@ def main() -> None:
             job = {"data": prefix, "stats": stats, "cfg": cfg, "model": model, "executor": executor,
                    "passes": args.passes, "threads": args.threads}  # fmt: skip
             result = spawn(job)
-            print(f"round {round_} {label}: {result.get('error') or statistics.median(result['rates']):.5}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"round {round_} {label}: {result.get('error') or statistics.median(result['rates']):.5}",
+                file=sys.stderr,
+                flush=True,
+            )
             found[label].append(result)
         loads.append(os.getloadavg()[0])
     report = {"cpu": cpu_info().describe(), "threads": args.threads, "load_average": loads, "results": found}

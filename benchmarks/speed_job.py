@@ -90,8 +90,10 @@ def main() -> None:
     commands = {
         "first release, default outputs": (old, [python, "-m", "padim.cli", "predict", str(args.old_model)]),
         "this version, default outputs": (new, [python, "-m", "padim.cli.main", "predict", str(args.model)]),
-        "this version, --overlays none": (new, [python, "-m", "padim.cli.main", "predict", str(args.model),
-                                                "--overlays", "none"]),  # fmt: skip
+        "this version, --overlays none": (
+            new,
+            [python, "-m", "padim.cli.main", "predict", str(args.model), "--overlays", "none"],
+        ),  # fmt: skip
     }
     found: dict[str, list] = {name: [] for name in [*commands, "decode + model alone"]}
     loads = [os.getloadavg()[0]]

@@ -49,6 +49,11 @@ def fit(args: argparse.Namespace) -> int:
     threshold = "none (no held-out images)" if model.calibration_ is None else f"{model.calibration_.threshold:.4g}"
     say(args, f"fitted {model.n_images_} images in {time.perf_counter() - start:.1f} s ({model.backbone_dtype} "
               f"backbone); threshold {threshold}; wrote {args.output}")  # fmt: skip
+    check = model.precision_check_
+    if check is not None:
+        (f_image, image), (f_pixel, pixel) = check["image_auroc"], check["pixel_auroc"]
+        say(args, f"{model.backbone_dtype} against float32 on {check['images']} held-out images with synthetic "
+                  f"defects: image AUROC {image:.4f} ({f_image:.4f}), pixel AUROC {pixel:.4f} ({f_pixel:.4f})")  # fmt: skip
     return 0
 
 

@@ -54,8 +54,7 @@ class Padim:
     Fitted attributes (:class:`padim.model.fitting.Fitted`, each name with ``_``): ``layers_``,
     ``image_size_``, ``grid_stride_``, ``tile_size_``, ``feature_size_`` (H, W), ``extractor_``,
     ``channel_idx_`` (D,), ``mean_`` (P, D), ``precision_cholesky_packed_`` (P, D(D+1)/2) float16,
-    ``n_images_``, ``calibration_``, ``quantization_``, ``stats_``, ``holdout_paths_``, ``skipped_``,
-    ``precision_check_`` (int8 or bfloat16 against float32: :mod:`padim.model.quality`).
+    ``n_images_``, ``calibration_``, ``quantization_``, ``stats_``, ``holdout_paths_``, ``skipped_``, ``precision_check_``.
 
     Example:
         >>> model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=20, sigma=2)
@@ -114,10 +113,9 @@ class Padim:
                 )
             stats = self._statistics(source, None, setup.options)
         self._set_gaussians(stats, keep_stats)
-        if setup.validation is not None:  # bfloat16: calibrated by the whole graph it predicts with
+        if setup.validation is not None:  # bfloat16: calibrated by the whole graph it predicts with; checked
             self.calibrate(setup.validation, compact=self.backbone_dtype != "bfloat16", **setup.options)
-            if self.backbone_dtype != "float32" and gather is None:  # against float32 (padim.model.quality)
-                self.precision_check_ = quality.check_precision(self, setup.source, setup.validation, setup.options)
+            self.precision_check_ = quality.checked(self, setup, gather is None)
         self._runners.pop("embed", None)  # its onnxruntime arena is not needed any more
         release_freed_memory()
         return self

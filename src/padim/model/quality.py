@@ -90,3 +90,10 @@ def check_precision(model: Any, data: Any, validation: Any, options: dict) -> di
         )
     return {**{k: [round(float(a), 6), round(float(b), 6)] for k, (a, b) in found.items()}, "images": len(good),
             "max_loss": MAX_LOSS, "enforced": enforced}  # fmt: skip
+
+
+def checked(model: Any, setup: Any, streamed: bool) -> dict | None:
+    """:func:`check_precision` for a model fitted in int8 or bfloat16 here (``streamed``, not on Ray); else None."""
+    if model.backbone_dtype == "float32" or not streamed:
+        return None
+    return check_precision(model, setup.source, setup.validation, setup.options)
