@@ -192,7 +192,8 @@ def stages_worker(which: str, model: str, folder: str, n: int) -> None:
         from padim.io.pictures import picture_bytes
         from padim.jobs.predict import OVERLAY_MAX_SIDE
         from padim.outputs.rows import Row
-        from padim.report.overlays import heatmap_range, overlay_at_image_size
+        from padim.report.heatmap import overlay_at_image_size
+        from padim.report.overlays import heatmap_range
         from padim.runtime.opening import open_model
         from padim.scoring.regions import region_extent
 
@@ -230,7 +231,8 @@ def encoders_worker(model: str, folder: str, n: int) -> None:
     from PIL import Image
 
     from padim.io.images import load_image, preprocess
-    from padim.report.overlays import heatmap_range, overlay_at_image_size
+    from padim.report.heatmap import overlay_at_image_size
+    from padim.report.overlays import heatmap_range
     from padim.runtime.opening import open_model
 
     predictor = open_model(model)

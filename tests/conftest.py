@@ -11,6 +11,7 @@ them as read-only (copy into ``tmp_path`` before changing a tree; ``copy.deepcop
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 import time
@@ -22,6 +23,14 @@ import pytest
 from padim.io.synthetic import make_demo_dataset
 
 from support import TINY
+
+
+@pytest.fixture(scope="session", autouse=True)
+def executor_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where ``--executor auto`` keeps what it measured: a folder of this session, not the user's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["PADIM_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -151,6 +151,9 @@ class Interrupting:
         self.predictor, self.at, self.calls = predictor, at, 0
         self.image_size, self.calibration = predictor.image_size, predictor.calibration
 
+    def describe(self) -> str:
+        return self.predictor.describe()
+
     def predict_batch(self, images):
         self.calls += 1
         if self.calls == self.at:
@@ -189,6 +192,9 @@ class NonFinite:
     def __init__(self, predictor, value: float, index: int = 1) -> None:
         self.predictor, self.value, self.index = predictor, value, index
         self.image_size, self.calibration = predictor.image_size, predictor.calibration
+
+    def describe(self) -> str:
+        return self.predictor.describe()
 
     def predict_batch(self, images):
         p = self.predictor.predict_batch(images)

@@ -15,6 +15,7 @@ from padim.cli.main import main
 from padim.model import export as onnx_format
 from padim.model.padim import Padim
 from padim.modelfile import padim_file as model_file_format
+from padim.modelfile.info import file_sha256
 from padim.runtime.opening import open_model
 
 FAST = [
@@ -387,7 +388,6 @@ def test_calibrate_refuses_what_it_cannot_do(tiny_padim, tiny_onnx, mvtec_tree, 
 
 @pytest.mark.parametrize("model", ["tiny_padim", "tiny_onnx"])
 def test_info_shows_what_the_file_holds(model, tiny_model, capsys, request):
-    import hashlib
 
     model_file = request.getfixturevalue(model)
     code, out, _ = run(capsys, "info", model_file)
@@ -397,7 +397,7 @@ def test_info_shows_what_the_file_holds(model, tiny_model, capsys, request):
         "tiny_padim": "precision_cholesky_packed (256, 136) F16",
         "tiny_onnx": "precision_cholesky (256, 16, 16) F32",
     }
-    assert hashlib.sha256(model_file.read_bytes()).hexdigest() in out
+    assert file_sha256(model_file) in out
     for needle in ("resnet18", "layer1, layer2, layer3", "64 x 64 px", "d = 16", "trained on        7 good images",
                    f"{tiny_model.calibration_.threshold:.6g}", "quantile 0.99", factors[model]):  # fmt: skip
         assert needle in out, needle

@@ -1,5 +1,6 @@
 """ONNX export: the written graph is the pipeline the .padim model runs, with its state inside."""
 
+import hashlib
 import json
 import os
 
@@ -36,7 +37,7 @@ def run_graph(path, batch, **extra):
 
 
 def test_graph_outputs_equal_the_model(mvtec_tree, tiny_model, tiny_onnx):
-    assert sorted(os.listdir(tiny_onnx.parent)) == ["tiny.onnx"]
+    assert sorted(os.listdir(tiny_onnx.parent)) == ["tiny.onnx", "tiny.onnx.data"]  # the tensors beside it
     batch = load_test_images(mvtec_tree)
     expected = tiny_model.predict(batch)
     out = run_graph(tiny_onnx, batch)  # threshold and scale from the file
@@ -125,7 +126,7 @@ def test_external_data_is_one_file_beside_the_model_and_loads_back(tmp_path, mvt
     prediction = open_model(moved / "big.onnx").predict(batch)
     assert relative_error(prediction.anomaly_map, tiny_model.predict(batch).anomaly_map) < 1e-4
     # Exporting again without external data removes the now unused data file.
-    export_onnx(tiny_model, moved / "big.onnx")
+    export_onnx(tiny_model, moved / "big.onnx", external_data=False)
     assert sorted(os.listdir(moved)) == ["big.onnx"]
 
 
@@ -149,3 +150,10 @@ def test_bad_arguments(tmp_path, tiny_model):
     with pytest.raises(OptionError, match="is a folder"):
         export_onnx(tiny_model, tmp_path)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_checksum_of_an_export_covers_its_tensors_file(tiny_onnx):
+    from padim.modelfile.info import file_sha256
+
+    both = tiny_onnx.read_bytes() + tiny_onnx.with_name("tiny.onnx.data").read_bytes()
+    assert file_sha256(tiny_onnx) == hashlib.sha256(both).hexdigest()

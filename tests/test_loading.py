@@ -83,6 +83,7 @@ def test_bad_image_raises_naming_the_file(tmp_path, kind, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
 
         monkeypatch.setattr("padim.io.images.open", refuse, raising=False)
+        monkeypatch.setattr("padim.io.decoders.open", refuse, raising=False)
     with pytest.raises(ImageError, match="broken.png") as caught:
         _one(path, 16)
     assert "\n" not in str(caught.value)
@@ -186,7 +187,7 @@ def test_workers_do_not_change_the_batches(mvtec_tree):
         assert a.images.dtype == np.float32 and a.images.shape[1:] == (3, 32, 32)
         np.testing.assert_array_equal(a.images, b.images)
         assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
-        assert [im.size for im in a.originals] == [(64, 64)] * len(a.indices)
+        assert [im.shape for im in a.originals] == [(64, 64, 3)] * len(a.indices)
 
 
 def test_stopping_early_leaves_no_thread_running(mvtec_tree):
@@ -275,7 +276,7 @@ def test_pictures_are_reduced_and_big_images_decode_one_at_a_time(tmp_path, monk
     paths = [_save(tmp_path / f"{i}.png", Image.new("RGB", (300, 200), (i, 0, 0))) for i in range(6)]
     held, most = [0], [0]
     lock = threading.Lock()
-    real = decoding.load_image
+    real = decoding.decode_rgb
 
     def counting(path):
         with lock:
@@ -288,11 +289,11 @@ def test_pictures_are_reduced_and_big_images_decode_one_at_a_time(tmp_path, monk
             with lock:
                 held[0] -= 1
 
-    monkeypatch.setattr(decoding, "load_image", counting)
+    monkeypatch.setattr(decoding, "decode_rgb", counting)
     monkeypatch.setattr(loading, "DECODE_BUDGET_PIXELS", 100_000)  # one 300x200 image fits, two do not
     samples = [Sample(p, 0, "good") for p in paths]
     (batch,) = iter_batches(samples, 16, batch_size=6, workers=3, keep_images=True, max_side=60)
-    assert most[0] == 1 and [im.size for im in batch.originals] == [(60, 40)] * 6
+    assert most[0] == 1 and [im.shape for im in batch.originals] == [(40, 60, 3)] * 6
     assert batch.sizes == [(300, 200)] * 6
     np.testing.assert_array_equal(batch.images, preprocess([Image.open(p) for p in paths], 16))
     monkeypatch.setattr(loading, "DECODE_BUDGET_PIXELS", 10**9)

@@ -17,7 +17,9 @@ from PIL import Image
 
 from padim.io.images import list_images
 from padim.model.export import export_onnx
-from padim.report.overlays import heatmap_range, overlay_at_image_size
+from padim.modelfile.info import file_sha256
+from padim.report.heatmap import overlay_at_image_size
+from padim.report.overlays import heatmap_range
 from padim.runtime.opening import open_model
 from padim.scoring.calibration import Calibration
 from padim.scoring.regions import map_at_size, region_boxes, region_mask
@@ -65,8 +67,9 @@ def test_health_and_page(client, files):
     assert health == {
         "status": "ok",
         "model": "m.onnx",
-        "model_sha256": hashlib.sha256(files[1].read_bytes()).hexdigest(),
-        "kind": "onnxruntime",
+        "model_sha256": file_sha256(files[1]),
+        "kind": open_model(files[1]).kind,  # auto: onnxruntime, or OpenVINO where measured faster
+        "executor": open_model(files[1]).describe(),
         "image_size": [64, 64],
         "calibrated": True,
         "threshold": pytest.approx(calibration.threshold),
@@ -167,7 +170,7 @@ def test_every_verdict_is_logged(files, tmp_path):
     assert client.post("/predict", files={"file": ("bad.png", b"x" * 100, "image/png")}).status_code == 415
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(records) == 3  # a refused upload gets no verdict and no line
-    model_sha = hashlib.sha256(files[1].read_bytes()).hexdigest()
+    model_sha = file_sha256(files[1])
     for record, answer, path in zip(records, answers, files[2]):
         assert set(record) == {
             "time",

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from padim.io import pictures
-from padim.report import colors
+from padim.report import colors, heatmap
 from padim.report import overlays as visualize
 
 
@@ -98,20 +98,18 @@ def test_overlay_at_image_size_adds_colour_bar_and_side_by_side():
     anomaly_map[20:30, 20:30] = 20.0
     calibration = Calibration(threshold=10.0, center=5.0, pixel_threshold=8.0)
     vmin, vmax = visualize.heatmap_range(calibration, anomaly_map)
-    plain = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False)
+    plain = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False)
     assert plain.shape == (300, 400, 3)
-    with_bar = visualize.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
+    with_bar = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax)
     assert with_bar.shape[1] == 400 and with_bar.shape[0] > 300
     np.testing.assert_array_equal(with_bar[:300], plain)
-    both = visualize.overlay_at_image_size(
-        image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True
-    )
+    both = heatmap.overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, colorbar=False, side_by_side=True)
     assert both.shape == (300, 2 * 400 + 8, 3)
     np.testing.assert_array_equal(both[:, :400], np.asarray(image))
     np.testing.assert_array_equal(both[:, -400:], plain)
     # An image below the threshold has no outline, even where pixels pass the pixel threshold.
     quiet = anomaly_map.clip(max=9.0)
-    picture = visualize.overlay_at_image_size(image, quiet, calibration, vmin, vmax, colorbar=False)
+    picture = heatmap.overlay_at_image_size(image, quiet, calibration, vmin, vmax, colorbar=False)
     assert not (picture == 255).all(axis=2).any()
 
 
@@ -202,3 +200,28 @@ def test_save_png_interrupted_keeps_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("size", [(300, 400), (64, 64), (37, 250), (1000, 700)])
+def test_the_fast_overlay_is_the_whole_picture_drawing(size):
+    """Only the hot boxes are drawn, the outline eroded in the region's box: the same picture as drawing it all."""
+    from padim.report.colorbar import colorbar
+    from padim.scoring.calibration import Calibration
+    from padim.scoring.regions import map_at_size, region_mask
+
+    rng = np.random.default_rng(sum(size))
+    height, width = size
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    anomaly_map = (rng.random((48, 64)) * 6).astype(np.float32)
+    anomaly_map[10:25, 5:30] += np.linspace(0, 40, 25, dtype=np.float32)
+    anomaly_map[40:, 60:] = 30.0  # touches the picture's edge
+    calibration = Calibration(threshold=20.0, center=8.0, pixel_threshold=16.0)
+    vmin, vmax = visualize.heatmap_range(calibration, anomaly_map)
+    resized = map_at_size(anomaly_map, (width, height))
+    expected = visualize.overlay(image, resized, vmin, vmax, region=region_mask(resized, calibration))
+    expected = np.concatenate([expected, colorbar(width, vmin, vmax, 20.0)])
+    for picture in (image, Image.fromarray(image)):
+        found = heatmap.overlay_at_image_size(picture, anomaly_map, calibration, vmin, vmax, max_side=1000)
+        assert found.shape == expected.shape
+        differ = np.abs(found.astype(int) - expected).max(axis=2)
+        assert differ.max() <= 2 and (differ > 0).mean() < 1e-3  # float rounding of the resized map

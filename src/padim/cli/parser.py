@@ -99,6 +99,7 @@ COMMANDS: dict[str, Command] = {
             "overlays",
             "overlay_format",
             "threshold",
+            "executor",
             (
                 "ray",
                 dict(help="decode with Ray Data and score on a pool of actors, one model each; " + OPTIONS["ray"].help),
@@ -123,6 +124,7 @@ COMMANDS: dict[str, Command] = {
             ),
             "report",
             ("threshold", dict(help="evaluate at this threshold instead of the model's")),
+            "executor",
             *READS_IMAGES,
         ),  # fmt: skip
         batch_cap=32,
@@ -145,6 +147,7 @@ COMMANDS: dict[str, Command] = {
             "pixel_threshold",
             "pixel_quantile",
             ("output", dict(metavar="MODEL", help="write here instead of replacing MODEL")),
+            "executor",
             *READS_IMAGES,
         ),  # fmt: skip
         batch_cap=32,
@@ -166,9 +169,10 @@ COMMANDS: dict[str, Command] = {
     "export": Command(
         help="export a model to ONNX",
         description="Export the whole pipeline (image batch in; anomaly map, score, normalised score and label "
-        "out) to ONNX. A model fitted with --backbone-dtype int8 exports its int8 graph.",
+        "out) to ONNX: MODEL.onnx and its tensors in MODEL.onnx.data beside it (keep the two together; --single-file "
+        "writes one file, slower to open). A model fitted with --backbone-dtype int8 exports its int8 graph.",
         positionals=(("model", dict(metavar="MODEL", help=".padim model file")),),
-        options=(("output", dict(required=True, help="ONNX file to write")), "quiet"),
+        options=(("output", dict(required=True, help="ONNX file to write")), "single_file", "quiet"),
     ),
     "serve": Command(
         help="serve a model over HTTP with a web page",
@@ -182,6 +186,7 @@ COMMANDS: dict[str, Command] = {
             "server_workers",
             "max_upload_mb",
             "threshold",
+            "executor",
             "verdict_log",
             "no_verdict_log",
             "log_max_mb",

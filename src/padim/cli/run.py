@@ -26,7 +26,8 @@ EXIT_NO_VERDICT = 3
 
 def _opened(args: argparse.Namespace) -> Any:
     with phase(f"opening {args.model}", args.quiet):
-        predictor = open_model(args.model, device=args.device, backend=args.backend)
+        predictor = open_model(args.model, device=args.device, backend=args.backend, executor=args.executor)
+    say(args, f"padim: {args.model} runs in {predictor.describe()}")
     return predictor if args.threshold is None else predictor.with_threshold(args.threshold)
 
 
@@ -109,16 +110,21 @@ def calibrate(args: argparse.Namespace) -> int:
     change = recalibrate_file(args.model, threshold=args.threshold, good=args.good, defective=args.defective,
                               quantile=args.quantile, recall=args.recall, pixel_threshold=args.pixel_threshold,
                               pixel_quantile=args.pixel_quantile, output=args.output, device=args.device,
-                              backend=args.backend, **decoding(args))  # fmt: skip
+                              backend=args.backend, executor=args.executor, **decoding(args))  # fmt: skip
     print("\n".join(change.lines()))
     return 0
 
 
 def info(args: argparse.Namespace) -> int:
     """``padim info``: what a model file holds, from its header alone."""
+    from padim.machine import cpu_info
     from padim.modelfile.info import format_info, model_info
+    from padim.runtime.executors import expected
 
     found = model_info(args.model)
+    config = found["config"]
+    found["cpu"] = cpu_info().describe()
+    found["executor"] = expected(config, config.get("backbone_dtype") or "float32").describe()
     print(json.dumps(found, indent=2) if args.json else format_info(found))
     return 0
 
@@ -130,7 +136,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.verdict_log is not None and not args.no_verdict_log:
         check_output_file(args.verdict_log, "--verdict-log")
     run(args.model, host=args.host, port=args.port, workers=args.server_workers, max_upload_mb=args.max_upload_mb,
-        threshold=args.threshold, verdict_log=None if args.no_verdict_log else args.verdict_log,
+        threshold=args.threshold, executor=args.executor, verdict_log=None if args.no_verdict_log else args.verdict_log,
         log_max_mb=args.log_max_mb, log_keep=args.log_keep, drift_window=args.drift_window,
         drift_factor=args.drift_factor)  # fmt: skip
     return 0

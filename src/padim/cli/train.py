@@ -49,6 +49,11 @@ def fit(args: argparse.Namespace) -> int:
     threshold = "none (no held-out images)" if model.calibration_ is None else f"{model.calibration_.threshold:.4g}"
     say(args, f"fitted {model.n_images_} images in {time.perf_counter() - start:.1f} s ({model.backbone_dtype} "
               f"backbone); threshold {threshold}; wrote {args.output}")  # fmt: skip
+    check = model.precision_check_
+    if check is not None:
+        (f_image, image), (f_pixel, pixel) = check["image_auroc"], check["pixel_auroc"]
+        say(args, f"{model.backbone_dtype} against float32 on {check['images']} held-out images with synthetic "
+                  f"defects: image AUROC {image:.4f} ({f_image:.4f}), pixel AUROC {pixel:.4f} ({f_pixel:.4f})")  # fmt: skip
     return 0
 
 
@@ -56,8 +61,9 @@ def export(args: argparse.Namespace) -> int:
     """``padim export``: the whole pipeline written to an ONNX file."""
     check_output_file(args.output)
     model = Padim.load(args.model)
-    path = export_onnx(model, args.output)
-    say(args, f"wrote {path} ({model.backbone_dtype} backbone, as fitted)")
+    path = export_onnx(model, args.output, external_data=not args.single_file)
+    beside = "" if args.single_file else f" and its tensors {path.name}.data"
+    say(args, f"wrote {path}{beside} ({model.backbone_dtype} backbone, as fitted)")
     return 0
 
 

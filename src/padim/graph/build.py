@@ -43,7 +43,9 @@ class GraphSpec:
         image_size: (H_img, W_img) working size.
         tile_size: the backbone's tile side in pixels (0: whole images; :mod:`padim.features.tiling`).
         sigma: the map's blur.
-        quantization: the int8 backbone's ranges (:mod:`padim.graph.quantize`), or None for float32.
+        quantization: the int8 backbone's ranges (:mod:`padim.graph.quantize`), or None.
+        precision: the backbone's dtype: ``"float32"``, ``"int8"`` (with ``quantization``) or
+            ``"bfloat16"`` (the traced float32 graph run by OpenVINO in bfloat16).
     """
 
     extractor: FeatureExtractor
@@ -53,6 +55,7 @@ class GraphSpec:
     tile_size: int
     sigma: float
     quantization: Quantization | None = None
+    precision: str = "float32"
 
 
 def embedder(spec: GraphSpec) -> Embedder:
@@ -86,7 +89,7 @@ def embedding_graph(spec: GraphSpec) -> bytes:
 def embedding_runner(spec: GraphSpec, device: Any, onnxruntime: bool) -> Any:
     """An executor of the embedding: ``runner(images=...)["patches"]`` (P, N, D)."""
     runner = make_runner(embedder(spec), {"images": _images(spec)}, ["patches"], EMBED_AXES, device=device,
-                         onnxruntime=onnxruntime, transform=_int8(spec))  # fmt: skip
+                         onnxruntime=onnxruntime, transform=_int8(spec), precision=spec.precision)  # fmt: skip
     release_freed_memory()
     return runner
 
@@ -97,7 +100,7 @@ def pipeline_runner(spec: GraphSpec, mean: Tensor, packed: Tensor, device: Any, 
                "threshold": torch.tensor(1.0), "scale": torch.tensor(1.0)}  # fmt: skip
     axes = {"images": 0, **dict.fromkeys(OUTPUTS, 0)}
     runner = make_runner(pipeline(spec), example, OUTPUTS, axes, bound=("mean", "precision_cholesky"), device=device,
-                         onnxruntime=onnxruntime, transform=_int8(spec))  # fmt: skip
+                         onnxruntime=onnxruntime, transform=_int8(spec), precision=spec.precision)  # fmt: skip
     release_freed_memory()
     return runner
 

@@ -36,6 +36,8 @@ from padim.machine import cpu_threads
 OP_TYPES = ("Conv", "Clip", "Relu", "Add", "MaxPool")
 #: Scope of the backbone's nodes in a traced graph (:class:`padim.features.backbones.FeatureExtractor`).
 BACKBONE_SCOPE = "/extractor/"
+#: Scope of the embedder's nodes in the whole pipeline's graph (:class:`padim.graph.modules.Pipeline`).
+EMBEDDER_SCOPE = "/embedder/"
 #: Calibration methods a record may name (padim calibrates with MinMax; the others are compared
 #: in ``benchmarks/int8.py``).
 METHODS = ("minmax", "entropy", "percentile")
@@ -98,13 +100,20 @@ class Quantization:
 
 
 def canonical(name: str) -> str:
-    """A tensor's name from the backbone's scope on: the same in every graph that holds the backbone.
+    """A tensor's name from the backbone's (or the embedder's) scope on: the same in every graph that holds it.
+
+    The embedding graph names the embedder's own nodes (a tile's ``Slice``) from the root, the whole
+    pipeline from ``/embedder/``: both give the same name here.
 
     >>> canonical("/embedder/extractor/_blocks.2/Add_output_0"), canonical("images")
     ('/extractor/_blocks.2/Add_output_0', 'images')
+    >>> canonical("/embedder/Slice_9_output_0"), canonical("/Slice_9_output_0")
+    ('/Slice_9_output_0', '/Slice_9_output_0')
     """
     at = name.find(BACKBONE_SCOPE)
-    return name if at < 0 else name[at:]
+    if at >= 0:
+        return name[at:]
+    return name[len(EMBEDDER_SCOPE) - 1 :] if name.startswith(EMBEDDER_SCOPE) else name
 
 
 def optimized(graph: bytes):

@@ -64,9 +64,10 @@ def use_onnxruntime(backend: str, device: str | torch.device, backbone_dtype: st
             int8 with the torch backend or off the CPU.
     """
     device = parse_device(device)
-    if backbone_dtype == "int8" and (backend == "torch" or device.type != "cpu"):
+    if backbone_dtype != "float32" and (backend == "torch" or device.type != "cpu"):
         option = f"backend={backend!r}" if backend == "torch" else f"device={str(device)!r}"
-        raise OptionError(f"backbone_dtype='int8' runs in onnxruntime on the CPU, got {option}; "
+        executor = "onnxruntime" if backbone_dtype == "int8" else "OpenVINO"
+        raise OptionError(f"backbone_dtype={backbone_dtype!r} runs in {executor} on the CPU, got {option}; "
                           "fit a float32 model for torch or CUDA")  # fmt: skip
     if backend == "torch" or torch.device(device).type != "cpu":
         return False
@@ -90,6 +91,7 @@ def make_runner(
     device: str | torch.device = "cpu",
     onnxruntime: bool = False,
     transform: Callable[[bytes], bytes] | None = None,
+    precision: str = "float32",
 ) -> Any:
     """An executor of ``module``: onnxruntime on the graph traced in memory, or eager PyTorch.
 
@@ -101,6 +103,8 @@ def make_runner(
         device: where eager PyTorch runs.
         onnxruntime: run the traced graph in :class:`padim.runtime.onnx.OrtRunner` (CPU).
         transform: applied to the traced graph before it runs (:func:`padim.graph.quantize.quantize`).
+        precision: ``"bfloat16"`` runs the traced graph in OpenVINO in bfloat16
+            (:class:`padim.runtime.openvino.OvRunner`); otherwise onnxruntime runs it.
 
     Returns:
         A callable: ``runner(**inputs)`` -> output name -> array or tensor.
@@ -111,7 +115,12 @@ def make_runner(
     graph = onnx_bytes(module, example, output_names, batch_axes)
     if transform is not None:
         graph = transform(graph)
-    return OrtRunner(graph, {name: t.detach().cpu().numpy() for name, t in state.items()})
+    bound = {name: t.detach().cpu().numpy() for name, t in state.items()}
+    if precision == "bfloat16":
+        from padim.runtime.openvino import OvRunner
+
+        return OvRunner(graph, bound, precision="bfloat16")
+    return OrtRunner(graph, bound)
 
 
 class ChainedRunner:

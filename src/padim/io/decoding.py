@@ -15,11 +15,13 @@ import threading
 import warnings
 from collections.abc import Iterator
 
+import numpy as np
 from PIL import Image
 
 from padim.errors import ImageError
 from padim.io.datasets import Sample
-from padim.io.images import fit_within, header_pixels, load_image, load_mask, max_pixels, preprocess
+from padim.io.decoders import decode_rgb
+from padim.io.images import fit_within, header_pixels, load_mask, max_pixels, preprocess
 
 #: Pixels (width x height) decoded at once across the decoding threads: 64 megapixels are
 #: 192 MB as RGB. A larger image is decoded alone.
@@ -65,15 +67,21 @@ def decode_sample(
 ) -> tuple:
     """(pre-processed (3, H, W) float32, (width, height), mask (H, W) uint8 or None, picture or None).
 
+    The picture is (H, W, 3) uint8 RGB: the decoded pixels themselves when they fit ``max_side``
+    (no copy), else reduced to it.
+
     Raises:
         ImageError: naming the image or mask file that cannot be decoded.
     """
     with budget.hold(min(header_pixels(sample.path), max_pixels())):  # over the cap: decoding refuses it
-        image = load_image(sample.path)
+        pixels = decode_rgb(sample.path)  # NumPy pixels from the fast decoders, else a PIL image
+        image = Image.fromarray(pixels) if isinstance(pixels, np.ndarray) else pixels
         batch_image = preprocess(image, image_size)[0]
-        picture = (image if max_side is None else reduced(image, max_side)) if keep else None
+        fits = max_side is None or max(image.size) <= max_side
+        picture = None if not keep else pixels if fits and isinstance(pixels, np.ndarray) else \
+            np.asarray(image if fits else reduced(image, max_side))  # fmt: skip
         size = image.size
-        del image  # the full-size pixels go here, before the next image is let in
+        del image, pixels  # the full-size pixels go here, before the next image is let in
     mask = None
     if masks and sample.mask_path is not None:
         mask, mask_size = load_mask(sample.mask_path, image_size)

@@ -46,7 +46,7 @@ class Batch:
         sizes: N original (width, height) in pixels.
         masks: N (H, W) uint8 0/1 masks at the working size, None for a sample without one;
             None when masks were not asked for.
-        originals: N decoded RGB images, when asked for (at their own size, or reduced to
+        originals: N decoded (H, W, 3) uint8 RGB pictures, when asked for (at their own size, or reduced to
             ``max_side``: see :func:`iter_batches`); else None.
     """
 
@@ -54,7 +54,7 @@ class Batch:
     indices: list[int]
     sizes: list[tuple[int, int]]
     masks: list[np.ndarray | None] | None = None
-    originals: list[Image.Image] | None = None
+    originals: list[np.ndarray] | None = None
 
 
 #: Pixels the graph runs at once while predicting (32 images at 256 x 256): activations stay

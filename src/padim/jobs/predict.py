@@ -4,7 +4,7 @@
 loading pipeline (:mod:`padim.io.loading`: threads, in order, a batch decoded ahead). The model runs
 on one batch while a pool of threads finishes the images of the previous one: the predicted
 region's bounding box and area in pixels of the original image (:func:`padim.scoring.regions.region_extent`, the rule
-of :mod:`padim.scoring.regions`), and the overlay picture (:func:`padim.report.overlays.overlay_at_image_size`)
+of :mod:`padim.scoring.regions`), and the overlay picture (:func:`padim.report.heatmap.overlay_at_image_size`)
 encoded (:func:`padim.io.pictures.picture_bytes`) and written under ``overlays/``, mirroring the
 images' folders. Each image's row is appended to ``predictions.csv`` as soon as it and every
 image before it are done (:class:`padim.io.files.LineAppender`: whole lines, one write each), so an
@@ -31,7 +31,8 @@ from padim.io.pictures import PICTURE_FORMATS, picture_bytes
 from padim.machine import default_workers
 from padim.outputs.rows import CSV_COLUMNS, Row, overlay_names
 from padim.progress import progress
-from padim.report.overlays import heatmap_range, overlay_at_image_size
+from padim.report.heatmap import overlay_at_image_size
+from padim.report.overlays import heatmap_range
 from padim.scoring.regions import region_extent
 
 #: Which images get an overlay picture: every one, the anomalous ones (and, for a model without

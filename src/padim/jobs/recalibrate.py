@@ -90,6 +90,7 @@ def recalibrate_file(
     output: PathLike | None = None,
     device: str = "cpu",
     backend: str = "auto",
+    executor: str = "auto",
     **options: Any,
 ) -> CalibrationChange:
     """Give a ``.padim`` model file a new calibration; everything else in the file stays as it was.
@@ -101,7 +102,7 @@ def recalibrate_file(
     Args:
         model: the ``.padim`` file.
         output: where to write (default: ``model`` itself, replaced atomically).
-        device, backend: what runs the model over the images.
+        device, backend, executor: what runs the model over the images.
         others: as :func:`calibration_from_images`; ``pixel_threshold`` sets the region
             threshold by hand.
 
@@ -120,7 +121,7 @@ def recalibrate_file(
     old = None if meta.get("calibration") is None else Calibration(**meta["calibration"])
     good_scores = bad_scores = None
     if good is not None:
-        predictor = open_model(model, device=device, backend=backend)
+        predictor = open_model(model, device=device, backend=backend, executor=executor)
         quantile = float(meta.get("quantile", 0.99)) if quantile is None else quantile
         new, good_scores, bad_scores = calibration_from_images(
             predictor, good, defective, quantile=quantile, recall=recall, pixel_quantile=pixel_quantile, **options

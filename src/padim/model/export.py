@@ -17,8 +17,9 @@ Graph interface (batch size N is dynamic, H x W is the model's working size):
 
 ``metadata_props``: ``padim.format_version`` (2), ``padim.image_size`` ([H, W]),
 ``padim.runtime.calibrate`` (JSON or ``null``), ``padim.config``, ``padim.n_images`` (training
-images), ``padim.preprocess`` and ``padim.toolkit_version``. Models whose tensors pass 2 GB (protobuf's limit) keep them in one
-external data file, ``<name>.data`` beside ``<name>``; onnxruntime finds it by that name.
+images), ``padim.preprocess`` and ``padim.toolkit_version``. The tensors are kept in one external data
+file, ``<name>.data`` beside ``<name>`` (onnxruntime finds it by that name and maps it: the model opens
+ten times as fast); ``padim export --single-file`` keeps them inside, below protobuf's 2 GB limit.
 """
 
 from __future__ import annotations
@@ -107,14 +108,15 @@ def model_proto(model: Padim):
     return proto
 
 
-def export_onnx(model: Padim | PathLike, path: PathLike, *, external_data: bool | None = None) -> Path:
+def export_onnx(model: Padim | PathLike, path: PathLike, *, external_data: bool = True) -> Path:
     """Export a fitted model's whole inference pipeline to an ONNX file, atomically.
 
     Args:
         model: a fitted :class:`~padim.model.padim.Padim`, or the path of a ``.padim`` model file.
         path: the ``.onnx`` file to write (its folder is created if missing).
-        external_data: keep the tensors in ``<path>.data`` beside the model. None (default):
-            only when they pass protobuf's 2 GB limit. True forces it (small models too).
+        external_data: keep the tensors in ``<path>.data`` beside the model (default): onnxruntime
+            maps that file instead of parsing the tensors out of the protobuf, so the model opens in
+            0.05 s instead of 0.5 s (bottle, 168 MB). False: one file (refused past protobuf's 2 GB limit).
 
     Returns:
         ``Path(path)``. With external data, ``<path>.data`` is written first and the model file
@@ -134,8 +136,9 @@ def export_onnx(model: Padim | PathLike, path: PathLike, *, external_data: bool 
         raise OptionError(f"--output {path} is a folder; expected an ONNX file path such as model.onnx")
     proto = model_proto(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if external_data is None:
-        external_data = sum(len(t.raw_data) for t in proto.graph.initializer) >= PROTOBUF_LIMIT
+    if not external_data and sum(len(t.raw_data) for t in proto.graph.initializer) >= PROTOBUF_LIMIT:
+        raise OptionError(f"--single-file: {path}: the model's tensors pass protobuf's 2 GB limit; export it "
+                          "with its tensors beside it (the default)")  # fmt: skip
     with staging_folder(path) as workdir:
         # Written under the final name inside the temporary folder: external data is then
         # referenced by a relative location that stays valid after the move.

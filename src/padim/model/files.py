@@ -13,16 +13,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from padim.errors import ModelFileError, OptionError, PadimError
 from padim.features.backbones import FeatureExtractor, get_spec
 from padim.features.tiling import resolve_tile
+from padim.graph.build import pipeline_graph, runtime_factors
 from padim.graph.quantize import Quantization
 from padim.graph.runners import check_device, use_onnxruntime
+from padim.graph.trace import OPSET
 from padim.model.fitting import Fitted
 from padim.model.settings import PARAMS as MODEL_PARAMS
 from padim.model.settings import resolve
+from padim.modelfile.mapped import GRAPH_TENSOR
 from padim.modelfile.padim_file import NEW_PARAMS, PARAMS, read_model_file, write_model_file
 from padim.scoring.calibration import Calibration
 from padim.stats.gaussian import GaussianStats, pack_triangular
@@ -33,8 +37,27 @@ def _numpy(tensor: torch.Tensor) -> Any:
     return tensor.detach().cpu().contiguous().numpy()
 
 
-def save(model: Any, path: str | os.PathLike) -> Path:
-    """Write a fitted :class:`padim.model.padim.Padim` to ``path`` (atomic); returns the path."""
+def inference_graph(model: Any) -> tuple[bytes, str]:
+    """The model's whole inference graph as ONNX bytes, and the dtype of the factors it takes.
+
+    The graph a ``.padim`` file stores (:data:`padim.modelfile.mapped.GRAPH_TENSOR`): the one
+    onnxruntime would otherwise trace at every opening (:func:`padim.graph.build.pipeline_graph`,
+    int8 included), with ``mean`` and ``precision_cholesky`` as inputs, so that the runtime opens the
+    file with NumPy and an executor alone (:mod:`padim.runtime.stored`).
+    """
+    state = model.fitted()
+    factors = runtime_factors(state.precision_cholesky_packed)
+    example = {"mean": state.mean, "precision_cholesky": factors, "threshold": torch.tensor(1.0),
+               "scale": torch.tensor(1.0)}  # fmt: skip
+    return pipeline_graph(model.graph_spec(), example), str(factors.dtype).removeprefix("torch.")
+
+
+def save(model: Any, path: str | os.PathLike, *, graph: bool = True) -> Path:
+    """Write a fitted :class:`padim.model.padim.Padim` to ``path`` (atomic); returns the path.
+
+    ``graph``: also store the traced inference graph (:func:`inference_graph`; 3 MB for
+    EfficientNet-Lite0), so that predicting opens the file without torch and without tracing.
+    """
     state = model.fitted()
     tensors = {"mean": state.mean, "precision_cholesky_packed": state.precision_cholesky_packed.half(),
                "channel_idx": state.channel_idx}  # fmt: skip
@@ -48,11 +71,20 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     }
     if state.quantization is not None:
         meta["quantization"] = state.quantization.to_dict()
+    if state.precision_check is not None:
+        meta["precision_check"] = state.precision_check
     if state.stats is not None:  # fit --keep-stats: what an update (padim.model.incremental) adds images to
         tensors.update(stats_mean=state.stats.mean, stats_m2=state.stats.m2)
         meta["stats_count"] = state.stats.count
         meta["holdout_paths"] = [os.path.abspath(p) for p in state.holdout_paths]
-    write_model_file(path, {name: _numpy(t) for name, t in tensors.items()}, meta)
+    arrays = {name: _numpy(t) for name, t in tensors.items()}
+    if graph:
+        onnx_graph, factors = inference_graph(model)
+        arrays[GRAPH_TENSOR] = np.frombuffer(onnx_graph, np.uint8)
+        channels = sum(info.channels for info in state.extractor.layer_info)  # what channel_idx indexes
+        meta["graph"] = {"tensor": GRAPH_TENSOR, "opset": OPSET, "factors": factors, "channels": channels,
+                         "torch": torch.__version__}  # fmt: skip
+    write_model_file(path, arrays, meta)
     return Path(path)
 
 
@@ -65,11 +97,11 @@ def read(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
     arrays, meta = read_model_file(path)
     tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
     dtype = meta["backbone_dtype"]
-    if dtype == "int8":  # checked first: a matter of the options, not of the file
+    if dtype != "float32":  # checked first: a matter of the options, not of the file
         try:
             use_onnxruntime(backend, device, dtype)
         except OptionError as error:
-            raise OptionError(f"{path} is an int8 model: {error}") from None
+            raise OptionError(f"{path} is an {dtype} model: {error}") from None
     check_device(device)  # a matter of the options too: never blamed on the file
     try:
         params = {key: meta[key] for key in (*PARAMS, *NEW_PARAMS)}
@@ -114,6 +146,7 @@ def read(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             n_images=int(meta["n_images"]),
             calibration=None if calibration is None else Calibration(**calibration),
             quantization=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
+            precision_check=meta.get("precision_check") if isinstance(meta.get("precision_check"), dict) else None,
         )
         if "stats_mean" in tensors:  # optional: the mergeable statistics (fit --keep-stats); shapes checked
             m2 = tensors["stats_m2"]

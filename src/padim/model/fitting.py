@@ -61,6 +61,7 @@ class Fitted:
         stats: the streamed statistics, kept when they may be added to (``keep_stats``).
         holdout_paths: the good images that set the threshold (for updates).
         skipped: unreadable files left out, path -> reason.
+        precision_check: a reduced precision's AUROCs against float32 (:mod:`padim.model.quality`), or None.
     """
 
     layers: tuple[str, ...]
@@ -78,6 +79,7 @@ class Fitted:
     stats: GaussianStats | None = None
     holdout_paths: list[Path] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)
+    precision_check: dict | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from padim.graph.build import GraphSpec, compact_runner, embedding_runner, pipel
 from padim.graph.runners import use_onnxruntime
 from padim.io.loading import FIT_PIXELS
 from padim.machine import ENV_THREADS, cpu_threads, release_freed_memory
-from padim.model import files, fitting
+from padim.model import files, fitting, quality
 from padim.model.fitting import Fitted
 from padim.model.settings import check_fitted, params_of
 from padim.runtime.calibrate import calibration_from_images
@@ -56,7 +56,7 @@ class Padim:
     Fitted attributes (:class:`padim.model.fitting.Fitted`, each name with ``_``): ``layers_``,
     ``image_size_``, ``grid_stride_``, ``tile_size_``, ``feature_size_`` (H, W), ``extractor_``,
     ``channel_idx_`` (D,), ``mean_`` (P, D), ``precision_cholesky_packed_`` (P, D(D+1)/2) float16,
-    ``n_images_``, ``calibration_``, ``quantization_``, ``stats_``, ``holdout_paths_``, ``skipped_``.
+    ``n_images_``, ``calibration_``, ``quantization_``, ``stats_``, ``holdout_paths_``, ``skipped_``, ``precision_check_``.
 
     Example:
         >>> model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=20, sigma=2)
@@ -115,8 +115,9 @@ class Padim:
                 )
             stats = self._statistics(source, None, setup.options)
         self._set_gaussians(stats, keep_stats)
-        if setup.validation is not None:
-            self.calibrate(setup.validation, compact=True, **setup.options)
+        if setup.validation is not None:  # bfloat16: calibrated by the whole graph it predicts with; checked
+            self.calibrate(setup.validation, compact=self.backbone_dtype != "bfloat16", **setup.options)
+            self.precision_check_ = quality.checked(self, setup, gather is None)
         self._runners.pop("embed", None)  # its onnxruntime arena is not needed any more
         release_freed_memory()
         return self
@@ -164,7 +165,7 @@ class Padim:
     def graph_spec(self) -> GraphSpec:
         """What defines this model's inference graph: :func:`padim.graph.build.pipeline` builds it from this."""
         return GraphSpec(self.extractor_, self.channel_idx_, self.feature_size_, self.image_size_, self.tile_size_,
-                         self.sigma, self.quantization_)  # fmt: skip
+                         self.sigma, self.quantization_, self.backbone_dtype)  # fmt: skip
 
     def embed(self, images: Any) -> torch.Tensor:
         """Patch-first embeddings (P, N, D) of a pre-processed batch (N, 3, H, W) (:mod:`padim.features.embedding`)."""
@@ -187,7 +188,7 @@ class Padim:
         slower, a few images at a time, on the packed factors (:func:`padim.graph.build.compact_runner`).
         """
         check_fitted(self)
-        kind = "onnxruntime" if self._onnxruntime() else "torch"
+        kind = "openvino" if self.backbone_dtype == "bfloat16" else "onnxruntime" if self._onnxruntime() else "torch"
         run = (compact_runner(self.graph_spec(), self._runner("embed"), self.mean_, self.precision_cholesky_packed_,
                               self.device) if compact else self._runner("pipeline"))  # fmt: skip
         return Predictor(run, image_size=self.image_size_, calibration=self.calibration_, config=self.config(),

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from padim.errors import NotFittedError, OptionError
+from padim.extras import require
 from padim.features.backbones import LayerInfo, get_spec, resolve_layers
 from padim.graph.runners import check_device, parse_device, use_onnxruntime
 from padim.io.images import as_size
+from padim.machine import cpu_info
 from padim.maps.anomaly_map import check_blur
 from padim.options import OPTIONS, check
 
@@ -91,7 +93,9 @@ def resolve(model: Any) -> Resolved:
     check_working_size(image_size, layer_info[-1], model.sigma)
     if model.backend == "onnxruntime" and parse_device(model.device).type != "cpu":
         raise OptionError(f"backend='onnxruntime' runs on the CPU; got device={str(model.device)!r}")
-    use_onnxruntime(model.backend, model.device, model.backbone_dtype)  # int8: only onnxruntime on the CPU
+    use_onnxruntime(model.backend, model.device, model.backbone_dtype)  # int8, bfloat16: only on the CPU
+    if model.backbone_dtype == "bfloat16":
+        check_bfloat16()
     check_device(model.device)
     first = layer_info[0].stride
     strides = [first * 2**k for k in range(7)]
@@ -99,6 +103,18 @@ def resolve(model: Any) -> Resolved:
     if grid_stride not in strides:
         raise OptionError(f"grid_stride must be one of {strides} (pixels per Gaussian), got {model.grid_stride!r}")
     return Resolved(layer_info, tuple(info.name for info in layer_info), int(n_features), image_size, int(grid_stride))
+
+
+def check_bfloat16() -> None:
+    """Refuse bfloat16 where it would be emulated or OpenVINO is missing.
+
+    Raises:
+        MissingExtraError: without the ``openvino`` extra. OptionError: on a CPU without AVX512-BF16 or AMX.
+    """
+    require("openvino", "backbone_dtype='bfloat16'")
+    if not cpu_info().bf16:
+        raise OptionError(f"backbone_dtype='bfloat16' needs a CPU with AVX512-BF16 or AMX (this one: "
+                          f"{cpu_info().describe()}); use int8 or float32")  # fmt: skip
 
 
 def params_of(model: Any) -> dict[str, Any]:

@@ -41,16 +41,19 @@ _BYTES_PER_ELEMENT = {
 
 
 def file_sha256(path: PathLike, chunk: int = 2**20) -> str:
-    """SHA-256 of a file's bytes, as 64 hex digits, read in chunks.
+    """SHA-256 of a file's bytes, as 64 hex digits, read in chunks; an ``.onnx`` file's external data
+    (``<name>.data`` beside it) follows its bytes, so the checksum covers the tensors too.
 
     >>> import tempfile; f = tempfile.NamedTemporaryFile(delete=False); _ = f.write(b"abc"); f.close()
     >>> file_sha256(f.name)[:16]
     'ba7816bf8f01cfea'
     """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    data = Path(path).with_name(Path(path).name + ".data")
+    for part in [path] + ([data] if str(path).lower().endswith(".onnx") and data.is_file() else []):
+        with open(part, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -90,7 +93,21 @@ def _padim_info(path: Path) -> dict:
         kind="padim",
         format_version=meta.get("format_version"),
         toolkit_version=meta.get("padim_toolkit_version"),
-        config={k: meta.get(k) for k in ("backbone", "layers", "n_features", "image_size", "pretrained", "seed")},
+        config={
+            k: meta.get(k)
+            for k in (
+                "backbone",
+                "layers",
+                "n_features",
+                "image_size",
+                "pretrained",
+                "seed",
+                "backbone_dtype",
+                "grid_stride",
+                "tile_size",
+            )
+        },  # fmt: skip
+        graph=isinstance(meta.get("graph"), dict),
         feature_size=meta.get("feature_size"),
         n_images=meta.get("n_images"),
         calibration=meta.get("calibration"),
@@ -151,7 +168,9 @@ def model_info(path: PathLike) -> dict:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     info = _onnx_info(path) if path.suffix.lower() == ".onnx" else _padim_info(path)
-    return {"path": str(path), **info, "file_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    data = path.with_name(path.name + ".data")
+    size = path.stat().st_size + (data.stat().st_size if info["kind"] == "onnx" and data.is_file() else 0)
+    return {"path": str(path), **info, "file_bytes": size, "sha256": file_sha256(path)}
 
 
 def _mib(n: int) -> str:
@@ -190,5 +209,6 @@ def format_info(info: dict) -> str:
     if backbone:
         rows.append(("tensor", f"backbone: {len(backbone)} tensors, {_mib(sum(t['bytes'] for t in backbone))}"))
     rows.append(("file size", _mib(info["file_bytes"])))
+    rows += [(name, info[key]) for name, key in (("this CPU", "cpu"), ("executor here", "executor")) if key in info]
     width_ = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width_)}  {value}" for name, value in rows)

@@ -145,6 +145,9 @@ def check_metadata(meta: Any, path: str | os.PathLike) -> dict:
     paths = meta.get("holdout_paths", [])
     if not (isinstance(paths, list) and all(isinstance(q, str) for q in paths)):
         raise ModelFileError(f"{path}: inconsistent padim model file (holdout_paths must be a list of paths)")
+    graph = meta.get("graph")  # the traced inference graph, when the file holds it (padim.modelfile.mapped)
+    if graph is not None and not (isinstance(graph, dict) and graph.get("factors") in ("float32", "float16")):
+        raise ModelFileError(f"{path}: inconsistent padim model file (graph must record its factors' dtype)")
     if (meta["backbone_dtype"] == "int8") != isinstance(meta.get("quantization"), dict):
         raise ModelFileError(f"{path}: inconsistent padim model file (backbone_dtype {meta['backbone_dtype']!r} "
                              f"with{'out' * ('quantization' not in meta)} int8 ranges)")  # fmt: skip

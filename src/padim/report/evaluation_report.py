@@ -20,10 +20,12 @@ from PIL import Image
 from padim.eval import metrics as padim_metrics
 from padim.eval.operating_points import confusion, image_rows, threshold_table
 from padim.eval.pro import pro_curve
-from padim.io.images import fit_within, load_image
+from padim.io.decoders import load_image
+from padim.io.images import fit_within
 from padim.modelfile.info import model_info
+from padim.report.heatmap import overlay_at_image_size
 from padim.report.html import PICTURE_SIDE, ReportData, write_report
-from padim.report.overlays import contour_width, heatmap_range, overlay, overlay_at_image_size
+from padim.report.overlays import contour_width, heatmap_range, overlay
 from padim.scoring.calibration import manual
 from padim.scoring.rules import label
 

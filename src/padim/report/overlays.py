@@ -7,8 +7,10 @@ blended over the input image, and outlines in one solid colour the region that t
 threshold calls defective (:func:`padim.scoring.regions.region_mask`). The colour fades out where the
 map is low (below halfway from the median good score to the threshold, the image shows
 through untouched: a white part stays white, a red stain stays red); the outline's width grows
-with the picture; :func:`overlay_at_image_size` adds a colour bar with the threshold marked
-(:mod:`padim.report.colorbar`) and can put the original beside the overlay.
+with the picture. Each pixel takes its colour and its fade weight from its step on a 256-step
+colour scale (:func:`padim.report.colors.colour_index`), so colour, fade and blend are one table
+look-up per channel (:func:`blend`). :func:`padim.report.heatmap.overlay_at_image_size` draws the
+picture at an image's own size with a colour bar with the threshold marked.
 
 Shapes: an image is (H, W, 3) uint8 RGB, an anomaly map and a region are (H, W).
 """
@@ -21,10 +23,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from padim.io.images import fit_within
-from padim.report.colorbar import colorbar as colour_bar
-from padim.report.colors import JET, fade_weights, table_index
-from padim.scoring.regions import map_at_size, region_mask
+from padim.report.colors import blend_tables, colour_index
+
+
+def blend(out: np.ndarray, index: np.ndarray, tables: np.ndarray) -> None:
+    """Blend the colours of ``index`` (H, W) uint8 steps into ``out`` (H, W, 3) uint8 in place: one look-up per channel.
+
+    ``tables`` from :func:`padim.report.colors.blend_tables`: colour, fade and blend in one gather.
+    """
+    index = index.astype(np.uint16) << 8
+    for channel in range(3):
+        out[..., channel] = tables[channel][index | out[..., channel]]
 
 
 def erode(region: np.ndarray, iterations: int = 1) -> np.ndarray:
@@ -121,7 +130,7 @@ def overlay(
         alpha: weight of the heat map where it is fully shown, in [0, 1]; 0 shows only the image.
         contour_color: RGB of the outline; white does not occur in the jet map.
         fade: where on the colour scale (0 = ``vmin``, 1 = ``vmax``) the heat map fades in
-            (:func:`fade_weights`); None: ``alpha`` everywhere.
+            (:func:`padim.report.colors.fade_weights`, of the colour step); None: ``alpha`` everywhere.
         contour_px: the outline's width in pixels (None: :func:`contour_width` of the map).
 
     Returns:
@@ -148,17 +157,9 @@ def overlay(
     if color.shape != (3,) or not ((color >= 0) & (color <= 255)).all():
         raise ValueError(f"contour_color must be three ints in [0, 255], got {contour_color!r}")
 
-    base = _as_rgb_image(image, anomaly_map.shape)
-    # float32 throughout (a 900x900 picture in about a third of float64's time): the colours
-    # are 8-bit, far coarser than float32's rounding.
-    position = (anomaly_map.astype(np.float32) - np.float32(vmin)) * np.float32(1.0 / (vmax - vmin))
-    weight = fade_weights(position, alpha, fade)
-    out = base.copy()
-    shown = weight > 0  # most of a picture is usually faded out: blend only where colour shows
-    if shown.any():
-        blended = base[shown].astype(np.float32)
-        blended += weight[shown][:, None] * (JET[table_index(position[shown])] - blended)
-        out[shown] = np.rint(blended, out=blended).astype(np.uint8)
+    out = _as_rgb_image(image, anomaly_map.shape).copy()
+    if alpha > 0:
+        blend(out, colour_index(anomaly_map, vmin, vmax), blend_tables(float(alpha), fade))
     if region is not None:
         region = np.asarray(region, dtype=bool)
         if region.shape != anomaly_map.shape:
@@ -184,49 +185,3 @@ def heatmap_range(calibration: Any, anomaly_map: Any) -> tuple[float, float]:
         return calibration.threshold - calibration.scale, calibration.threshold + calibration.scale
     low, high = float(np.min(anomaly_map)), float(np.max(anomaly_map))
     return low, (high if high > low else low + 1.0)
-
-
-def overlay_at_image_size(
-    image: Any,
-    anomaly_map: Any,
-    calibration: Any,
-    vmin: float,
-    vmax: float,
-    max_side: int = 1024,
-    *,
-    score: float | None = None,
-    colorbar: bool = True,
-    side_by_side: bool = False,
-) -> np.ndarray:
-    """Heatmap over the original image (its aspect ratio kept, longest side at most ``max_side``).
-
-    The map is resized bilinearly to the picture (:func:`padim.scoring.regions.map_at_size`); the
-    outlined region is :func:`padim.scoring.regions.region_mask` of the resized map (pixel threshold,
-    in a flagged image only).
-
-    Args:
-        image: the decoded PIL image at its own size.
-        anomaly_map: (H, W) map at the model's working size.
-        calibration: :class:`padim.scoring.calibration.Calibration` or None (no region drawn).
-        vmin, vmax: the colour range (:func:`heatmap_range`).
-        max_side: the picture's longest side at most.
-        score: the image's score (default: the map's maximum), which decides if it has a region.
-        colorbar: add the colour bar (:func:`padim.report.colorbar.colorbar`) under the picture.
-        side_by_side: put the original picture left of the overlay.
-
-    Returns:
-        (H', W', 3) uint8 RGB: the overlay, H' x W' the image's size scaled to ``max_side``,
-        then as tall again as the colour bar and twice as wide (plus a gap) side by side.
-    """
-    size = fit_within(image.size, max_side)
-    picture = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
-    resized = map_at_size(anomaly_map, size)
-    region = region_mask(resized, calibration, score)
-    out = overlay(picture, resized, vmin, vmax, region=region)
-    if side_by_side:
-        gap = np.full((out.shape[0], max(2, out.shape[1] // 50), 3), 255, np.uint8)
-        out = np.concatenate([picture, gap, out], axis=1)
-    if colorbar:
-        threshold = None if calibration is None else calibration.threshold
-        out = np.concatenate([out, colour_bar(out.shape[1], vmin, vmax, threshold)], axis=0)
-    return out

@@ -119,28 +119,60 @@ def check_io(session: Any, image_size: tuple[int, int], calibrated: bool, path: 
                 )
 
 
-def open_onnx(path: PathLike, device: str = "cpu") -> Predictor:
-    """A :class:`Predictor` for an exported ``.onnx`` file (no torch).
+def open_onnx(path: PathLike, device: str = "cpu", executor: str = "auto") -> Predictor:
+    """A :class:`Predictor` for an exported ``.onnx`` file (no torch), run by the executor chosen for it.
+
+    onnxruntime opens the file first and gives its metadata (``auto`` then compares it with OpenVINO
+    where that is installed: :mod:`padim.runtime.executors`); ``--executor openvino`` reads the
+    metadata with the ``onnx`` package instead, without the tensors.
 
     Raises:
         ModelFileError: for a missing or unreadable file, or one not exported by padim.
+        OptionError, MissingExtraError: for an executor this model or machine cannot use.
     """
+    from padim.runtime.executors import Choice, check_executor, open_runner, remembered, signature
+
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    data = path.with_name(path.name + ".data")
+    if executor == "openvino" and str(device) == "cpu":
+        props, inputs = _onnx_header(path)
+        image_size, calibration, config = read_metadata(props, path)
+        runner, choice = open_runner(path, None, requested=executor, precision=config.get("backbone_dtype", "float32"),
+                                     config={**config, "image_size": list(image_size)})  # fmt: skip
+        return Predictor(runner, image_size=image_size, calibration=calibration, config=config, kind=choice.executor,
+                         threshold_input="threshold" in inputs, executor=choice)  # fmt: skip
     try:
         runner = OrtRunner(path, device=device)
     except OptionError:
         raise
     except Exception as error:  # onnxruntime raises its own exception types for bad files
-        raise ModelFileError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
+        reason = str(error).splitlines()[0]
+        if not data.is_file() and "external" in reason.lower() or ".data" in reason:
+            reason = f"its tensors file {data.name} is missing beside it: copy both files"
+        raise ModelFileError(f"{path}: not a readable ONNX model ({reason})") from None
     image_size, calibration, config = read_metadata(runner.session.get_modelmeta().custom_metadata_map, path)
     check_io(runner.session, image_size, calibration is not None, path)
-    return Predictor(
-        runner,
-        image_size=image_size,
-        calibration=calibration,
-        config=config,
-        kind="onnxruntime",
-        threshold_input="threshold" in runner.input_names,
-    )
+    precision = config.get("backbone_dtype", "float32")
+    on_cpu = str(device) == "cpu"
+    choice = check_executor(executor, precision) if on_cpu else Choice("onnxruntime", precision, f"--device {device}")
+    choice = choice or remembered(signature({**config, "image_size": list(image_size)}, precision))
+    if choice is None or choice.executor != "onnxruntime":
+        del runner  # its memory back before another executor opens the file
+        runner, choice = open_runner(path, None, requested=executor, precision=precision, device=device,
+                                     config={**config, "image_size": list(image_size)})  # fmt: skip
+    return Predictor(runner, image_size=image_size, calibration=calibration, config=config, kind=choice.executor,
+                     threshold_input="threshold" in getattr(runner, "input_names", ()) or choice.executor == "openvino",
+                     executor=choice)  # fmt: skip
+
+
+def _onnx_header(path: Path) -> tuple[dict[str, str], set[str]]:
+    """An ONNX file's metadata and input names, read with the ``onnx`` package without its tensors."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and others
+        raise ModelFileError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
+    return {p.key: p.value for p in proto.metadata_props}, {i.name for i in proto.graph.input}

@@ -86,6 +86,7 @@ class Predictor:
             0.1 do not: their threshold cannot be changed at prediction time).
         run_pixels: at most this many pixels of images per call of ``run`` (None:
             :data:`padim.io.loading.RUN_PIXELS`).
+        executor: how the executor was chosen (:class:`padim.runtime.executors.Choice`), or None (torch).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class Predictor:
         kind: str,
         threshold_input: bool = True,
         run_pixels: int | None = None,
+        executor: Any = None,
     ) -> None:
         self.run = run
         self.run_pixels = RUN_PIXELS if run_pixels is None else run_pixels
@@ -106,6 +108,11 @@ class Predictor:
         self.config = config
         self.kind = kind
         self.threshold_input = threshold_input
+        self.executor = executor
+
+    def describe(self) -> str:
+        """What runs this model and why: ``onnxruntime, float32 (auto: OpenVINO is not installed)``."""
+        return self.kind if self.executor is None else self.executor.describe()
 
     def with_threshold(self, threshold: float) -> Predictor:
         """The same model with the threshold set by hand (the model file is not changed).
@@ -122,7 +129,7 @@ class Predictor:
             raise OptionError("--threshold: this ONNX file was exported by padim-toolkit 0.1; export it again")
         new = manual(float(threshold), self.calibration)
         return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind,
-                         run_pixels=self.run_pixels)  # fmt: skip
+                         run_pixels=self.run_pixels, executor=self.executor)  # fmt: skip
 
     def predict_batch(self, images: np.ndarray) -> Prediction:
         """Prediction for a pre-processed batch (N, 3, H, W) float32 (:func:`padim.io.images.preprocess`).

@@ -13,10 +13,12 @@ import math
 from typing import Any
 
 from padim.errors import ImageError, ImageTooLargeError
+from padim.io.decoders import load_image
 from padim.io.decoding import PixelBudget
-from padim.io.images import header_pixels, load_image, max_pixels
+from padim.io.images import header_pixels, max_pixels
 from padim.io.pictures import picture_bytes
-from padim.report.overlays import heatmap_range, overlay_at_image_size
+from padim.report.heatmap import overlay_at_image_size
+from padim.report.overlays import heatmap_range
 from padim.scoring.regions import boxes_at_size
 from padim.serve.uploads import UploadError
 

@@ -16,7 +16,7 @@ Endpoints (:func:`create_app`):
   megapixels), ``image_size`` is its
   ``[height, width]``. With ``?heatmap=1`` the JSON also holds ``heatmap_png``: the overlay at
   the uploaded image's size (longest side at most :data:`padim.serve.answer.HEATMAP_MAX_SIDE`), regions outlined,
-  with a colour bar under it (:func:`padim.report.overlays.overlay_at_image_size`), base64 PNG.
+  with a colour bar under it (:func:`padim.report.heatmap.overlay_at_image_size`), base64 PNG.
   ``latency_ms`` is the server's time from the request's arrival to the answer.
 
 Every verdict is appended to the verdict log, when one is set (:mod:`padim.outputs.verdict_log`: time,
@@ -86,6 +86,7 @@ def create_app(
     log_keep: int = 5,
     drift_window: int = 20,
     drift_factor: float = 5.0,
+    executor: str = "auto",
 ) -> FastAPI:
     """The web application for one model (loaded now, once).
 
@@ -97,6 +98,7 @@ def create_app(
         log_max_mb, log_keep: the log's size cap in MiB and the rotated files kept.
         drift_window, drift_factor: warn when more than ``drift_factor`` times the calibrated
             false-alarm rate of the last ``drift_window`` images are flagged (:mod:`padim.outputs.drift`).
+        executor: who runs the model (:mod:`padim.runtime.executors`).
 
     Returns:
         A FastAPI application; serve it with uvicorn, or test it with ``fastapi.testclient.TestClient``.
@@ -113,9 +115,10 @@ def create_app(
         ("log_keep", log_keep),
         ("drift_window", drift_window),
         ("drift_factor", drift_factor),
+        ("executor", executor),
     ):
         check(name, value)
-    model = open_model(model_path)
+    model = open_model(model_path, executor=executor)
     if threshold is not None:
         model = model.with_threshold(threshold)
     calibration = model.calibration
@@ -143,6 +146,7 @@ def create_app(
             "model": Path(model_path).name,
             "model_sha256": model_sha256,
             "kind": model.kind,
+            "executor": model.describe(),
             "image_size": list(model.image_size),
             "calibrated": calibration is not None,
             "threshold": None if calibration is None else float(calibration.threshold),
