@@ -143,7 +143,7 @@ def calibration_cost(model, train, method: str, n_images: int, rounds: int = 3) 
 
     from padim.graph.modules import Embedder
     from padim.graph.trace import onnx_bytes
-    from padim.runtime.onnx import OrtRunner
+    from padim.runtime.ort import OrtRunner
 
     graph = onnx_bytes(
         Embedder(model.extractor_, model.channel_idx_),

@@ -2,7 +2,7 @@
 
 Executors differ only in who runs the module (:mod:`padim.graph.modules`): :class:`TorchRunner`
 runs it eagerly (CPU or CUDA, ``backend="torch"``); :func:`make_runner` traces it
-(:func:`padim.graph.trace.onnx_bytes`) and hands the graph to :class:`padim.runtime.onnx.OrtRunner`.
+(:func:`padim.graph.trace.onnx_bytes`) and hands the graph to :class:`padim.runtime.ort.OrtRunner`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from padim.errors import OptionError
 from padim.graph.modules import OUTPUTS, STATE_INPUTS, Scorer
 from padim.graph.trace import onnx_bytes
-from padim.runtime.onnx import OrtRunner
+from padim.runtime.ort import OrtRunner
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -101,7 +101,7 @@ def make_runner(
             these tensors once, the others are passed at each call.
         output_names, batch_axes: as for :func:`onnx_bytes`.
         device: where eager PyTorch runs.
-        onnxruntime: run the traced graph in :class:`padim.runtime.onnx.OrtRunner` (CPU).
+        onnxruntime: run the traced graph in :class:`padim.runtime.ort.OrtRunner` (CPU).
         transform: applied to the traced graph before it runs (:func:`padim.graph.quantize.quantize`).
         precision: ``"bfloat16"`` runs the traced graph in OpenVINO in bfloat16
             (:class:`padim.runtime.openvino.OvRunner`); otherwise onnxruntime runs it.

@@ -36,7 +36,7 @@ from padim.machine import return_large_blocks
 from padim.model import memory
 from padim.model.settings import resolve
 from padim.model.working_size import checked_plan
-from padim.runtime.onnx import OrtRunner
+from padim.runtime.ort import OrtRunner
 from padim.scoring.calibration import Calibration
 from padim.stats.gaussian import GaussianStats, precision_cholesky_from_stats, stream
 

@@ -30,6 +30,7 @@ import numpy as np
 from padim.errors import OptionError
 from padim.extras import missing, require
 from padim.machine import cache_dir, cpu_info
+from padim.runtime.ort import OrtRunner
 
 #: ``--executor`` values.
 EXECUTORS = ("auto", "onnxruntime", "openvino")
@@ -174,8 +175,6 @@ def open_runner(graph: Any, bound: dict[str, np.ndarray] | None, *, requested: s
     Returns:
         (a callable ``runner(images=..., threshold=..., scale=...)`` -> outputs, the :class:`Choice`).
     """
-    from padim.runtime.onnx import OrtRunner
-
     if str(device) != "cpu":
         if requested == "openvino":
             raise OptionError(f"--executor openvino runs on the CPU; got --device {device}")

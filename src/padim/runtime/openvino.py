@@ -1,4 +1,4 @@
-"""OpenVINO as an executor of padim's graph, called like :class:`padim.runtime.onnx.OrtRunner` (the ``openvino`` extra).
+"""OpenVINO as an executor of padim's graph, called like :class:`padim.runtime.ort.OrtRunner` (the ``openvino`` extra).
 
 The same ONNX graph onnxruntime runs (a ``.padim`` file's stored graph or an exported ``.onnx``);
 only who runs it changes. Two things differ from onnxruntime and are handled here:
