@@ -408,7 +408,7 @@ def build_cases(base: Path) -> list[Case]:
             "ONNX metadata calibration NaN",
             "model file",
             ["predict", "bad.onnx", "one.png"],
-            prepare=lambda w: onnx_meta(w, "padim.runtime.calibrate", '{"threshold": NaN, "scale": 1.0}'),
+            prepare=lambda w: onnx_meta(w, "padim.calibration", '{"threshold": NaN, "scale": 1.0}'),
         ),
     ]
     # --- options ---

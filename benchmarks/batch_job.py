@@ -4,8 +4,8 @@ Run from the repository root (the previous release checked out beside it, and it
 since it reads only model format 1):
 
     git worktree add /tmp/padim-old 5f7836d
-    PYTHONPATH=/tmp/padim-old/src python -m padim.cli.main fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle-old.padim
-    python -m padim.cli.main fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle.padim
+    PYTHONPATH=/tmp/padim-old/src python -m padim.cli fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle-old.padim
+    python -m padim.cli fit ../shared/data/mvtec_ad/bottle -o /tmp/bottle.padim
     python benchmarks/batch_job.py --model /tmp/bottle.padim --old-model /tmp/bottle-old.padim \\
         --old-src /tmp/padim-old/src --data ../shared/data/mvtec_ad/bottle --out benchmarks/results/batch_job
 
@@ -75,7 +75,7 @@ def run_measured(command: list[str], src: Path) -> dict[str, Any]:
 
 
 def predict_command(model: Path, inputs: Path, out: Path, *options: str) -> list[str]:
-    return [sys.executable, "-m", "padim.cli.main", "predict", str(model), str(inputs), "-o", str(out), *options]
+    return [sys.executable, "-m", "padim.cli", "predict", str(model), str(inputs), "-o", str(out), *options]
 
 
 # --------------------------------------------------------------------------- data

@@ -89,10 +89,10 @@ def main() -> None:
     new, old, python = ROOT / "src", args.old_src, sys.executable
     commands = {
         "first release, default outputs": (old, [python, "-m", "padim.cli", "predict", str(args.old_model)]),
-        "this version, default outputs": (new, [python, "-m", "padim.cli.main", "predict", str(args.model)]),
+        "this version, default outputs": (new, [python, "-m", "padim.cli", "predict", str(args.model)]),
         "this version, --overlays none": (
             new,
-            [python, "-m", "padim.cli.main", "predict", str(args.model), "--overlays", "none"],
+            [python, "-m", "padim.cli", "predict", str(args.model), "--overlays", "none"],
         ),  # fmt: skip
     }
     found: dict[str, list] = {name: [] for name in [*commands, "decode + model alone"]}

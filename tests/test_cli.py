@@ -335,13 +335,13 @@ def test_calibration_rules_on_images(tiny_model, mvtec_tree):
     good_dir, bad_dir = mvtec_tree / "test" / "good", mvtec_tree / "test" / "scratch"
     good, bad = _scores(tiny_model, good_dir), _scores(tiny_model, bad_dir)
 
-    calibration, good_scores, _ = calibration_from_images(predictor, good_dir, quantile=0.5, workers=0)
+    calibration, good_scores, _, _ = calibration_from_images(predictor, good_dir, quantile=0.5, workers=0)
     assert calibration.source == "normal" and calibration.threshold == pytest.approx(np.median(good), rel=1e-6)
     np.testing.assert_allclose(good_scores, good, rtol=1e-6)
     maps = tiny_model.predict(sorted(good_dir.iterdir())).anomaly_map
     assert calibration.pixel_threshold == pytest.approx(np.quantile(maps[:, ::2, ::2], 0.999), rel=1e-5)
 
-    calibration, _, _ = calibration_from_images(predictor, good_dir, bad_dir, workers=0)
+    calibration, _, _, _ = calibration_from_images(predictor, good_dir, bad_dir, workers=0)
     labels, scores = np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]
     best = max(f1_score(labels, scores >= t) for t in scores)  # every candidate threshold, by brute force
     assert calibration.source == "f1" and f1_score(labels, scores >= calibration.threshold) == pytest.approx(best)

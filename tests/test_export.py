@@ -89,7 +89,7 @@ def test_metadata_holds_what_the_runtime_needs(tiny_model, tiny_onnx):
     props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
     assert int(props["padim.format_version"]) == FORMAT_VERSION
     assert json.loads(props["padim.image_size"]) == [64, 64]
-    assert json.loads(props["padim.runtime.calibrate"]) == tiny_model.calibration_.to_dict()
+    assert json.loads(props["padim.calibration"]) == tiny_model.calibration_.to_dict()
     config = json.loads(props["padim.config"])
     assert config == tiny_model.config() and config["n_features"] == 16 and config["sigma"] == 2
     assert json.loads(props["padim.preprocess"])["mean"] == [0.485, 0.456, 0.406]

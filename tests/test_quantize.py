@@ -21,7 +21,7 @@ from padim.io.images import list_images
 from padim.model.export import export_onnx, model_proto
 from padim.model.fitting import split_first
 from padim.model.padim import Padim
-from padim.modelfile.padim_file import read_model_file
+from padim.modelfile.padim_file import FORMAT_VERSION, read_model_file
 from padim.runtime.opening import open_model
 
 from support import TINY
@@ -101,7 +101,7 @@ def test_padim_and_onnx_files_agree(mvtec_tree, int8):
 def test_quantization_round_trips_through_the_model_file(int8):
     model, padim_file, _ = int8
     _, meta = read_model_file(padim_file)
-    assert meta["format_version"] == 3 and meta["backbone_dtype"] == "int8"
+    assert meta["format_version"] == FORMAT_VERSION and meta["backbone_dtype"] == "int8"
     assert Quantization.from_dict(meta["quantization"]) == model.quantization_
     loaded = Padim.load(padim_file)
     assert loaded.quantization_ == model.quantization_ and loaded.backbone_dtype == "int8"

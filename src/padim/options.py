@@ -35,8 +35,7 @@ class Option:
         choices: the accepted values of a ``str`` option.
         nullable: None is accepted (Python API: "automatic").
         finite: a float must be a finite number (NaN and infinities refused).
-        help: one sentence for ``--help``, the default included.
-        metavar: the placeholder in ``--help``.
+        help, metavar: what ``--help`` says (the default included) and its placeholder.
         flags, nargs, const: argparse's, where the flag is not ``--name-with-dashes`` or the value optional.
     """
 
@@ -221,6 +220,8 @@ OPTIONS: dict[str, Option] = _options(
            help="reduced precision, fitted and checked (image and pixel AUROC within 0.005 of float32 on the held-out "
                 "images with synthetic defects, else refused): int8 (onnxruntime; VNNI CPUs gain most) or bfloat16 "
                 "(OpenVINO; CPUs with AVX512-BF16 or AMX); default: float32"),
+    Option("align", str, "translate", choices=("none", "translate", "rigid"), help="register each image to a reference "
+           "of the good ones first, so parts a little off their place are judged where they are (default: translate)"),
     Option("weights", "path", None, nullable=True, metavar="FILE",
            help="backbone weights file (.pth or .safetensors) instead of the default location"),
     Option("random_weights", bool, help="random backbone weights (for testing only)"),
@@ -290,8 +291,6 @@ OPTIONS: dict[str, Option] = _options(
 def check(name: str, value: Any) -> Any:
     """``OPTIONS[name].check(value)``: the value, or an :class:`OptionError` naming ``name``.
 
-    >>> check("port", 8000)
-    8000
     >>> check("holdout", 1.0)
     Traceback (most recent call last):
     ...

@@ -73,10 +73,12 @@ class _Job:
     kind: str
 
 
-def finish_image(job: _Job, path: Path, size, anomaly_map, score, normalized, flagged, picture,
-                 name) -> tuple[Row, bytes | None]:  # fmt: skip
-    """One image after the model: its row (label, region) and its overlay picture's bytes (or None)."""
-    score = float(score)
+def finish_image(job: _Job, path: Path, size: tuple[int, int], prediction: Any, j: int, picture: Any,
+                 name: str | None) -> tuple[Row, bytes | None]:  # fmt: skip
+    """The ``j``-th image of a :class:`padim.runtime.predictor.Prediction`: its row (label, region, pose) and overlay."""
+    anomaly_map, score = prediction.anomaly_map[j], float(prediction.score[j])
+    normalized = None if prediction.normalized_score is None else prediction.normalized_score[j]
+    flagged = None if prediction.label is None else bool(prediction.label[j])
     if not math.isfinite(score):
         label, normalized = "error", None  # never "normal": the verdict fails closed, and says why
     elif job.calibration is None:
@@ -92,7 +94,17 @@ def finish_image(job: _Job, path: Path, size, anomaly_map, score, normalized, fl
             picture, anomaly_map, job.calibration, vmin, vmax, max_side=OVERLAY_MAX_SIDE, score=score
         )
         overlay, encoded = f"overlays/{name}", picture_bytes(drawn, job.kind)
-    return Row(path, score, normalized, label, overlay, tuple(size), region), encoded
+    return Row(path, score, normalized, label, overlay, tuple(size), region, *_moved(prediction, j, size)), encoded
+
+
+def _moved(prediction: Any, j: int, size: tuple[int, int]) -> tuple:
+    """(pose in the image's pixels, trusted) of image ``j``, or (None, None) for a model that does not align parts."""
+    found = prediction.registration
+    if found is None:
+        return None, None
+    dx, dy, angle = (float(v) for v in found.poses[j])
+    height, width = prediction.anomaly_map.shape[1:]  # the working size the pose is measured at
+    return (dx * size[0] / width, dy * size[1] / height, angle), bool(found.trusted[j])
 
 
 def _finish(job: _Job, *args: Any) -> Row:
@@ -246,10 +258,8 @@ def predict_files(
                         job,
                         samples[index].path,
                         batch.sizes[j],
-                        prediction.anomaly_map[j],
-                        prediction.score[j],
-                        None if prediction.normalized_score is None else prediction.normalized_score[j],
-                        None if prediction.label is None else bool(prediction.label[j]),
+                        prediction,
+                        j,
                         None if batch.originals is None else batch.originals[j],
                         None if names is None else names[index],
                     )

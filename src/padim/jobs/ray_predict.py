@@ -65,9 +65,7 @@ class _Scorer:
             prediction = self.predictor.predict_batch(decoded.images)
             for j, i in enumerate(decoded.indices):
                 row, encoded = finish_image(
-                    self.job, samples[i].path, decoded.sizes[j], prediction.anomaly_map[j], prediction.score[j],
-                    None if prediction.normalized_score is None else prediction.normalized_score[j],
-                    None if prediction.label is None else bool(prediction.label[j]),
+                    self.job, samples[i].path, decoded.sizes[j], prediction, j,
                     None if decoded.originals is None else decoded.originals[j], batch["name"][i] or None,
                 )  # fmt: skip
                 out["index"].append(int(batch["index"][i]))

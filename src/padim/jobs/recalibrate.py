@@ -123,7 +123,7 @@ def recalibrate_file(
     if good is not None:
         predictor = open_model(model, device=device, backend=backend, executor=executor)
         quantile = float(meta.get("quantile", 0.99)) if quantile is None else quantile
-        new, good_scores, bad_scores = calibration_from_images(
+        new, good_scores, bad_scores, _ = calibration_from_images(
             predictor, good, defective, quantile=quantile, recall=recall, pixel_quantile=pixel_quantile, **options
         )
     elif threshold is not None:

@@ -16,7 +16,7 @@ Graph interface (batch size N is dynamic, H x W is the model's working size):
   ``normalized_score`` is NaN and its ``label`` True for every image.
 
 ``metadata_props``: ``padim.format_version`` (2), ``padim.image_size`` ([H, W]),
-``padim.runtime.calibrate`` (JSON or ``null``), ``padim.config``, ``padim.n_images`` (training
+``padim.calibration`` (JSON or ``null``), ``padim.config``, ``padim.n_images`` (training
 images), ``padim.preprocess`` and ``padim.toolkit_version``. The tensors are kept in one external data
 file, ``<name>.data`` beside ``<name>`` (onnxruntime finds it by that name and maps it: the model opens
 ten times as fast); ``padim export --single-file`` keeps them inside, below protobuf's 2 GB limit.
@@ -62,8 +62,9 @@ def model_metadata(model: Padim) -> dict[str, str]:
     return {
         "padim.format_version": str(FORMAT_VERSION),
         "padim.image_size": json.dumps(list(model.image_size_)),
-        "padim.runtime.calibrate": json.dumps(None if calibration is None else calibration.to_dict()),
+        "padim.calibration": json.dumps(None if calibration is None else calibration.to_dict()),
         "padim.config": json.dumps(model.config()),
+        "padim.alignment": json.dumps(None if model.alignment_ is None else model.alignment_.to_dict()),
         "padim.n_images": str(int(model.n_images_)),
         "padim.preprocess": json.dumps(preprocess),
         "padim.toolkit_version": __version__,

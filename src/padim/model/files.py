@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from padim.align.reference import Reference
 from padim.errors import ModelFileError, OptionError, PadimError
 from padim.features.backbones import FeatureExtractor, get_spec
 from padim.features.tiling import resolve_tile
@@ -71,6 +72,8 @@ def save(model: Any, path: str | os.PathLike, *, graph: bool = True) -> Path:
     }
     if state.quantization is not None:
         meta["quantization"] = state.quantization.to_dict()
+    if state.alignment is not None:
+        meta["alignment"] = state.alignment.to_dict()
     if state.precision_check is not None:
         meta["precision_check"] = state.precision_check
     if state.stats is not None:  # fit --keep-stats: what an update (padim.model.incremental) adds images to
@@ -146,6 +149,7 @@ def read(path: str | os.PathLike, device: str = "cpu", backend: str = "auto") ->
             n_images=int(meta["n_images"]),
             calibration=None if calibration is None else Calibration(**calibration),
             quantization=Quantization.from_dict(meta["quantization"]) if dtype == "int8" else None,
+            alignment=alignment_of(meta),
             precision_check=meta.get("precision_check") if isinstance(meta.get("precision_check"), dict) else None,
         )
         if "stats_mean" in tensors:  # optional: the mergeable statistics (fit --keep-stats); shapes checked
@@ -166,3 +170,15 @@ def _pair(value: Any) -> tuple[int, int]:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
         raise ValueError(f"expected [height, width], got {value!r}")
     return int(value[0]), int(value[1])
+
+
+def alignment_of(meta: dict) -> Reference | None:
+    """The alignment reference a model file's metadata holds, or None; one that contradicts ``align`` is refused.
+
+    Raises:
+        ValueError: for a malformed record, or ``align`` and the record disagreeing.
+    """
+    record = meta.get("alignment")
+    if (record is None) != (meta.get("align", "none") == "none"):
+        raise ValueError(f"align {meta.get('align')!r} with{'out' * (record is None)} an alignment record")
+    return None if record is None else Reference.from_dict(record)

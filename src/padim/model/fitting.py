@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from padim.align.reference import Reference, aligned
+from padim.align.reference import build as build_reference
 from padim.errors import DataError
 from padim.features.backbones import FeatureExtractor
 from padim.features.embedding import select_channels
@@ -39,6 +41,9 @@ from padim.model.working_size import checked_plan
 from padim.runtime.ort import OrtRunner
 from padim.scoring.calibration import Calibration
 from padim.stats.gaussian import GaussianStats, precision_cholesky_from_stats, stream
+
+#: Good images the alignment reference is built from (:func:`alignment`).
+REFERENCE_IMAGES = 32
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Fitted:
         n_images: images in the Gaussians.
         calibration: the thresholds, or None.
         quantization: the int8 backbone's ranges, or None (float32).
+        alignment: the reference parts are registered to (:mod:`padim.align`), or None.
         stats: the streamed statistics, kept when they may be added to (``keep_stats``).
         holdout_paths: the good images that set the threshold (for updates).
         skipped: unreadable files left out, path -> reason.
@@ -76,6 +82,7 @@ class Fitted:
     n_images: int = 0
     calibration: Calibration | None = None
     quantization: Quantization | None = None
+    alignment: Reference | None = None
     stats: GaussianStats | None = None
     holdout_paths: list[Path] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)
@@ -165,8 +172,34 @@ def split_first(batches: Iterator[Any], n_images: int) -> tuple[np.ndarray, Iter
     return first, chain(taken, batches)
 
 
+def alignment(motion: str, image_size: tuple[int, int], data: Any, skipped: dict, *, n_images: int = REFERENCE_IMAGES,
+              **options: Any) -> tuple[Reference, Any]:  # fmt: skip
+    """The reference parts are registered to (:mod:`padim.align`), built from the first training images.
+
+    Image files are read again from the start afterwards (the first ``n_images`` are decoded twice);
+    other forms are read once, the first images kept for the stream.
+
+    Returns:
+        (the reference, the training images for the stream, as given or as batches).
+
+    Raises:
+        DataError: for fewer than 2 images.
+    """
+    samples = to_samples(data, folder="good")
+    if samples is not None:
+        first = list(as_batches(samples[:n_images], image_size, folder="good", skipped=skipped,
+                                **{**options, "quiet": True}))  # fmt: skip
+    else:
+        images, data = split_first(iter(as_batches(data, image_size, folder="good", desc="fit", skipped=skipped,
+                                                   **options)), n_images)  # fmt: skip
+        first = [images]
+    if sum(len(b) for b in first) < 2:
+        raise DataError(f"fitting needs at least 2 good images, got {sum(len(b) for b in first)}")
+    return build_reference(first, image_size, motion), data
+
+
 def int8_calibration(spec: GraphSpec, data: Any, seed: int, skipped: dict, *, n_images: int = DEFAULT_IMAGES,
-                     **options: Any) -> tuple[Quantization, Any, Iterator[Any]]:  # fmt: skip
+                     reference: Reference | None = None, **options: Any) -> tuple[Quantization, Any, Iterator[Any]]:  # fmt: skip
     """Calibrate an int8 backbone on the first training images (:mod:`padim.graph.quantize`).
 
     Image files are streamed with a seeded subset of ``n_images`` first (:func:`calibration_first`);
@@ -188,6 +221,8 @@ def int8_calibration(spec: GraphSpec, data: Any, seed: int, skipped: dict, *, n_
     images, batches = split_first(iter(batches), n_images)
     if len(images) < 2:
         raise DataError(f"fitting needs at least 2 good images, got {len(images)}")
+    if reference is not None:  # calibrated on what the backbone will see
+        images = aligned(reference, images)
     graph = optimized(embedding_graph(spec))
     quantization = calibrate(graph, images)
     return quantization, OrtRunner(quantize(graph, quantization)), batches
@@ -195,7 +230,7 @@ def int8_calibration(spec: GraphSpec, data: Any, seed: int, skipped: dict, *, n_
 
 def statistics(embed: Any, data: Any, spec: GraphSpec, *, stats: GaussianStats | None = None,
                dtype: torch.dtype = torch.float32, device: Any = "cpu", skipped: dict | None = None,
-               desc: str = "fit", **options: Any) -> GaussianStats | None:  # fmt: skip
+               reference: Reference | None = None, desc: str = "fit", **options: Any) -> GaussianStats | None:  # fmt: skip
     """Stream good images into per-patch statistics (Sec. 3.2), the backbone a few images at a time.
 
     Args:
@@ -205,12 +240,15 @@ def statistics(embed: Any, data: Any, spec: GraphSpec, *, stats: GaussianStats |
         stats: statistics to add to (None: new ones).
         dtype: the scatter matrices' type. device: where they live.
         skipped: a dict unreadable files are added to. desc, options: decoding.
+        reference: register each image to it first (:func:`padim.align.reference.aligned`), or None.
 
     Returns:
         The statistics (None if there were no images and none were given).
     """
     step = images_per_run(spec.image_size, FIT_PIXELS)
     batches = as_batches(data, spec.image_size, folder="good", desc=desc, skipped=skipped, **options)
+    if reference is not None:
+        batches = (aligned(reference, np.asarray(b.detach().cpu() if hasattr(b, "detach") else b)) for b in batches)
     blocks: Iterable[Tensor] = (
         torch.as_tensor(embed(images=b[i : i + step])["patches"]).to(device) for b in batches
         for i in range(0, len(b), step)

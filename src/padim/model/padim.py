@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
 
+from padim.align.reference import threshold_from
 from padim.graph.build import GraphSpec, compact_runner, embedding_runner, pipeline_runner
 from padim.graph.runners import use_onnxruntime
 from padim.io.loading import FIT_PIXELS
 from padim.machine import ENV_THREADS, cpu_threads, release_freed_memory
 from padim.model import files, fitting, quality
 from padim.model.fitting import Fitted
-from padim.model.settings import check_fitted, params_of
+from padim.model.settings import check_fitted, config_of, params_of
 from padim.runtime.calibrate import calibration_from_images
 from padim.runtime.predictor import Prediction, Predictor
 from padim.stats.gaussian import GaussianStats, precision_from_cholesky, unpack_triangular
@@ -49,14 +50,13 @@ class Padim:
             ``"torch"`` or ``"onnxruntime"``.
         holdout: share of the good files kept out of the Gaussians to set the threshold.
         quantile: the threshold is this quantile of the held-out images' scores.
-        stats_dtype: the scatter matrices while fitting. backbone_dtype: ``"int8"`` quantises the
-            backbone (:mod:`padim.graph.quantize`). grid_stride: pixels per Gaussian.
-            tile_size: backbone tiles (:mod:`padim.features.tiling`; None: 1024 past 1024 px; 0: never).
+        stats_dtype: the scatter matrices while fitting. backbone_dtype: ``"int8"`` or ``"bfloat16"``
+            (:mod:`padim.graph.quantize`). grid_stride: pixels per Gaussian. tile_size: backbone tiles
+            (:mod:`padim.features.tiling`). align: ``"translate"`` (default), ``"rigid"`` or ``"none"``:
+            register each image to a reference of the good ones first (:mod:`padim.align`).
 
-    Fitted attributes (:class:`padim.model.fitting.Fitted`, each name with ``_``): ``layers_``,
-    ``image_size_``, ``grid_stride_``, ``tile_size_``, ``feature_size_`` (H, W), ``extractor_``,
-    ``channel_idx_`` (D,), ``mean_`` (P, D), ``precision_cholesky_packed_`` (P, D(D+1)/2) float16,
-    ``n_images_``, ``calibration_``, ``quantization_``, ``stats_``, ``holdout_paths_``, ``skipped_``, ``precision_check_``.
+    Fitted attributes: those of :class:`padim.model.fitting.Fitted`, each name with ``_`` (``mean_`` (P, D),
+    ``precision_cholesky_packed_`` (P, D(D+1)/2) float16, ``calibration_``, ``alignment_``, ...).
 
     Example:
         >>> model = Padim(backbone="resnet18", pretrained=False, image_size=64, n_features=20, sigma=2)
@@ -70,12 +70,12 @@ class Padim:
                  eps: float = 0.01, sigma: float = 4, pretrained: bool = True, weights: PathLike | None = None,
                  device: str | torch.device = "cpu", holdout: float = 0.1, quantile: float = 0.99,
                  backend: str = "auto", stats_dtype: str = "float32", backbone_dtype: str = "float32",
-                 grid_stride: int | None = None, tile_size: int | None = None) -> None:  # fmt: skip
+                 grid_stride: int | None = None, tile_size: int | None = None, align: str = "translate") -> None:  # fmt: skip
         self.backbone, self.layers, self.n_features, self.image_size = backbone, layers, n_features, image_size
         self.seed, self.eps, self.sigma, self.pretrained, self.weights = seed, eps, sigma, pretrained, weights
         self.device, self.holdout, self.quantile, self.backend = device, holdout, quantile, backend
         self.stats_dtype, self.backbone_dtype = stats_dtype, backbone_dtype
-        self.grid_stride, self.tile_size = grid_stride, tile_size
+        self.grid_stride, self.tile_size, self.align = grid_stride, tile_size, align
 
     @classmethod
     def from_fitted(cls, fitted: Fitted, **params: Any) -> Padim:
@@ -104,6 +104,9 @@ class Padim:
         setup = fitting.prepare(self, data, validation, batch_size=batch_size, workers=workers, quiet=quiet,
                                 skip_bad=skip_bad)  # fmt: skip
         self._adopt(setup.fitted)
+        if self.align != "none":  # the reference first: every image the backbone sees is registered to it
+            self.alignment_, setup.source = fitting.alignment(self.align, self.image_size_, setup.source,
+                                                              self.skipped_, **setup.options)  # fmt: skip
         if gather is not None:
             stats, skipped = gather(self, setup.source, setup.options)
             self.skipped_.update(skipped)
@@ -111,7 +114,7 @@ class Padim:
             source = setup.source
             if self.backbone_dtype == "int8":  # calibrated on the first images of the stream
                 self.quantization_, self._runners["embed"], source = fitting.int8_calibration(
-                    self.graph_spec(), source, self.seed, self.skipped_, **setup.options
+                    self.graph_spec(), source, self.seed, self.skipped_, reference=self.alignment_, **setup.options
                 )
             stats = self._statistics(source, None, setup.options)
         self._set_gaussians(stats, keep_stats)
@@ -132,7 +135,7 @@ class Padim:
     def _statistics(self, data: Any, stats: GaussianStats | None, options: dict) -> GaussianStats | None:
         dtype = torch.float32 if self.stats_dtype == "float32" else torch.float64
         return fitting.statistics(self._runner("embed"), data, self.graph_spec(), stats=stats, dtype=dtype,
-                                  device=self.device, skipped=self.skipped_, **options)  # fmt: skip
+                                  device=self.device, skipped=self.skipped_, reference=self.alignment_, **options)  # fmt: skip
 
     def _set_gaussians(self, stats: GaussianStats | None, keep_stats: bool) -> None:
         """Means and precisions from the statistics (Sec. 3.2)."""
@@ -157,9 +160,11 @@ class Padim:
         ``good`` is read as fit's ``data``, ``defective`` as images; the regions' pixel threshold
         comes from the good maps (:mod:`padim.runtime.calibrate`). ``compact``: the least memory. Returns self.
         """
-        self.calibration_, _, _ = calibration_from_images(
+        self.calibration_, _, _, confidence = calibration_from_images(
             self.predictor(compact=compact), good, defective, quantile=self.quantile, good_folder="good", **options
         )
+        if confidence is not None:  # whose registration is trusted: as far from the reference as these good ones
+            self.alignment_ = replace(self.alignment_, threshold=threshold_from(confidence))
         return self
 
     def graph_spec(self) -> GraphSpec:
@@ -192,7 +197,7 @@ class Padim:
         run = (compact_runner(self.graph_spec(), self._runner("embed"), self.mean_, self.precision_cholesky_packed_,
                               self.device) if compact else self._runner("pipeline"))  # fmt: skip
         return Predictor(run, image_size=self.image_size_, calibration=self.calibration_, config=self.config(),
-                         kind=kind, run_pixels=FIT_PIXELS if compact else None)  # fmt: skip
+                         kind=kind, run_pixels=FIT_PIXELS if compact else None, alignment=self.alignment_)  # fmt: skip
 
     def _onnxruntime(self) -> bool:
         return use_onnxruntime(self.backend, self.device, self.backbone_dtype)
@@ -210,13 +215,9 @@ class Padim:
         return params_of(self)
 
     def config(self) -> dict:
-        """What defines this fitted model (JSON-serialisable; stored in its files)."""
+        """What defines this fitted model (JSON-serialisable; stored in its files): :func:`padim.model.settings.config_of`."""
         check_fitted(self)
-        return dict(backbone=self.backbone, layers=list(self.layers_), n_features=len(self.channel_idx_),
-                    image_size=list(self.image_size_), seed=int(self.seed), eps=float(self.eps), sigma=self.sigma,
-                    holdout=float(self.holdout), quantile=float(self.quantile), pretrained=bool(self.pretrained),
-                    backbone_dtype=self.backbone_dtype, grid_stride=int(self.grid_stride_),
-                    tile_size=int(self.tile_size_))  # fmt: skip
+        return config_of(self)
 
     def save(self, path: PathLike) -> Any:
         """Write the model to one safetensors file (atomic); see :func:`padim.model.files.save`."""

@@ -10,7 +10,6 @@ layer) are checked here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +24,10 @@ from padim.options import OPTIONS, check
 
 #: Constructor arguments of :class:`padim.model.padim.Padim`, in order.
 PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "pretrained", "weights", "device",
-          "holdout", "quantile", "backend", "stats_dtype", "backbone_dtype", "grid_stride", "tile_size")  # fmt: skip
+          "holdout", "quantile", "backend", "stats_dtype", "backbone_dtype", "grid_stride", "tile_size", "align")  # fmt: skip
 #: Arguments whose plain range is a row of the option table.
 _TABLE_CHECKED = ("backbone", "n_features", "seed", "eps", "sigma", "holdout", "quantile", "backend", "stats_dtype",
-                  "backbone_dtype", "grid_stride", "tile_size")  # fmt: skip
+                  "backbone_dtype", "grid_stride", "tile_size", "align")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,10 +116,15 @@ def check_bfloat16() -> None:
                           f"{cpu_info().describe()}); use int8 or float32")  # fmt: skip
 
 
+def config_of(model: Any) -> dict:
+    """What defines a fitted model (JSON-serialisable; stored in its files and shown by ``padim info``)."""
+    return dict(backbone=model.backbone, layers=list(model.layers_), n_features=len(model.channel_idx_),
+                image_size=list(model.image_size_), seed=int(model.seed), eps=float(model.eps), sigma=model.sigma,
+                holdout=float(model.holdout), quantile=float(model.quantile), pretrained=bool(model.pretrained),
+                backbone_dtype=model.backbone_dtype, grid_stride=int(model.grid_stride_),
+                tile_size=int(model.tile_size_), align=model.align)  # fmt: skip
+
+
 def params_of(model: Any) -> dict[str, Any]:
     """The constructor arguments of a model, as given (scikit-learn's ``get_params``)."""
     return {name: getattr(model, name) for name in PARAMS}
-
-
-def image_pixels(size: tuple[int, int]) -> int:
-    return math.prod(size)

@@ -105,14 +105,23 @@ def _padim_info(path: Path) -> dict:
                 "backbone_dtype",
                 "grid_stride",
                 "tile_size",
+                "align",
             )
         },  # fmt: skip
+        alignment=_alignment(meta.get("alignment")),
         graph=isinstance(meta.get("graph"), dict),
         feature_size=meta.get("feature_size"),
         n_images=meta.get("n_images"),
         calibration=meta.get("calibration"),
         tensors=tensors,
     )
+
+
+def _alignment(record: dict | None) -> dict | None:
+    """The alignment record without its reference image: what ``padim info`` shows."""
+    if not isinstance(record, dict):
+        return None
+    return {key: record.get(key) for key in ("motion", "threshold", "max_shift", "max_angle", "shape")}
 
 
 def _onnx_info(path: Path) -> dict:
@@ -146,6 +155,7 @@ def _onnx_info(path: Path) -> dict:
         format_version=int(props["padim.format_version"]),
         toolkit_version=props.get("padim.toolkit_version"),
         config={**config, "image_size": list(image_size)},
+        alignment=_alignment(props.get("padim.alignment") and json.loads(props["padim.alignment"])),
         feature_size=None,
         n_images=n_images,
         calibration=None if calibration is None else calibration.to_dict(),
@@ -202,6 +212,11 @@ def format_info(info: dict) -> str:
         rows.append(("threshold", f"{calibration.threshold:.6g} ({calibration.describe()}{flags})"))
         rows.append(("pixel threshold", f"{calibration.region_threshold:.6g} ({calibration.describe_pixel()})"))
         rows.append(("normalised score", f"0 at {calibration.center:.6g} (median good score), 0.5 at the threshold"))
+    aligned = info.get("alignment")
+    rows.append(("alignment", "none: parts are expected where they were trained" if not aligned else
+                 f"{aligned['motion']}: each image registered to a reference of the good images; trusted at "
+                 f"confidence >= {aligned['threshold']:.4g}, shifts up to {aligned['max_shift']:.0%} of the side"
+                 + (f", turns up to {aligned['max_angle']:g} deg" if aligned["motion"] == "rigid" else "")))  # fmt: skip
     big = [t for t in info["tensors"] if not t["name"].startswith("backbone.")]
     backbone = [t for t in info["tensors"] if t["name"].startswith("backbone.")]
     for t in big:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from padim.align.reference import Reference
 from padim.errors import ModelFileError
 from padim.io.images import as_size
 from padim.modelfile.padim_file import MAX_SIDE, MAX_WORKING_PIXELS, is_pair
@@ -19,8 +20,9 @@ from padim.scoring.calibration import Calibration
 PathLike = str | os.PathLike
 
 #: Version of the exported graph and metadata layout; readers refuse files newer than it.
-#: 2: ``threshold`` and ``scale`` are graph inputs (0.1 wrote 1, with constants instead).
-FORMAT_VERSION = 2
+#: 3: ``padim.alignment``, the reference images are registered to before the graph (an older reader
+#: would skip it); 2: ``threshold`` and ``scale`` are graph inputs (0.1 wrote 1, with constants instead).
+FORMAT_VERSION = 3
 
 
 def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tuple[int, int], Calibration | None, dict]:
@@ -42,9 +44,9 @@ def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tupl
         if not is_pair(stored_size, MAX_SIDE) or stored_size[0] * stored_size[1] > MAX_WORKING_PIXELS:
             raise ValueError(f"padim.image_size must be [height, width] of at most {MAX_WORKING_PIXELS:,} pixels")
         image_size = as_size(stored_size)
-        stored = json.loads(props["padim.runtime.calibrate"])
+        stored = json.loads(props["padim.calibration"])
         if stored is not None and not isinstance(stored, dict):
-            raise TypeError(f"padim.runtime.calibrate is a {type(stored).__name__}")
+            raise TypeError(f"padim.calibration is a {type(stored).__name__}")
         calibration = None if stored is None else Calibration(**stored)
         config = json.loads(props.get("padim.config", "{}"))
         if not isinstance(config, dict):
@@ -54,3 +56,18 @@ def read_metadata(props: dict[str, str], path: PathLike = "model") -> tuple[tupl
             raise
         raise ModelFileError(f"{path}: malformed padim metadata in the ONNX model ({error})") from None
     return image_size, calibration, config
+
+
+def read_alignment(props: dict[str, str], path: PathLike = "model") -> Reference | None:
+    """The alignment reference an exported model carries (``padim.alignment``), or None.
+
+    Raises:
+        ModelFileError: for a malformed record.
+    """
+    text = props.get("padim.alignment")
+    if not text or text == "null":
+        return None
+    try:
+        return Reference.from_dict(json.loads(text))
+    except (ValueError, TypeError, RecursionError) as error:
+        raise ModelFileError(f"{path}: malformed padim metadata in the ONNX model ({error})") from None

@@ -49,17 +49,20 @@ from typing import Any
 
 import numpy as np
 
+from padim.align.reference import Reference
 from padim.errors import ModelFileError, OutputError
 from padim.io.files import atomic_path
 from padim.options import MAX_SIDE, OPTIONS
 from padim.scoring.calibration import Calibration
 
-FORMAT_VERSION = 3
+#: 4: ``align`` and its ``alignment`` record (older readers would run such a model without registering
+#: its images, so they must refuse it); 3: packed float16 factors, grid stride, tiles, int8.
+FORMAT_VERSION = 4
 _KEY = "padim"
 #: Constructor arguments of :class:`padim.model.padim.Padim` stored in the metadata.
 PARAMS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile", "pretrained")
-#: Parameters added in format 3, with the values that describe models of older formats.
-NEW_PARAMS = {"grid_stride": None, "tile_size": 0}
+#: Parameters added in formats 3 and 4, with the values that describe models of older formats.
+NEW_PARAMS = {"grid_stride": None, "tile_size": 0, "align": "none"}
 #: The largest working size stored in a model file, in pixels (height x width) and per side.
 MAX_WORKING_PIXELS = 100_000_000
 
@@ -148,6 +151,15 @@ def check_metadata(meta: Any, path: str | os.PathLike) -> dict:
     graph = meta.get("graph")  # the traced inference graph, when the file holds it (padim.modelfile.mapped)
     if graph is not None and not (isinstance(graph, dict) and graph.get("factors") in ("float32", "float16")):
         raise ModelFileError(f"{path}: inconsistent padim model file (graph must record its factors' dtype)")
+    if meta.get("alignment") is not None or meta["align"] != "none":
+        try:
+            if (meta["align"] == "none") != (meta.get("alignment") is None):
+                raise ValueError(
+                    f"align {meta['align']!r} with{'out' * (meta.get('alignment') is None)} an alignment record"
+                )
+            Reference.from_dict(meta["alignment"])
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: inconsistent padim model file ({error})") from None
     if (meta["backbone_dtype"] == "int8") != isinstance(meta.get("quantization"), dict):
         raise ModelFileError(f"{path}: inconsistent padim model file (backbone_dtype {meta['backbone_dtype']!r} "
                              f"with{'out' * ('quantization' not in meta)} int8 ranges)")  # fmt: skip

@@ -31,6 +31,10 @@ CSV_COLUMNS = (
     "region_x1",
     "region_y1",
     "region_area",
+    "dx",
+    "dy",
+    "angle",
+    "aligned",
 )
 
 
@@ -48,6 +52,10 @@ class Row:
         size: the image's own (width, height).
         region: the box around the predicted region in pixels of the image (x1, y1 exclusive)
             with its area in pixels, or None (no region, no threshold, or an error).
+        pose: how the part moved against the model's reference, (dx, dy) in pixels of the image and
+            the angle in degrees (:mod:`padim.align`), or None for a model that does not align parts.
+        aligned: whether that registration is trusted (False: the label is anomalous whatever the
+            score: the part could not be checked where it was), or None without alignment.
     """
 
     path: Path
@@ -57,13 +65,20 @@ class Row:
     overlay: str
     size: tuple[int, int]
     region: Box | None
+    pose: tuple[float, float, float] | None = None
+    aligned: bool | None = None
 
     def csv_line(self) -> str:
         """The row as one CSV line (the order of :data:`CSV_COLUMNS`), newline included."""
         box = self.region
         regions = ["", "", "", "", ""] if box is None else [box.x0, box.y0, box.x1, box.y1, box.area]
         normalized = "" if self.normalized_score is None else f"{self.normalized_score:.6f}"
-        cells = [str(self.path), f"{self.score:.6f}", normalized, self.label, self.overlay, *self.size, *regions]
+        moved = (
+            ["", "", ""] if self.pose is None else [f"{self.pose[0]:.2f}", f"{self.pose[1]:.2f}", f"{self.pose[2]:.3f}"]
+        )
+        aligned = "" if self.aligned is None else str(self.aligned).lower()
+        cells = [str(self.path), f"{self.score:.6f}", normalized, self.label, self.overlay, *self.size, *regions,
+                 *moved, aligned]  # fmt: skip
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(cells)
         return buffer.getvalue()
@@ -78,6 +93,10 @@ class Row:
         if self.region is not None:
             box = self.region
             line += f"  region x {box.x0}-{box.x1} y {box.y0}-{box.y1} ({box.area} px)"
+        if self.aligned is False:
+            line += "  (not aligned: the part does not match the reference well enough to be checked)"
+        elif self.pose is not None and (max(abs(self.pose[0]), abs(self.pose[1])) >= 0.5 or abs(self.pose[2]) >= 0.1):
+            line += f"  moved dx {self.pose[0]:.1f} dy {self.pose[1]:.1f} angle {self.pose[2]:.1f}"
         return line
 
 

@@ -28,8 +28,8 @@ PIXEL_STRIDE = 2
 
 def good_statistics(
     predictor: Any, images: Any, *, folder: str = "images", **options: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and map pixels of good images, batch by batch (bounded memory).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Scores, map pixels and registration confidences of good images, batch by batch (bounded memory).
 
     Args:
         predictor: a :class:`padim.runtime.predictor.Predictor`.
@@ -37,14 +37,17 @@ def good_statistics(
         options: ``batch_size``, ``workers``, ``quiet``, ``skip_bad``.
 
     Returns:
-        ``(scores (N,), pixels (N, H / 2, W / 2))``: pixels every :data:`PIXEL_STRIDE` in each axis.
+        ``(scores (N,), pixels (N, H / 2, W / 2), confidences (N,) or None)``: pixels every
+        :data:`PIXEL_STRIDE` in each axis; confidences of a model that aligns parts (:mod:`padim.align`).
     """
-    scores, pixels = [], []
+    scores, pixels, confidences = [], [], []
     for batch in as_batches(images, predictor.image_size, folder=folder, desc="calibrate", **options):
         prediction = predictor.predict_batch(batch)
         scores.append(prediction.score)
         pixels.append(prediction.anomaly_map[:, ::PIXEL_STRIDE, ::PIXEL_STRIDE].copy())
-    return np.concatenate(scores), np.concatenate(pixels)
+        if prediction.registration is not None:
+            confidences.append(prediction.registration.confidence)
+    return np.concatenate(scores), np.concatenate(pixels), np.concatenate(confidences) if confidences else None
 
 
 def calibration_from_images(
@@ -57,7 +60,7 @@ def calibration_from_images(
     pixel_quantile: float = PIXEL_QUANTILE,
     good_folder: str = "images",
     **options: Any,
-) -> tuple[Calibration, np.ndarray, np.ndarray | None]:
+) -> tuple[Calibration, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """A calibration from good images (a quantile of their scores) or good and defective ones.
 
     Args:
@@ -72,19 +75,20 @@ def calibration_from_images(
         options: decoding options (``batch_size``, ``workers``, ``quiet``, ``skip_bad``).
 
     Returns:
-        ``(calibration, good scores, defective scores or None)``.
+        ``(calibration, good scores, defective scores or None, good images' registration
+        confidences or None)``: the confidences set an aligning model's trust threshold.
 
     Raises:
         OptionError: for a quantile or recall outside (0, 1].
     """
-    good_scores, pixels = good_statistics(predictor, good, folder=good_folder, **options)
+    good_scores, pixels, confidence = good_statistics(predictor, good, folder=good_folder, **options)
     try:
         if defective is None:
-            return from_normal_scores(good_scores, quantile, pixels, pixel_quantile), good_scores, None
-        bad_scores, _ = good_statistics(predictor, defective, **options)
+            return from_normal_scores(good_scores, quantile, pixels, pixel_quantile), good_scores, None, confidence
+        bad_scores, _, _ = good_statistics(predictor, defective, **options)
         calibration = from_labelled_scores(
             good_scores, bad_scores, recall=recall, good_pixels=pixels, pixel_quantile=pixel_quantile
         )
     except ValueError as error:
         raise OptionError(str(error)) from None
-    return calibration, good_scores, bad_scores
+    return calibration, good_scores, bad_scores, confidence

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from padim.errors import ModelFileError, OptionError
-from padim.modelfile.onnx_file import read_metadata
+from padim.modelfile.onnx_file import read_alignment, read_metadata
 from padim.runtime.executors import Choice, check_executor, open_runner, remembered, signature
 from padim.runtime.ort import OrtRunner
 from padim.runtime.predictor import Predictor
@@ -77,10 +77,11 @@ def open_onnx(path: PathLike, device: str = "cpu", executor: str = "auto") -> Pr
     if executor == "openvino" and str(device) == "cpu":
         props, inputs = _onnx_header(path)
         image_size, calibration, config = read_metadata(props, path)
+        alignment = read_alignment(props, path)
         runner, choice = open_runner(path, None, requested=executor, precision=config.get("backbone_dtype", "float32"),
                                      config={**config, "image_size": list(image_size)})  # fmt: skip
         return Predictor(runner, image_size=image_size, calibration=calibration, config=config, kind=choice.executor,
-                         threshold_input="threshold" in inputs, executor=choice)  # fmt: skip
+                         threshold_input="threshold" in inputs, executor=choice, alignment=alignment)  # fmt: skip
     try:
         runner = OrtRunner(path, device=device)
     except OptionError:
@@ -90,7 +91,9 @@ def open_onnx(path: PathLike, device: str = "cpu", executor: str = "auto") -> Pr
         if not data.is_file() and "external" in reason.lower() or ".data" in reason:
             reason = f"its tensors file {data.name} is missing beside it: copy both files"
         raise ModelFileError(f"{path}: not a readable ONNX model ({reason})") from None
-    image_size, calibration, config = read_metadata(runner.session.get_modelmeta().custom_metadata_map, path)
+    props = runner.session.get_modelmeta().custom_metadata_map
+    image_size, calibration, config = read_metadata(props, path)
+    alignment = read_alignment(props, path)
     check_io(runner.session, image_size, calibration is not None, path)
     precision = config.get("backbone_dtype", "float32")
     on_cpu = str(device) == "cpu"
@@ -102,7 +105,7 @@ def open_onnx(path: PathLike, device: str = "cpu", executor: str = "auto") -> Pr
                                      config={**config, "image_size": list(image_size)})  # fmt: skip
     return Predictor(runner, image_size=image_size, calibration=calibration, config=config, kind=choice.executor,
                      threshold_input="threshold" in getattr(runner, "input_names", ()) or choice.executor == "openvino",
-                     executor=choice)  # fmt: skip
+                     executor=choice, alignment=alignment)  # fmt: skip
 
 
 def _onnx_header(path: Path) -> tuple[dict[str, str], set[str]]:

@@ -8,6 +8,7 @@ time and collects its outputs. NumPy only.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from padim.align.reference import Reference, Registration, applied, register
+from padim.align.warps import to_input, to_reference
 from padim.errors import OptionError
 from padim.io.loading import RUN_PIXELS, as_batches, default_batch_size, images_per_run
 from padim.scoring.calibration import Calibration, manual
@@ -32,6 +35,9 @@ class Prediction:
         label: (N,) bool, True = anomalous; None for an uncalibrated model.
         threshold: the threshold the labels used, or None.
         pixel_threshold: the pixel threshold of the regions (None: ``threshold``).
+        registration: each image's pose against the model's reference and whether it is trusted
+            (:class:`padim.align.reference.Registration`), for a model that aligns parts; else None.
+            An untrusted image is labelled anomalous whatever its score.
     """
 
     anomaly_map: np.ndarray
@@ -40,6 +46,7 @@ class Prediction:
     label: np.ndarray | None = None
     threshold: float | None = None
     pixel_threshold: float | None = None
+    registration: Registration | None = None
 
     @property
     def region(self) -> np.ndarray | None:
@@ -63,7 +70,9 @@ class Prediction:
             return None if arrays[0] is None else np.concatenate(arrays)
 
         arrays = (cat(name) for name in ("anomaly_map", "score", "normalized_score", "label"))
-        return cls(*arrays, parts[0].threshold, parts[0].pixel_threshold)
+        registration = None if parts[0].registration is None else Registration(
+            *(np.concatenate([getattr(p.registration, f) for p in parts]) for f in Registration.__dataclass_fields__))  # fmt: skip
+        return cls(*arrays, parts[0].threshold, parts[0].pixel_threshold, registration)
 
 
 def _numpy(array: Any) -> np.ndarray:
@@ -87,6 +96,9 @@ class Predictor:
         run_pixels: at most this many pixels of images per call of ``run`` (None:
             :data:`padim.io.loading.RUN_PIXELS`).
         executor: how the executor was chosen (:class:`padim.runtime.executors.Choice`), or None (torch).
+        alignment: the model's reference (:class:`padim.align.reference.Reference`): each image is
+            registered to it and brought into its frame before the graph, and its map brought back
+            after; None: the images go in as they are.
     """
 
     def __init__(
@@ -100,6 +112,7 @@ class Predictor:
         threshold_input: bool = True,
         run_pixels: int | None = None,
         executor: Any = None,
+        alignment: Reference | None = None,
     ) -> None:
         self.run = run
         self.run_pixels = RUN_PIXELS if run_pixels is None else run_pixels
@@ -109,6 +122,7 @@ class Predictor:
         self.kind = kind
         self.threshold_input = threshold_input
         self.executor = executor
+        self.alignment = alignment
 
     def describe(self) -> str:
         """What runs this model and why: ``onnxruntime, float32 (auto: OpenVINO is not installed)``."""
@@ -127,9 +141,9 @@ class Predictor:
             raise OptionError(f"--threshold must be a finite number, got {threshold!r}")
         if not self.threshold_input:
             raise OptionError("--threshold: this ONNX file was exported by padim-toolkit 0.1; export it again")
-        new = manual(float(threshold), self.calibration)
-        return Predictor(self.run, image_size=self.image_size, calibration=new, config=self.config, kind=self.kind,
-                         run_pixels=self.run_pixels, executor=self.executor)  # fmt: skip
+        changed = copy.copy(self)
+        changed.calibration = manual(float(threshold), self.calibration)
+        return changed
 
     def predict_batch(self, images: np.ndarray) -> Prediction:
         """Prediction for a pre-processed batch (N, 3, H, W) float32 (:func:`padim.io.images.preprocess`).
@@ -143,6 +157,11 @@ class Predictor:
                 f"expected pre-processed images (N, 3, {self.image_size[0]}, {self.image_size[1]}), "
                 f"got shape {tuple(images.shape)}"
             )
+        found = None
+        if self.alignment is not None:  # registered, moved into the reference frame (on the CPU, in NumPy)
+            images = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float32)
+            found = register(self.alignment, images)
+            images = to_reference(images, applied(found))
         calibration = self.calibration
         threshold = math.nan if calibration is None else calibration.threshold
         scale = 1.0 if calibration is None else calibration.scale
@@ -154,10 +173,12 @@ class Predictor:
         out = {
             k: _numpy(v) if len(runs) == 1 else np.concatenate([_numpy(r[k]) for r in runs]) for k, v in runs[0].items()
         }
+        maps = out["anomaly_map"] if found is None else to_input(out["anomaly_map"], applied(found))
         if calibration is None:
-            return Prediction(out["anomaly_map"], out["score"])
-        maps, score, normalized = out["anomaly_map"], out["score"], out["normalized_score"]
-        return Prediction(maps, score, normalized, out["label"].astype(bool), threshold, calibration.region_threshold)
+            return Prediction(maps, out["score"], registration=found)
+        label = out["label"].astype(bool) if found is None else out["label"].astype(bool) | ~found.trusted
+        return Prediction(maps, out["score"], out["normalized_score"], label, threshold, calibration.region_threshold,
+                          found)  # fmt: skip
 
     def predict(
         self,

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from padim.align.reference import Reference
 from padim.errors import ModelFileError, PadimError
 from padim.machine import cpu_threads
 from padim.modelfile.mapped import MappedModel
@@ -25,7 +26,7 @@ from padim.scoring.calibration import Calibration
 
 #: The model's settings a predictor's ``config`` holds (what :meth:`padim.model.padim.Padim.config` gives).
 CONFIG_KEYS = ("backbone", "layers", "n_features", "image_size", "seed", "eps", "sigma", "holdout", "quantile",
-               "pretrained", "backbone_dtype", "grid_stride", "tile_size")  # fmt: skip
+               "pretrained", "backbone_dtype", "grid_stride", "tile_size", "align")  # fmt: skip
 
 
 def unpack_triangular(packed: np.ndarray, dtype: str = "float32") -> np.ndarray:
@@ -113,5 +114,9 @@ def open_stored(mapped: MappedModel, *, executor: str = "auto", device: str = "c
     if failure:
         raise failure[0]
     calibration = None if meta["calibration"] is None else Calibration(**meta["calibration"])
+    try:
+        alignment = None if meta.get("alignment") is None else Reference.from_dict(meta["alignment"])
+    except ValueError as error:
+        raise ModelFileError(f"{mapped.path}: inconsistent padim model file ({error})") from None
     return Predictor(runner, image_size=tuple(meta["image_size"]), calibration=calibration, config=config,
-                     kind=choice.executor, executor=choice)  # fmt: skip
+                     kind=choice.executor, executor=choice, alignment=alignment)  # fmt: skip

@@ -62,9 +62,21 @@ def _predict_upload(model, data: bytes, heatmap: bool) -> dict[str, Any]:
         "threshold": None if calibration is None else float(calibration.threshold),
         "image_size": [image.height, image.width],
         "regions": [] if boxes is None else [vars(box) for box in boxes],
+        "alignment": _alignment(prediction, image.size),
     }
     if heatmap:
         vmin, vmax = heatmap_range(calibration, anomaly_map)
         picture = overlay_at_image_size(image, anomaly_map, calibration, vmin, vmax, HEATMAP_MAX_SIDE, score=score)
         answer["heatmap_png"] = base64.b64encode(picture_bytes(picture, "png")).decode("ascii")
     return answer
+
+
+def _alignment(prediction: Any, size: tuple[int, int]) -> dict[str, Any] | None:
+    """``{dx, dy, angle, confidence, aligned}`` of the upload (dx, dy in its pixels), or None for a model that does not align."""
+    found = prediction.registration
+    if found is None:
+        return None
+    height, width = prediction.anomaly_map.shape[1:]
+    dx, dy, angle = (float(v) for v in found.poses[0])
+    return dict(dx=dx * size[0] / width, dy=dy * size[1] / height, angle=angle,
+                confidence=float(found.confidence[0]), aligned=bool(found.trusted[0]))  # fmt: skip
