@@ -22,10 +22,11 @@ from padim.align import registration, warps
 from padim.align.warps import to_reference
 from padim.io.images import IMAGENET_MEAN, IMAGENET_STD
 
-#: Registration runs at the working size, or at this long side when the working size is larger.
-MAX_SIDE = 256
+#: Registration runs at the working size, or at this long side when the working size is larger: half the
+#: default working size, a fifth of a pixel there (0.4 px of the working size, a tenth of a Gaussian's cell).
+MAX_SIDE = 128
 #: Rotations beyond this many degrees are not searched (``rigid``): a part turned further is untrusted.
-MAX_ANGLE = 10.0
+MAX_ANGLE = 5.0
 #: A registration is trusted only if the part stays within this share of the image's side...
 MAX_SHIFT = 0.15
 #: ...and at least this share of the reference frame comes from the photo (not its repeated border).
@@ -60,9 +61,11 @@ class Reference:
     max_shift: float = MAX_SHIFT
     max_angle: float = MAX_ANGLE
 
-    @property
-    def spectrum(self) -> np.ndarray:
-        return registration.spectrum(self.gray)
+    def __post_init__(self) -> None:
+        # Computed once: every batch is phase-correlated against them.
+        object.__setattr__(self, "spectrum", registration.spectrum(self.gray))
+        search = registration.AngleSearch.make(self.gray, self.max_angle) if self.motion == "rigid" else None
+        object.__setattr__(self, "search", search)
 
     def to_dict(self) -> dict:
         """JSON-ready, the gray as base64 float32 bytes (exact)."""
@@ -116,7 +119,7 @@ def registration_size(working_size: tuple[int, int]) -> tuple[int, int]:
     """(h, w) registration runs at: the working size, scaled down to a :data:`MAX_SIDE` long side.
 
     >>> registration_size((256, 256)), registration_size((512, 1024))
-    ((256, 256), (128, 256))
+    ((128, 128), (64, 128))
     """
     height, width = working_size
     scale = min(1.0, MAX_SIDE / max(height, width))
@@ -164,7 +167,7 @@ def register(reference: Reference, batch: np.ndarray) -> Registration:
     """
     size = reference.gray.shape
     poses, confidence, covered = registration.register(reference.gray, reference.spectrum, grays(batch, size),
-                                                       reference.motion, reference.max_angle)  # fmt: skip
+                                                       reference.motion, reference.max_angle, reference.search)  # fmt: skip
     poses = _scaled(poses, size, reference.working_size)
     height, width = reference.working_size
     trusted = (covered >= MIN_COVERAGE) & (np.abs(poses[:, 0]) <= reference.max_shift * width)

@@ -20,11 +20,14 @@ Grays are (N, h, w) float32 luminance at the registration size (:func:`padim.ali
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 
 from padim.align.warps import coverage, resample
 
-#: Subpixel refinement: the peak is located to 1/UPSAMPLE of a pixel.
+#: Subpixel refinement: the peak is located to 1/UPSAMPLE of a pixel (in two rounds: fewer DFT points).
 UPSAMPLE = 20
 
 
@@ -38,6 +41,17 @@ def spectrum(grays: np.ndarray) -> np.ndarray:
     grays = np.asarray(grays, dtype=np.float32)
     centred = grays - grays.mean(axis=(-2, -1), keepdims=True)
     return np.fft.fft2(centred * _window(grays.shape[-2:])).astype(np.complex64)
+
+
+#: Whitening floor, relative to the strongest frequency: frequencies where the images hold almost no
+#: energy would otherwise weigh as much as the rest and bury the peak in noise (smooth parts).
+FLOOR = 0.01
+
+
+def _whitened(product: np.ndarray) -> np.ndarray:
+    """The cross-power spectrum normalised to unit magnitude, regularised (:data:`FLOOR`), over the last two axes."""
+    magnitude = np.abs(product)
+    return product / (magnitude + FLOOR * magnitude.max(axis=(-2, -1), keepdims=True) + 1e-30)
 
 
 def _inverse_dft_at(product: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -64,17 +78,25 @@ def shift(reference_spectrum: np.ndarray, gray: np.ndarray) -> tuple[float, floa
         (dx, dy) in pixels of that size, to 1/:data:`UPSAMPLE` pixel; peak: the normalised
         cross-correlation's maximum (near 1 for a clean shift, near 0 for unrelated images).
     """
-    product = spectrum(gray) * np.conj(reference_spectrum)
-    product /= np.maximum(np.abs(product), 1e-12)
+    product = _whitened(spectrum(gray) * np.conj(reference_spectrum))
     correlation = np.fft.ifft2(product)
     height, width = correlation.shape
     row, col = np.unravel_index(int(np.argmax(np.abs(correlation))), correlation.shape)
-    row, col = (row - height if row > height // 2 else row), (col - width if col > width // 2 else col)
-    # Refine on a 1.5-pixel square around the coarse peak, UPSAMPLE points per pixel.
-    steps = (np.arange(int(np.ceil(1.5 * UPSAMPLE))) - int(np.ceil(1.5 * UPSAMPLE)) // 2) / UPSAMPLE
-    fine = np.abs(_inverse_dft_at(product, row + steps, col + steps)) / product.size
-    i, j = np.unravel_index(int(np.argmax(fine)), fine.shape)
-    return float(col + steps[j]), float(row + steps[i]), float(fine[i, j])
+    peak = np.array([row - height if row > height // 2 else row, col - width if col > width // 2 else col], float)
+    # Refine around the coarse peak: a 1.5-pixel square at a quarter pixel, then half a pixel at 1/UPSAMPLE.
+    for span, spacing in ((1.5, 0.25), (0.5, 1.0 / UPSAMPLE)):
+        steps = np.arange(-span / 2, span / 2 + spacing / 2, spacing)
+        fine = np.abs(_inverse_dft_at(product, peak[0] + steps, peak[1] + steps)) / product.size
+        i, j = np.unravel_index(int(np.argmax(fine)), fine.shape)
+        peak = peak + np.array([steps[i], steps[j]])
+    return float(peak[1]), float(peak[0]), float(fine[i, j])
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x, y) of an image, centred on its middle: reused for every image of that size."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return xs - (width - 1) / 2.0, ys - (height - 1) / 2.0
 
 
 def correlation(reference: np.ndarray, gray: np.ndarray, pose: np.ndarray) -> float:
@@ -82,21 +104,26 @@ def correlation(reference: np.ndarray, gray: np.ndarray, pose: np.ndarray) -> fl
 
     Returns 0 for a uniform image (nothing to correlate).
     """
-    size = reference.shape
+    height, width = reference.shape
     moved = resample(gray[None, None], pose[None])[0, 0]
-    height, width = size
-    ys, xs = np.mgrid[0:height, 0:width]
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    c, s = np.cos(np.radians(pose[2])), np.sin(np.radians(pose[2]))
-    lx = c * (xs - cx) + s * (ys - cy) + cx + pose[0]
-    ly = -s * (xs - cx) + c * (ys - cy) + cy + pose[1]
-    inside = (lx >= -0.5) & (lx <= width - 0.5) & (ly >= -0.5) & (ly <= height - 0.5)
+    xs, ys = _grid(height, width)
+    c, s = np.float32(np.cos(np.radians(pose[2]))), np.float32(np.sin(np.radians(pose[2])))
+    lx = c * xs + s * ys + np.float32(pose[0])
+    ly = -s * xs + c * ys + np.float32(pose[1])
+    inside = (np.abs(lx) <= width / 2.0) & (np.abs(ly) <= height / 2.0)
     if inside.sum() < 16:
         return 0.0
     a, b = reference[inside].astype(np.float64), moved[inside].astype(np.float64)
     a, b = a - a.mean(), b - b.mean()
     norm = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / norm) if norm > 1e-12 else 0.0
+
+
+def shrink(gray: np.ndarray, factor: int) -> np.ndarray:
+    """(..., h, w) box-averaged by ``factor`` on each side (the edges that do not fill a box dropped)."""
+    h, w = gray.shape[-2] // factor * factor, gray.shape[-1] // factor * factor
+    boxes = gray[..., :h, :w].reshape(*gray.shape[:-2], h // factor, factor, w // factor, factor)
+    return boxes.mean(axis=(-3, -1))
 
 
 def _pose_at(reference: np.ndarray, reference_spectrum: np.ndarray, gray: np.ndarray, angle: float) -> tuple:
@@ -119,38 +146,74 @@ def _vertex(angles: np.ndarray, values: np.ndarray, k: int) -> float:
     return float(angles[k] + (0.5 * (low - high) / curve * step if curve < 0 else 0.0))
 
 
-def rigid_pose(reference: np.ndarray, reference_spectrum: np.ndarray, gray: np.ndarray, max_angle: float,
-               step: float = 1.0) -> tuple[np.ndarray, float]:  # fmt: skip
-    """(pose, confidence) with a rotation within +-``max_angle`` degrees: the angle whose registration correlates best.
+#: The coarse angle search runs on images this many times smaller (at least 32 px a side).
+SEARCH_SHRINK = 2
 
-    Candidates every ``step`` degrees; a parabola through the best three refines the angle, and the
-    refined angle is kept if it correlates at least as well.
+
+@dataclass(frozen=True)
+class AngleSearch:
+    """The reference turned by each candidate angle, small, as spectra: built once per reference.
+
+    Attributes:
+        angles: (K,) candidate angles in degrees.
+        factor: how many times smaller than the registration size.
+        spectra: (K, h, w) :func:`spectrum` of the small reference turned by each angle.
     """
-    angles = np.arange(-max_angle, max_angle + step / 2, step)
-    found = [_pose_at(reference, reference_spectrum, gray, float(a)) for a in angles]
-    values = np.array([conf for _, conf in found])
-    k = int(np.argmax(values))
-    best = found[k]
-    refined = _vertex(angles, values, k)
-    if refined != angles[k]:
+
+    angles: np.ndarray
+    factor: int
+    spectra: np.ndarray
+
+    @classmethod
+    def make(cls, reference: np.ndarray, max_angle: float, step: float = 1.0) -> AngleSearch:
+        factor = max(1, min(SEARCH_SHRINK, min(reference.shape) // 32))
+        small = shrink(reference, factor)
+        angles = np.arange(-max_angle, max_angle + step / 2, step)
+        # The reference point p lands at R(a) p in an input turned by a: sample the reference at R(-a) p.
+        turned = resample(np.repeat(small[None, None], len(angles), 0), np.stack(
+            [np.zeros_like(angles), np.zeros_like(angles), -angles], axis=1))[:, 0]  # fmt: skip
+        return cls(angles, factor, spectrum(turned))
+
+
+def rigid_pose(reference: np.ndarray, reference_spectrum: np.ndarray, gray: np.ndarray,
+               search: AngleSearch) -> tuple[np.ndarray, float]:  # fmt: skip
+    """(pose, confidence) with a rotation within the search's range: the angle whose registration correlates best.
+
+    Coarse: the small input is phase-correlated with the small reference turned by every candidate
+    angle at once (one FFT of the input), a parabola through the three highest peaks giving the
+    angle. Fine, at the registration size: three angles half a step apart around it, each scored by
+    the correlation of its registration, refined by a parabola.
+    """
+    product = _whitened(spectrum(shrink(gray, search.factor))[None] * np.conj(search.spectra))
+    peaks = np.abs(np.fft.ifft2(product)).reshape(len(search.angles), -1).max(axis=1)
+    centre = _vertex(search.angles, peaks, int(np.argmax(peaks)))
+    step = float(search.angles[1] - search.angles[0]) if len(search.angles) > 1 else 1.0
+    fine = centre + np.array([-step / 2, 0.0, step / 2])
+    found = [_pose_at(reference, reference_spectrum, gray, float(a)) for a in fine]
+    refined = _vertex(fine, np.array([conf for _, conf in found]), 1)
+    best = max(found, key=lambda item: item[1])
+    if refined not in fine:
         candidate = _pose_at(reference, reference_spectrum, gray, refined)
         best = candidate if candidate[1] >= best[1] else best
     return best
 
 
 def register(reference: np.ndarray, reference_spectrum: np.ndarray, grays: np.ndarray, motion: str,
-             max_angle: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+             max_angle: float = 5.0, search: AngleSearch | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Poses (N, 3) (dx, dy, angle at the registration size), confidences (N,) and coverages (N,) of grays.
 
     Args:
         reference: (h, w) the reference gray; reference_spectrum: its :func:`spectrum`.
         grays: (N, h, w) inputs at the same size.
         motion: ``"translate"`` (shift only) or ``"rigid"`` (shift and rotation within ``max_angle`` degrees).
+        search: the rigid search's turned references (:class:`AngleSearch`; None: made here).
     """
+    if motion == "rigid" and search is None:
+        search = AngleSearch.make(reference, max_angle)
     poses, confidences, covered = [], [], []
     for gray in np.asarray(grays, dtype=np.float32):
         if motion == "rigid":
-            pose, confidence = rigid_pose(reference, reference_spectrum, gray, max_angle)
+            pose, confidence = rigid_pose(reference, reference_spectrum, gray, search)
         else:
             pose, confidence = _pose_at(reference, reference_spectrum, gray, 0.0)
         poses.append(pose)

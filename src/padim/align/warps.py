@@ -69,16 +69,19 @@ def _sample(images: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 def _shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """(C, H, W) sampled at (x + dx, y + dy), bilinear, border replicated: a translation in four slices."""
-    _, height, width = image.shape
+    """(C, H, W) sampled at (x + dx, y + dy), bilinear, border replicated: a translation, one axis at a time."""
     out = image
-    for axis, size, offset in ((2, width, dx), (1, height, dy)):
-        whole = math.floor(offset)
-        frac = np.float32(offset - whole)
-        index = np.clip(np.arange(size) + whole, 0, size - 1)
-        after = np.clip(index + 1, 0, size - 1)
-        low, high = np.take(out, index, axis=axis), np.take(out, after, axis=axis)
-        out = low if frac == 0 else low + frac * (high - low)
+    for axis, offset in ((2, dx), (1, dy)):
+        size = out.shape[axis]
+        position = np.clip(np.arange(size) + offset, 0.0, size - 1.0)
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, size - 1)
+        frac = (position - low).astype(np.float32)
+        shape = [1, 1, 1]
+        shape[axis] = size
+        frac = frac.reshape(shape)
+        lows = np.take(out, low, axis=axis)
+        out = lows + frac * (np.take(out, high, axis=axis) - lows)
     return out
 
 
