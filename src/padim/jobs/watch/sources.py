@@ -132,6 +132,7 @@ class StdinSource(Source):
     def __init__(self, stream: IO[str], journal: Journal, move_to: Path | None, say: Callable[[str], None]) -> None:
         super().__init__(say)
         self.stream, self.journal, self.move_to = stream, journal, move_to
+        self._taken: set[str] = set()  # listed in this run (judged, or being judged)
 
     def _run(self) -> None:
         try:
@@ -147,6 +148,9 @@ class StdinSource(Source):
     def _arrival(self, text: str) -> Any:
         path = Path(text)
         key = journal_key(path)
+        if key in self._taken:
+            self.say(f"{text}: listed twice; judged once")
+            return None
         label = self.journal.label(key)
         if label is not None:
             moved = self.move_to is not None and path.is_file()
@@ -157,6 +161,7 @@ class StdinSource(Source):
             return None
         parts = [p for p in PurePath(os.path.normpath(text)).parts if p not in ("..", path.anchor)]  # inside overlays/
         overlay = PurePath(*parts).with_suffix("").as_posix()
+        self._taken.add(key)
         return Arrival(text, key, path=path, overlay=overlay, suffix=path.suffix, relative=PurePath(path.name))
 
     def _put(self, arrival: Arrival | None) -> bool:
