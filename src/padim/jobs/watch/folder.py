@@ -70,6 +70,7 @@ class FolderSource(Source):
         super().__init__(say)
         self.root, self.journal, self.recursive, self.poll, self.settle = Path(root), journal, recursive, poll, settle
         self.move_to = move_to
+        self.describe = "file events" if poll is None else f"polling every {poll:g} s"
         self._base = os.path.abspath(root)
         self._exclude = [os.path.abspath(p) + os.sep for p in exclude]
         self._events: queue.SimpleQueue = queue.SimpleQueue()

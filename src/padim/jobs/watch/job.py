@@ -123,6 +123,9 @@ def watch(predictor: Any, source: str, output: str | os.PathLike, *, model: str 
         for name, count in (spool.stranded() if spool else {}).items():
             say(f"{count} verdicts wait in the spool for {name} (no --{name} this time); kept for a run with it")
         src = _source(kind, source, journal, output, move_to, recursive, poll, settle, fps, stdin, say)
+        if not quiet:
+            sent = "".join(f"; verdicts to {sender.where}" for sender in senders)
+            say(f"watching {source} ({src.describe}); rows in {journal.path}{sent}")
         holder["queue"] = queue = ArrivalQueue(queue_size, on_put=status.arrived)
         holder["source"] = src
         deliveries += [Delivery(spool, sender, say).start() for sender in senders]

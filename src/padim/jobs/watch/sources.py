@@ -69,6 +69,7 @@ class Source:
     """
 
     live = False
+    describe = ""
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
@@ -128,6 +129,8 @@ class StdinSource(Source):
     producer may send its whole list again after a restart; with ``move_to`` such a file, if it is
     still there, is moved then. The source is finished at the end of the stream.
     """
+
+    describe = "paths on standard input"
 
     def __init__(self, stream: IO[str], journal: Journal, move_to: Path | None, say: Callable[[str], None]) -> None:
         super().__init__(say)

@@ -55,6 +55,7 @@ class VideoSource(Source):
         super().__init__(say)
         self.cv2, self.spec, self.kind, self.journal, self.fps = cv2, spec, kind, journal, fps
         self.live = kind != "video"
+        self.describe = (f"a {kind}" if self.live else "a video file") + ("" if fps is None else f", {fps:g} frames/s")
         self.label = f"camera{spec}" if kind == "camera" else shown(spec)
         self.folder = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec).name if kind == "video" else self.label).strip("_")
         self._capture = self._open()
