@@ -52,7 +52,9 @@ def test_the_message_holds_the_verdict_and_never_a_nan():
     assert json.loads(message_bytes(bad))["score"] is None
     assert error_row("x").csv_line() == "x,nan,,error,,,,,,,,\n"
     nan_row = Row(Path("c.png"), math.nan, None, "error", "", (4, 4), None)
-    assert verdict_message(nan_row, threshold=None, model="m", model_sha256=None, time="T", arrived=None)["score"] is None
+    assert (
+        verdict_message(nan_row, threshold=None, model="m", model_sha256=None, time="T", arrived=None)["score"] is None
+    )
 
 
 # ------------------------------------------------------------------ URLs

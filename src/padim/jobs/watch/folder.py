@@ -30,6 +30,7 @@ from pathlib import Path, PurePath
 from padim.errors import ImageError
 from padim.io.images import IMAGE_SUFFIXES
 from padim.jobs.watch.arrivals import Arrival, file_signature, journal_key
+from padim.jobs.watch.events import files_below, observe
 from padim.jobs.watch.journal import Journal
 from padim.jobs.watch.sources import Source, moved_judged_file
 from padim.outputs.rows import Row
@@ -119,28 +120,6 @@ class FolderSource(Source):
                 self._scan()
                 next_scan = now + (1.0 if self._lost else RESCAN_SECONDS)
 
-    def _observe(self):
-        """Start watchdog on the root: inotify (Linux) or the platform's events, or polling."""
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-        from watchdog.observers.polling import PollingObserver
-
-        handler = FileSystemEventHandler()
-        handler.dispatch = self._events.put  # every event, as it is: sorted out in this source's thread
-        for kind in ("polling",) if self.poll is not None else ("events", "polling"):
-            try:
-                if kind == "polling":
-                    observer = PollingObserver(timeout=self.poll or 1.0)
-                else:
-                    observer = _inotify() or Observer()
-                observer.schedule(handler, str(self.root), recursive=self.recursive)
-                observer.start()
-                return observer
-            except OSError as error:  # no more inotify watches, an unreadable folder
-                self.say(f"{self.root}: no file events ({error.strerror or error}); polling every "
-                         f"{self.poll or 1.0:g} s instead")  # fmt: skip
-        return None
-
     def _on_event(self, event) -> None:
         kind = event.event_type
         if event.is_directory:
@@ -224,12 +203,12 @@ class FolderSource(Source):
         if self._lost or self._observer is None:
             if self._observer is not None:
                 self._observer.stop()
-            self._observer = self._observe()
+            self._observer = observe(self.root, self.recursive, self.poll, self._events.put, self.say)
             if self._lost:
                 self._lost = False
                 self.say(f"{self.root}: the folder is back; watching it again")
         now = time.monotonic()
-        for path in self._files():
+        for path in files_below(self.root, self.recursive, self._unreadable, self.say):
             relative = self._relative(path)
             key = journal_key(path)
             with self._lock:
@@ -246,22 +225,6 @@ class FolderSource(Source):
             with self._lock:
                 if key not in self._candidates:
                     self._make_ready(key, relative, self._candidates.setdefault(key, _Candidate(signature, now)), False)
-
-    def _files(self) -> list[str]:
-        """The files below the root (its subfolders with ``recursive``, hidden ones skipped), sorted by name."""
-
-        def unreadable(error: OSError) -> None:
-            if error.filename not in self._unreadable:
-                self._unreadable.add(error.filename)
-                self.say(f"{error.filename}: cannot read this folder ({error.strerror}); its files wait until it can "
-                         "be read")  # fmt: skip
-
-        found: list[str] = []
-        for folder, folders, files in os.walk(self.root, onerror=unreadable):
-            folders[:] = sorted(f for f in folders if not f.startswith(".")) if self.recursive else []
-            found += [os.path.join(folder, name) for name in sorted(files)]
-            self._unreadable.discard(folder)
-        return found
 
     # ------------------------------------------------------------------ the watcher's calls
 
@@ -303,12 +266,3 @@ class FolderSource(Source):
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5.0)
-
-
-def _inotify():
-    """watchdog's inotify observer telling a rename into the folder from a new file (Linux), or None."""
-    try:
-        from watchdog.observers.inotify import InotifyObserver
-    except ImportError:
-        return None
-    return InotifyObserver(generate_full_events=True)
