@@ -21,7 +21,8 @@ from padim.errors import OptionError
 from padim.io.inputs import image_samples
 from padim.jobs.predict import predict_files
 from padim.jobs.watch import watch
-from padim.outputs.rows import CSV_COLUMNS
+from padim.jobs.watch.status import Status
+from padim.outputs.rows import CSV_COLUMNS, Row
 from padim.runtime.opening import open_model
 
 from watching import drop, rows, wait_for, watching
@@ -50,7 +51,7 @@ def by_name(found: list[dict]) -> dict[str, dict]:
     return {Path(r["path"]).name: r for r in found}
 
 
-@pytest.mark.parametrize("kind", ["onnx", "padim"])
+@pytest.mark.parametrize("kind", ["onnx", pytest.param("padim", marks=pytest.mark.slow)])
 def test_files_renamed_into_the_folder_get_predicts_rows_and_overlays(kind, predictor, tiny_padim, parts, tmp_path):
     if kind == "padim":
         predictor = open_model(tiny_padim).with_threshold(predictor.calibration.threshold)
@@ -98,6 +99,7 @@ def test_a_restart_judges_what_arrived_meanwhile_and_nothing_twice(predictor, pa
     assert (out / "predictions.csv").read_text().count("path,score") == 1
 
 
+@pytest.mark.slow
 def test_files_written_in_place_count_once_complete_and_bad_ones_get_error_rows(predictor, parts, tmp_path, capsys):
     watched, out = tmp_path / "in", tmp_path / "out"
     watched.mkdir()
@@ -223,3 +225,53 @@ def test_bad_sources_and_a_busy_output_folder(tiny_onnx, predictor, tmp_path, ca
     assert code == 2 and "another padim watch (process 4242) writes here" in err
     with pytest.raises(OptionError, match="--move-to moves judged files"):
         watch(predictor, "0", tmp_path / "o", move_to=tmp_path / "m")
+
+
+def test_an_output_folder_around_the_watched_one_is_refused(predictor, tmp_path):
+    (tmp_path / "out" / "in").mkdir(parents=True)
+    for output in (tmp_path / "out", tmp_path / "out" / "in"):
+        with pytest.raises(OptionError, match="is inside it"):
+            watch(predictor, str(tmp_path / "out" / "in"), output)
+
+
+def test_the_status_line_and_the_back_pressure_warning():
+    stream = io.StringIO()
+    gauges = {"waiting": 40, "lag": 3.5, "skipped": 0, "spooled": 2}
+    status = Status(gauges=lambda: gauges, stream=stream)
+    status.rate_in.start = status.rate_out.start = time.monotonic() - 60  # rates over the whole window
+    for label in ("normal", "anomalous", "error"):
+        status.counted(Row(Path("x.png"), 1.0, 0.5, label, "", (8, 8), None))
+    status.arrived(12)
+    status.tick()
+    out = stream.getvalue()
+    assert "padim watch: images arrive faster than they are judged: 1.2 images/s in, 0.3 judged, lag 3.5 s, 40 " \
+           "waiting (none dropped)" in out  # fmt: skip
+    assert "watch: 3 judged (1 anomalous, 1 errors), 0.3 images/s, lag 3.50 s, 40 waiting, 2 verdicts spooled" in out
+    quiet = io.StringIO()
+    Status(quiet=True, gauges=lambda: gauges, stream=quiet).tick()
+    assert quiet.getvalue() == ""
+
+
+class Slow:
+    """A model slower than the line: 0.3 s per image."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor, self.image_size, self.calibration = predictor, predictor.image_size, predictor.calibration
+
+    def predict_batch(self, images):
+        time.sleep(0.3 * len(images))
+        return self.predictor.predict_batch(images)
+
+
+@pytest.mark.slow
+def test_back_pressure_is_said_and_no_file_is_dropped(predictor, parts, tmp_path, capsys):
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    with watching(Slow(predictor), watched, out, queue_size=2, batch_size=1, quiet=False):
+        for i in range(14):
+            drop(parts[i % len(parts)], watched, f"part-{i:02d}.png")
+        wait_for(lambda: len(rows(out / "predictions.csv")) == 14, 60)
+    assert sorted(r["path"] for r in rows(out / "predictions.csv")) == [str(watched / f"part-{i:02d}.png")
+                                                                       for i in range(14)]  # fmt: skip
+    err = capsys.readouterr().err
+    assert "images arrive faster than they are judged" in err and "(none dropped)" in err

@@ -154,7 +154,7 @@ def watching(predictor, source, output: Path, **options) -> Iterator[dict]:
 
     def run() -> None:
         try:
-            result["summary"] = watch(predictor, str(source), output, quiet=True, stop=stop, **options)
+            result["summary"] = watch(predictor, str(source), output, stop=stop, **{"quiet": True, **options})
         except BaseException as error:
             result["error"] = error
 

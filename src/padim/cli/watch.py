@@ -35,7 +35,8 @@ def watch(args: argparse.Namespace) -> int:
     if args.webhook is not None:
         parse_webhook_url(args.webhook)
     kind = source_kind(args.source)
-    check_options(kind, args.source, move_to=args.move_to, fps=args.fps, poll=args.poll, recursive=args.recursive)
+    check_options(kind, args.source, move_to=args.move_to, fps=args.fps, poll=args.poll, recursive=args.recursive,
+                  output=args.output)  # fmt: skip
     if kind in ("video", "camera", "stream"):
         require("video", f"padim watch {args.source}: reading a {kind}")
     if not Path(args.model).is_file():

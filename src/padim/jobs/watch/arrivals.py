@@ -16,7 +16,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,12 +71,10 @@ class ArrivalQueue:
 
     Args:
         maxsize: how many arrivals it holds (>= 1).
-        on_put: called after each arrival is queued (the status line's rate of arrivals).
     """
 
-    def __init__(self, maxsize: int, on_put: Callable[[], None] | None = None) -> None:
+    def __init__(self, maxsize: int) -> None:
         self._queue: queue.Queue[Arrival] = queue.Queue(maxsize)
-        self._on_put = on_put
         self._open: dict[int, float] = {}  # id(arrival) -> arrived, in arrival order: queued or being judged
         self._lock = threading.Lock()
         self.arrived = 0
@@ -94,8 +91,6 @@ class ArrivalQueue:
         with self._lock:
             self._open[id(arrival)] = arrival.arrived
             self.arrived += 1
-        if self._on_put is not None:
-            self._on_put()
         return True
 
     def get(self, timeout: float | None = None) -> Arrival:

@@ -49,6 +49,7 @@ class _Candidate:
     changed: float
     queued: bool = False
     failed: tuple | None = None  # the signature at which it last failed to decode
+    renamed: bool = False  # renamed into place again while the file before was being judged
 
 
 class FolderSource(Source):
@@ -151,7 +152,9 @@ class FolderSource(Source):
                 candidate = self._candidates[key] = _Candidate(signature, now)
             elif candidate.signature != signature:
                 candidate.signature, candidate.changed = signature, now
-            if (attempt or renamed) and signature[0] > 0 and not candidate.queued:
+            if candidate.queued:  # being judged: a file renamed over it is judged next, at once
+                candidate.renamed = candidate.renamed or renamed
+            elif (attempt or renamed) and signature[0] > 0:
                 self._make_ready(key, relative, candidate, declared=renamed)
 
     def _forget(self, path: str) -> None:
@@ -163,7 +166,9 @@ class FolderSource(Source):
             self._judged.pop(key, None)
 
     def _make_ready(self, key: str, relative: PurePath, candidate: _Candidate, declared: bool) -> None:
-        candidate.queued = True
+        if candidate.failed is None:
+            self.on_arrival()
+        candidate.queued, candidate.renamed = True, False
         self._ready.append(self._arrival(key, relative, declared))
 
     def _check(self, now: float) -> None:
@@ -254,6 +259,8 @@ class FolderSource(Source):
             if candidate is not None and arrival.signature is not None and candidate.signature != arrival.signature:
                 candidate.queued = False  # written again after it was read: a new image at the same path
                 self._candidates[arrival.key] = candidate
+                if candidate.renamed:
+                    self._make_ready(arrival.key, arrival.relative, candidate, declared=True)
             self._judged[arrival.key] = arrival.signature
         if self.move_to is not None and arrival.path is not None:
             if moved_judged_file(arrival.path, arrival.relative, row.label, self.move_to, self.say):

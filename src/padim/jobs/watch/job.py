@@ -30,7 +30,7 @@ from padim.jobs.watch.status import Status
 from padim.machine import default_workers
 from padim.modelfile.info import file_sha256
 from padim.outputs.delivery import Delivery
-from padim.outputs.mqtt import MqttSender, parse_mqtt_url
+from padim.outputs.mqtt import MqttSender, MqttTarget, parse_mqtt_url
 from padim.outputs.spool import Spool
 from padim.outputs.webhook import WebhookSender, parse_webhook_url
 
@@ -41,6 +41,8 @@ except ImportError:  # Windows: no lock; one watcher per output folder is then t
 
 #: Seconds the destinations get at the end to take what is spooled (when they are up).
 DELIVERY_GRACE = 5.0
+#: Frames queued at most, whatever ``queue_size`` says: a live camera's frames should be fresh, and are large.
+FRAME_QUEUE = 16
 
 
 @dataclass
@@ -59,7 +61,7 @@ class WatchSummary:
 
 
 def check_options(kind: str, source: str, *, move_to: Path | None, fps: float | None, poll: float | None,
-                  recursive: bool) -> None:  # fmt: skip
+                  recursive: bool, output: Path | None = None) -> None:  # fmt: skip
     """Refuse options that do not apply to this kind of source, in one line naming the option.
 
     Raises:
@@ -75,6 +77,11 @@ def check_options(kind: str, source: str, *, move_to: Path | None, fps: float | 
             raise OptionError(f"{name} applies to a watched folder; {source} is a {kind}")
     if move_to is not None and kind == "folder" and os.path.abspath(move_to) == os.path.abspath(source):
         raise OptionError(f"--move-to {move_to}: the watched folder itself; give another folder")
+    inside = kind == "folder" and output is not None and Path(os.path.abspath(output)) in (
+        Path(os.path.abspath(source)), *Path(os.path.abspath(source)).parents)  # fmt: skip
+    if inside:
+        raise OptionError(f"-o {output}: the watched folder {source} is inside it (its files would be left out); "
+                          "give another output folder")  # fmt: skip
 
 
 def watch(predictor: Any, source: str, output: str | os.PathLike, *, model: str = "", webhook: str | None = None,
@@ -102,48 +109,48 @@ def watch(predictor: Any, source: str, output: str | os.PathLike, *, model: str 
         OutputError: when the output folder is another watcher's, or cannot be written.
     """
     kind = source_kind(source)
-    move_to = None if move_to is None else Path(move_to)
-    check_options(kind, source, move_to=move_to, fps=fps, poll=poll, recursive=recursive)
+    move_to, output, stop = None if move_to is None else Path(move_to), Path(output), stop or threading.Event()
+    check_options(kind, source, move_to=move_to, fps=fps, poll=poll, recursive=recursive, output=output)
     if move_to is not None and predictor.calibration is None:
         raise OptionError("--move-to sorts the files by verdict, and this model has no threshold: give --threshold T")
-    senders = [WebhookSender(parse_webhook_url(webhook))] if webhook else []
-    target = parse_mqtt_url(mqtt) if mqtt else None
-    output, stop = Path(output), stop or threading.Event()
-    with _exclusive(output / ".watch"):
-        if target is not None:
-            senders.append(MqttSender(target, client_id=f"padim-watch-{os.getpid()}"))
-        spool = Spool(output / ".watch" / "spool", [s.name for s in senders]) if senders else None
+    targets = ([parse_webhook_url(webhook)] if webhook else []) + ([parse_mqtt_url(mqtt)] if mqtt else [])
+    names = ["webhook"] * bool(webhook) + ["mqtt"] * bool(mqtt)
+    if kind in ("video", "camera", "stream"):  # frames are large: a few of them wait at most
+        queue_size = min(queue_size, FRAME_QUEUE)
+    with _exclusive(output / ".watch"), contextlib.ExitStack() as closing:
+        spool = Spool(output / ".watch" / "spool", names) if targets else None
+        if spool is not None:
+            closing.callback(spool.close)
         journal = Journal(output, spool)
+        closing.callback(journal.close)
         deliveries: list[Delivery] = []
         holder: dict[str, Any] = {}
         status = Status(quiet, gauges=lambda: _gauges(holder["queue"], holder["source"], deliveries))
+        closing.callback(status.close)
         say = status.say
         if journal.recovered:
             say(f"the last verdict of the run before had no row in {journal.path}; added it from the spool")
         for name, count in (spool.stranded() if spool else {}).items():
             say(f"{count} verdicts wait in the spool for {name} (no --{name} this time); kept for a run with it")
-        src = _source(kind, source, journal, output, move_to, recursive, poll, settle, fps, stdin, say)
-        if not quiet:
-            sent = "".join(f"; verdicts to {sender.where}" for sender in senders)
-            say(f"watching {source} ({src.describe}); rows in {journal.path}{sent}")
-        holder["queue"] = queue = ArrivalQueue(queue_size, on_put=status.arrived)
-        holder["source"] = src
-        deliveries += [Delivery(spool, sender, say).start() for sender in senders]
+        holder["source"] = src = _source(kind, source, journal, output, move_to, recursive, poll, settle, fps, stdin,
+                                         say)  # fmt: skip
+        src.on_arrival = status.arrived
+        holder["queue"] = queue = ArrivalQueue(queue_size)
+        for target in targets:
+            sender = MqttSender(target, f"padim-watch-{os.getpid()}") if isinstance(target, MqttTarget) else (
+                WebhookSender(target))  # fmt: skip
+            deliveries.append(Delivery(spool, sender, say).start())
+            closing.callback(deliveries[-1].close, DELIVERY_GRACE)  # closed first: before the spool
         judge = Judge(predictor, output, journal, src, queue, status, overlays=overlays, overlay_format=overlay_format,
                       batch_size=batch_size, workers=default_workers() if workers is None else workers, model=model,
-                      model_sha256=_sha256(model), messages=bool(senders))  # fmt: skip
+                      model_sha256=_sha256(model), messages=bool(targets))  # fmt: skip
         start = time.monotonic()
         src.start(queue)
-        try:
-            judge.run(stop)
-        finally:
-            src.stop()
-            for delivery in deliveries:
-                delivery.close(DELIVERY_GRACE)
-            status.close()
-            if spool is not None:
-                spool.close()
-            journal.close()
+        closing.callback(src.stop)  # stopped first of all
+        if not quiet:
+            sent = "".join(f"; verdicts to {target.where}" for target in targets)
+            say(f"watching {source} ({src.describe}); rows in {journal.path}{sent}")
+        judge.run(stop)
     return WatchSummary(journal.path, status.judged, status.anomalous, status.errors, src.skipped, journal.recovered,
                         {d.sender.name: d.waiting for d in deliveries if d.waiting}, stop.is_set(),
                         time.monotonic() - start)  # fmt: skip

@@ -75,6 +75,7 @@ class Source:
         self.say = say
         self.finished = threading.Event()
         self.skipped = 0
+        self.on_arrival: Callable[[], None] = lambda: None  # counts arrivals (the status line's rate in)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -165,10 +166,14 @@ class StdinSource(Source):
         parts = [p for p in PurePath(os.path.normpath(text)).parts if p not in ("..", path.anchor)]  # inside overlays/
         overlay = PurePath(*parts).with_suffix("").as_posix()
         self._taken.add(key)
+        self.on_arrival()
         return Arrival(text, key, path=path, overlay=overlay, suffix=path.suffix, relative=PurePath(path.name))
 
     def _put(self, arrival: Arrival | None) -> bool:
         return True if arrival is None else super()._put(arrival)
+
+    def stop(self) -> None:
+        self._stopping.set()  # a read of the stream cannot be interrupted: its thread is left to end with the process
 
     def judged(self, arrival: Arrival, row: Row) -> None:
         if self.move_to is not None and arrival.path is not None and arrival.path.is_file():

@@ -95,6 +95,7 @@ class VideoSource(Source):
             if self.journal.label(journal_key(name)) is not None:
                 continue  # judged before a restart
             ok, frame = self._capture.retrieve()
+            self.on_arrival()
             if ok and not self._put(Arrival(name, journal_key(name), frame=frame,
                                             overlay=f"{self.folder}/{stamp.replace(':', '-')}")):  # fmt: skip
                 return
@@ -125,6 +126,7 @@ class VideoSource(Source):
             if not ok:
                 continue
             name = f"{self.label}@{taken}"
+            self.on_arrival()
             overlay = f"{self.folder}/{taken.replace(':', '-')}"
             if not self.queue.put(Arrival(name, journal_key(name), frame=frame, overlay=overlay), timeout=0):
                 self._skip(now)
