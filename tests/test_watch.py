@@ -97,6 +97,16 @@ def test_a_restart_judges_what_arrived_meanwhile_and_nothing_twice(predictor, pa
     names = [Path(r["path"]).name for r in rows(out / "predictions.csv")]
     assert sorted(names) == sorted([p.name for p in parts] + ["late.png"]) and run["summary"].judged == 5
     assert (out / "predictions.csv").read_text().count("path,score") == 1
+    # A file removed, and a new one at its path (while running, or while down): a new image, a new row.
+    (watched / "late.png").unlink()
+    with watching(predictor, watched, out) as run:
+        (watched / parts[1].name).unlink()
+        drop(parts[2], watched, parts[1].name)
+        drop(parts[3], watched, "late.png")
+        wait_for(lambda: len(rows(out / "predictions.csv")) == len(parts) + 3)
+        time.sleep(0.3)
+    names = [Path(r["path"]).name for r in rows(out / "predictions.csv")]
+    assert names.count(parts[1].name) == 2 and names.count("late.png") == 2 and run["summary"].judged == 2
 
 
 @pytest.mark.slow

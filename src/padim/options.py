@@ -289,8 +289,7 @@ OPTIONS: dict[str, Option] = _options(
     Option("move_to", "path", None, nullable=True, metavar="DIR", help="move each judged file into DIR/good|anomalous|error/"),
     Option("fps", float, None, low=0.0, high=1000.0, low_open=True, nullable=True, help="frames judged per second at most"),
     Option("poll", float, None, low=0.01, high=3600.0, nullable=True, metavar="SECONDS", help="poll the folder, no events"),
-    Option("settle", float, 1.0, low=0.0, high=3600.0, metavar="SECONDS", help="a file written in place is complete "
-           "once unchanged this long (default: 1)"),
+    Option("settle", float, 1.0, low=0.0, high=3600.0, metavar="SECONDS", help="written in place: complete once unchanged this long (default: 1)"),
     Option("queue_size", int, 64, low=1, high=100_000, help="images waiting to be judged at most (default: 64)"),
 )
 # fmt: on

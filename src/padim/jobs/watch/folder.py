@@ -79,9 +79,8 @@ class FolderSource(Source):
         self._lock = threading.Lock()
         self._candidates: dict[str, _Candidate] = {}
         self._ready: collections.deque[Arrival] = collections.deque()
-        self._judged: dict[str, tuple | None] = {}  # judged by this run: its signature then
         self._unreadable: set[str] = set()
-        self._observer, self._lost = None, False
+        self._observer, self._lost, self._scanned = None, False, False
 
     # ------------------------------------------------------------------ names
 
@@ -104,7 +103,7 @@ class FolderSource(Source):
 
     def _run(self) -> None:
         self._scan()
-        tick = min(0.1, self.settle / 4)
+        tick = max(0.01, min(0.1, self.settle / 4))
         next_scan = time.monotonic() + (1.0 if self._lost else RESCAN_SECONDS)
         while not self._stopping.is_set():
             try:
@@ -145,7 +144,7 @@ class FolderSource(Source):
             return
         key, signature, now = journal_key(path), file_signature(path), time.monotonic()
         with self._lock:
-            if signature is None or self._judged.get(key, 0) == signature:  # gone, or our own verdict's echo
+            if signature is None or self.journal.signature(key) == signature:  # gone, or our own verdict's echo
                 return
             candidate = self._candidates.get(key)
             if candidate is None:
@@ -163,7 +162,7 @@ class FolderSource(Source):
             candidate = self._candidates.get(key)
             if candidate is not None and not candidate.queued:
                 del self._candidates[key]
-            self._judged.pop(key, None)
+        self.journal.forget(key)  # a file that comes back at this path is a new image
 
     def _make_ready(self, key: str, relative: PurePath, candidate: _Candidate, declared: bool) -> None:
         if candidate.failed is None:
@@ -212,24 +211,28 @@ class FolderSource(Source):
             if self._lost:
                 self._lost = False
                 self.say(f"{self.root}: the folder is back; watching it again")
-        now = time.monotonic()
+        now, present = time.monotonic(), set()
         for path in files_below(self.root, self.recursive, self._unreadable, self.say):
             relative = self._relative(path)
             key = journal_key(path)
+            present.add(key)
             with self._lock:
-                if relative is None or key in self._candidates or key in self._judged:
+                if relative is None or key in self._candidates:
                     continue
-            label = self.journal.label(key)
-            if label is not None:
+            signature = file_signature(path)
+            if self.journal.judged(key, signature):
+                label = self.journal.label(key)
                 if self.move_to is not None and moved_judged_file(Path(path), relative, label, self.move_to, self.say):
                     self.journal.forget(key)
                 continue
-            signature = file_signature(path)
             if signature is None or signature[0] == 0:
                 continue
             with self._lock:
                 if key not in self._candidates:
                     self._make_ready(key, relative, self._candidates.setdefault(key, _Candidate(signature, now)), False)
+        if not self._scanned and not self._unreadable:  # rows of files gone need no memory: it follows the folder
+            self._scanned = True
+            self.journal.retain(present)
 
     # ------------------------------------------------------------------ the watcher's calls
 
@@ -261,12 +264,9 @@ class FolderSource(Source):
                 self._candidates[arrival.key] = candidate
                 if candidate.renamed:
                     self._make_ready(arrival.key, arrival.relative, candidate, declared=True)
-            self._judged[arrival.key] = arrival.signature
         if self.move_to is not None and arrival.path is not None:
             if moved_judged_file(arrival.path, arrival.relative, row.label, self.move_to, self.say):
                 self.journal.forget(arrival.key)
-                with self._lock:
-                    self._judged.pop(arrival.key, None)
 
     def stop(self) -> None:
         super().stop()

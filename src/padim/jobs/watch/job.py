@@ -29,6 +29,7 @@ from padim.jobs.watch.sources import Source, StdinSource, source_kind
 from padim.jobs.watch.status import Status
 from padim.machine import default_workers
 from padim.modelfile.info import file_sha256
+from padim.options import check
 from padim.outputs.delivery import Delivery
 from padim.outputs.mqtt import MqttSender, MqttTarget, parse_mqtt_url
 from padim.outputs.spool import Spool
@@ -108,6 +109,9 @@ def watch(predictor: Any, source: str, output: str | os.PathLike, *, model: str 
         OptionError, DataError: for options or a SOURCE that do not fit, before anything runs.
         OutputError: when the output folder is another watcher's, or cannot be written.
     """
+    for name, value in (("fps", fps), ("poll", poll), ("settle", settle), ("queue_size", queue_size),
+                        ("batch_size", batch_size), ("workers", workers)):  # fmt: skip
+        check(name, value)  # the option table's bounds, as on the command line
     kind = source_kind(source)
     move_to, output, stop = None if move_to is None else Path(move_to), Path(output), stop or threading.Event()
     check_options(kind, source, move_to=move_to, fps=fps, poll=poll, recursive=recursive, output=output)

@@ -2,7 +2,9 @@
 
 The rows are the journal: an image is judged when its row is in ``OUTDIR/predictions.csv``. A
 restart reads them back (:class:`Journal`) and the sources skip what they list; the file a killed
-run was judging has no row and is judged again. With ``--webhook`` or ``--mqtt`` each verdict is
+run was judging has no row and is judged again. Beside the rows, ``OUTDIR/.watch/files.jsonl``
+keeps each judged file's size, time and inode, so that a new file given the name of a judged one
+(while the watcher was down) is told from it and judged; a file without that record counts as judged. With ``--webhook`` or ``--mqtt`` each verdict is
 first appended to the spool (:mod:`padim.outputs.spool`, the message and its CSV row) and then to
 the CSV; a run killed between the two left a message without a row, and the restart appends that row
 from the spool instead of judging the image again, so no message is sent twice for it. Rows are
@@ -18,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,8 @@ class Journal:
         self.path, self.spool = Path(output) / "predictions.csv", spool
         self.lines = LineAppender(self.path, ",".join(CSV_COLUMNS) + "\n", keep=True)
         self._labels: dict[str, str] = {}
+        self._signatures: dict[str, tuple] = {}
+        self._lock = threading.Lock()  # the writer thread adds labels, the source's thread reads and drops them
         self.overlays: set[str] = set()
         record = None if spool is None else spool.last_record
         missing = record is not None
@@ -64,11 +70,18 @@ class Journal:
         if missing:  # the last message spooled has no row: the run was killed between the two
             self._append(record["row"])
             self.recovered = 1
+        files = Path(output) / ".watch" / "files.jsonl"
+        self.files = LineAppender(files, "", keep=True)
+        with open(files, encoding="utf-8") as handle:
+            for line in handle:
+                key, *signature = json.loads(line)
+                self._signatures[key] = tuple(signature)
 
     def _read(self, line: str) -> None:
         cells = next(csv.reader([line]), [])
         if len(cells) == len(CSV_COLUMNS):
-            self._labels[journal_key(cells[0])] = cells[3]
+            with self._lock:
+                self._labels[journal_key(cells[0])] = cells[3]
             if cells[4]:
                 self.overlays.add(cells[4])
 
@@ -78,21 +91,47 @@ class Journal:
 
     def label(self, key: str) -> str | None:
         """The label of the judged image ``key`` (:func:`journal_key`), or None if it was not judged."""
-        return self._labels.get(key)
+        with self._lock:
+            return self._labels.get(key)
+
+    def signature(self, key: str) -> tuple | None:
+        """The judged file's (size, mtime_ns, inode) when it was judged, or None if not known."""
+        with self._lock:
+            return self._signatures.get(key)
+
+    def judged(self, key: str, signature: tuple | None) -> bool:
+        """Whether the file ``key`` with this ``signature`` now is the one judged (no record: assumed so)."""
+        with self._lock:
+            known = self._signatures.get(key)
+            return key in self._labels and (known is None or signature is None or known == tuple(signature))
 
     def forget(self, key: str) -> None:
-        """``key`` was moved away: a new file at its path is a new image (and memory stays bounded)."""
-        self._labels.pop(key, None)
+        """``key`` was moved or removed: a new file at its path is a new image (and memory stays bounded)."""
+        with self._lock:
+            self._labels.pop(key, None)
+            self._signatures.pop(key, None)
 
-    def commit(self, row: Row, message: dict[str, Any] | None) -> None:
-        """Record a verdict: the message in the spool first (when there is one), then the row."""
+    def retain(self, keys: set[str]) -> None:
+        """Keep only the judged images in ``keys`` (the files present): rows of files gone need no memory."""
+        with self._lock:
+            self._labels = {k: v for k, v in self._labels.items() if k in keys}
+            self._signatures = {k: v for k, v in self._signatures.items() if k in keys}
+
+    def commit(self, row: Row, message: dict[str, Any] | None, signature: tuple | None = None) -> None:
+        """Record a verdict: the message in the spool first (when there is one), the row, the file's signature."""
         line = row.csv_line()
         if self.spool is not None and message is not None:
             self.spool.append(message, line)
         self._append(line)
+        if signature is not None:
+            key = journal_key(row.path)
+            self.files.append(json.dumps([key, *signature]) + "\n")
+            with self._lock:
+                self._signatures[key] = tuple(signature)
 
     def close(self) -> None:
         self.lines.close()
+        self.files.close()
 
 
 def move_into(path: Path, folder: Path) -> Path:

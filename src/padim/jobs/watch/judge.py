@@ -202,7 +202,7 @@ class Judge:
         message = None
         if self.messages:
             message = verdict_message(row, time=utc_now(), arrived=arrival.arrived_utc, error=reason, **self.describe)
-        self.journal.commit(row, message)
+        self.journal.commit(row, message, arrival.signature)
         if name is not None:
             self.names.release(name)  # the row holds it now, or it was not drawn
         self.queue.done(arrival)

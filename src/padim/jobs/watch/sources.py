@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from padim.errors import DataError, ImageError, OutputError
 from padim.io.images import IMAGE_SUFFIXES
-from padim.jobs.watch.arrivals import Arrival, ArrivalQueue, journal_key
+from padim.jobs.watch.arrivals import Arrival, ArrivalQueue, file_signature, journal_key
 from padim.jobs.watch.journal import MOVE_FOLDERS, Journal, move_into
 from padim.outputs.rows import Row
 
@@ -156,7 +156,7 @@ class StdinSource(Source):
             self.say(f"{text}: listed twice; judged once")
             return None
         label = self.journal.label(key)
-        if label is not None:
+        if self.journal.judged(key, file_signature(path)):
             moved = self.move_to is not None and path.is_file()
             if moved and moved_judged_file(path, PurePath(path.name), label, self.move_to, self.say):
                 self.say(f"{text}: judged already ({label}, in predictions.csv); moved now")
