@@ -148,6 +148,7 @@ def watch(predictor: Any, source: str, output: str | os.PathLike, *, model: str 
         judge = Judge(predictor, output, journal, src, queue, status, overlays=overlays, overlay_format=overlay_format,
                       batch_size=batch_size, workers=default_workers() if workers is None else workers, model=model,
                       model_sha256=_sha256(model), messages=bool(targets))  # fmt: skip
+        judge.warm_up()
         start = time.monotonic()
         src.start(queue)
         closing.callback(src.stop)  # stopped first of all

@@ -100,6 +100,15 @@ class Judge:
 
     # ------------------------------------------------------------------ the loop
 
+    def warm_up(self) -> None:
+        """Run the model once on a full batch of blank images, before the first part arrives.
+
+        onnxruntime keeps the memory of the largest batch it has run: taken at start, resident
+        memory then stays flat while the line runs (a burst of parts would otherwise grow it in
+        steps), and the first part is not slowed by the model's first run.
+        """
+        self.predictor.predict_batch(np.zeros((self.batch_size, 3, *self.predictor.image_size), np.float32))
+
     def run(self, stop: threading.Event) -> None:
         """Judge until ``stop`` (then finish the images in hand) or the end of a finite source.
 
