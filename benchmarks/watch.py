@@ -376,7 +376,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"({back['median_images_per_s']['watch_from_arrival']:.1f} from the first rename, its first batch included).",
         "",
         f"Load average (1 min) during: latency {', '.join(f'{x:.1f}' for x in lat['load_average'])}; backlog "
-        f"{', '.join(f'{x:.1f}' for x in back['load_average'])}; soak {', '.join(f'{x:.1f}' for x in soak_['load_average'])}.",
+        f"{', '.join(f'{x:.1f}' for x in back['load_average'])}; soak {', '.join(f'{x:.1f}' for x in soak_['load_average'])}. "
+        "Measured: "
+        + ", ".join(f"{k} {r[k].get('measured', '?')}" for k in ("latency", "backlog", "soak", "crash"))
+        + ".",
         "",
         f"Soak: {soak_['images']} images with `--move-to` and `--webhook`, {soak_['rows']} rows, {soak_['delivered']} "
         f"verdicts delivered; memory and descriptors sampled every 5 s after a 30 s warm-up, first and last fifth "
@@ -397,13 +400,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--soak-rate", type=float, default=5.0)
     parser.add_argument("--soak-seconds", type=float, default=1200.0)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "backlog", "soak", "crash"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "backlog", "soak", "crash"],
+                        help="steps not run: their results are kept from the JSON already at --out")  # fmt: skip
     args = parser.parse_args()
     images = [p.read_bytes() for p in sorted(args.images.rglob("*.jpg"))]
     if not images:
         raise SystemExit(f"{args.images}: no .jpg images")
-    results: dict[str, Any] = dict(environment=dict(cpu=cpu_model(), cpus=len(os.sched_getaffinity(0)),
-                                                    python=platform.python_version(), model=args.model.name))  # fmt: skip
+    kept = args.out.with_suffix(".json")
+    results: dict[str, Any] = json.loads(kept.read_text()) if args.skip and kept.exists() else {}
+    results["environment"] = dict(cpu=cpu_model(), cpus=len(os.sched_getaffinity(0)),
+                                  python=platform.python_version(), model=args.model.name)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="padim-watch-bench-") as work:
         steps = dict(latency=lambda w: latency(args.model, images, w, args.rate, args.latency_images),
                      backlog=lambda w: backlog(args.model, images, w, args.backlog, args.rounds),
@@ -415,11 +421,11 @@ def main() -> None:
             folder = Path(work) / name
             folder.mkdir()
             print(f"watch benchmark: {name} ...", file=sys.stderr, flush=True)
-            results[name] = step(folder)
+            results[name] = {**step(folder), "measured": time.strftime("%Y-%m-%d %H:%M")}
             print(json.dumps({k: v for k, v in results[name].items() if k != "samples"}), file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    if not args.skip:
+    if all(step in results for step in ("latency", "backlog", "soak", "crash")):
         args.out.with_suffix(".md").write_text(markdown(results))
 
 

@@ -18,16 +18,18 @@ from typing import Any
 def observe(root: Path, recursive: bool, poll: float | None, put: Callable[[Any], None],
             say: Callable[[str], None]) -> Any:  # fmt: skip
     """A started watchdog observer sending every event below ``root`` to ``put``; None if none could start."""
-    from watchdog.events import FileSystemEventHandler
+    from watchdog import events
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
-    handler = FileSystemEventHandler()
-    handler.dispatch = put  # every event, unfiltered
+    handler = events.FileSystemEventHandler()
+    handler.dispatch = put  # every event of these kinds (the kernel is not even asked for opens and reads)
+    kinds = [events.FileCreatedEvent, events.FileModifiedEvent, events.FileMovedEvent, events.FileDeletedEvent,
+             events.FileClosedEvent, events.DirCreatedEvent, events.DirMovedEvent, events.EventsLostEvent]  # fmt: skip
     for kind in ("polling",) if poll is not None else ("events", "polling"):
         try:
             observer = PollingObserver(timeout=poll or 1.0) if kind == "polling" else (_inotify() or Observer())
-            observer.schedule(handler, str(root), recursive=recursive)
+            observer.schedule(handler, str(root), recursive=recursive, event_filter=kinds)
             observer.start()
             return observer
         except OSError as error:  # no inotify watches left, an unreadable folder

@@ -105,6 +105,7 @@ class FolderSource(Source):
         self._scan()
         tick = max(0.01, min(0.1, self.settle / 4))
         next_scan = time.monotonic() + (1.0 if self._lost else RESCAN_SECONDS)
+        next_check = 0.0
         while not self._stopping.is_set():
             try:
                 event = self._events.get(timeout=tick)
@@ -114,7 +115,9 @@ class FolderSource(Source):
             except queue.Empty:
                 pass
             now = time.monotonic()
-            self._check(now)
+            if now >= next_check:  # every tick, not after every event: a burst of files costs no more
+                self._check(now)
+                next_check = now + tick
             self._feed()
             if now >= next_scan:
                 self._scan()

@@ -124,9 +124,12 @@ class Judge:
             while writer.error is None:
                 self.status.tick()
                 if not stop.is_set():
-                    self._take(pipeline, decoding)
+                    self._take(pipeline, decoding, wait=True)
                 if pipeline:
-                    self._judge(self._batch(pipeline), finishing, writer)
+                    batch = self._batch(pipeline)
+                    if not stop.is_set():  # the next images decode while the model runs on these
+                        self._take(pipeline, decoding, wait=False)
+                    self._judge(batch, finishing, writer)
                 elif stop.is_set() or self._source_done():
                     break
         finally:
@@ -139,11 +142,11 @@ class Judge:
     def _source_done(self) -> bool:
         return self.source.finished.is_set() and self.queue.qsize() == 0 and self.source.backlog()[0] == 0
 
-    def _take(self, pipeline: collections.deque, decoding: ThreadPoolExecutor) -> None:
-        """Start decoding what has arrived, up to ``ahead`` images; wait a little for one when there are none."""
+    def _take(self, pipeline: collections.deque, decoding: ThreadPoolExecutor, wait: bool) -> None:
+        """Start decoding what has arrived, up to ``ahead`` images; with ``wait``, wait a little for one if none."""
         while len(pipeline) < self.ahead:
             try:
-                arrival = self.queue.get(timeout=0 if pipeline else 0.1)
+                arrival = self.queue.get(timeout=0.1 if wait and not pipeline else 0)
             except queue.Empty:
                 return
             pipeline.append((arrival, decoding.submit(self._decode, arrival)))
