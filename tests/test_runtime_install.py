@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -63,6 +64,17 @@ def test_predict_gives_the_rows_of_the_full_install(fixture, tmp_path):
     assert [r["label"] for r in found] == [r["label"] for r in expected]
     scores = np.array([[float(a["score"]), float(b["score"])] for a, b in zip(found, expected)])
     assert np.abs(scores[:, 0] - scores[:, 1]).max() <= 1e-5 * np.abs(scores[:, 1]).max()
+    assert "torch" not in sys.modules or not NO_TORCH
+
+
+def test_watch_gives_the_rows_of_the_full_install(fixture, tmp_path, monkeypatch):
+    expected = rows(fixture / "expected" / "predictions.csv")
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(r["path"] + "\n" for r in expected)))  # padim watch MODEL -
+    assert main(["watch", str(fixture / "model.onnx"), "-", "-o", str(tmp_path), "--quiet", "--overlays", "none"]) == 0
+    found = rows(tmp_path / "predictions.csv")
+    assert [r["path"] for r in found] == [r["path"] for r in expected]
+    assert [r["label"] for r in found] == [r["label"] for r in expected]
+    np.testing.assert_allclose([float(r["score"]) for r in found], [float(r["score"]) for r in expected], rtol=1e-5)
     assert "torch" not in sys.modules or not NO_TORCH
 
 

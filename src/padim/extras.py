@@ -37,7 +37,7 @@ EXTRAS = {
         ("torch", "torchvision", "onnx", "efficientnet_lite_pytorch"),
         "fitting, exporting and running .padim models (torch)",
     ),  # fmt: skip
-    "line": Extra("line", ("watchdog", "paho", "cv2"), "padim watch: folders, MQTT, video and camera streams"),
+    "video": Extra("video", ("cv2",), "padim watch on video files, cameras and streams (OpenCV)"),
     "openvino": Extra("openvino", ("openvino",), "the OpenVINO executor"),
     "ray": Extra("ray", ("ray",), "fit and predict on a Ray cluster (--ray)"),
 }

@@ -284,6 +284,14 @@ OPTIONS: dict[str, Option] = _options(
            help="drift warning: over the last N images (default: 20)"),
     Option("drift_factor", float, 5.0, low=1.0, high=1e6, low_open=True,
            help="warn when this many times the calibrated false-alarm rate is flagged (default: 5)"),
+    # --- padim watch: the line -------------------------------------------------------------------------
+    Option("webhook", str, None, nullable=True, metavar="URL", help="POST each verdict as JSON to this http(s) URL"),
+    Option("mqtt", str, None, nullable=True, metavar="URL", help="publish each verdict (QoS 1): mqtt://HOST[:PORT]/TOPIC"),
+    Option("move_to", "path", None, nullable=True, metavar="DIR", help="move each judged file into DIR/good|anomalous|error/"),
+    Option("fps", float, None, low=0.0, high=1000.0, low_open=True, nullable=True, help="frames judged per second at most"),
+    Option("poll", float, None, low=0.01, high=3600.0, nullable=True, metavar="SECONDS", help="poll the folder, no events"),
+    Option("settle", float, 1.0, low=0.0, high=3600.0, metavar="SECONDS", help="written in place: complete once unchanged this long (default: 1)"),
+    Option("queue_size", int, 64, low=1, high=100_000, help="images waiting to be judged at most (default: 64)"),
 )
 # fmt: on
 

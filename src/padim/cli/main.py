@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from padim.cli import run
+from padim.cli import run, watch
 from padim.cli.common import sigterm_as_interrupt
 from padim.cli.parser import build_parser
 from padim.errors import PadimError
@@ -28,7 +28,7 @@ EXIT_USER_ERROR = 2
 TRAINING = {"fit": "padim.cli.train:fit", "export": "padim.cli.train:export", "demo": "padim.cli.train:demo"}
 #: The commands of the runtime install.
 RUNTIME = {"predict": run.predict, "evaluate": run.evaluate, "calibrate": run.calibrate, "info": run.info,
-           "serve": run.serve}  # fmt: skip
+           "serve": run.serve, "watch": watch.watch}  # fmt: skip
 
 __all__ = ["build_parser", "main"]
 

@@ -108,6 +108,37 @@ COMMANDS: dict[str, Command] = {
         ),  # fmt: skip
         batch_cap=16,  # onnxruntime keeps its largest batch's memory: 390 MB at 32 images of 256 px, 200 MB at 16
     ),
+    "watch": Command(
+        help="judge images as they arrive and send each verdict on",
+        description="Judge the images SOURCE brings as they arrive, as predict would: rows appended to "
+        "OUTDIR/predictions.csv as each is judged, overlays of flagged parts in OUTDIR/overlays/, and one JSON message "
+        "per verdict (path, label, score, threshold, model, time, ...) posted to --webhook and published to --mqtt "
+        "(QoS 1). SOURCE is a folder (each image file that appears in it, renamed into place or written and left "
+        "unchanged for --settle seconds, is judged once), a video file, a camera index (0), an RTSP/HTTP stream URL, "
+        "or - (one path per line on standard input). A restart with the same arguments judges what arrived meanwhile "
+        "and nothing twice; verdicts wait on disk while a destination is down. Runs until SIGTERM or Ctrl-C (the "
+        "image in hand is finished; exit 0), or the end of a video or of standard input.",
+        epilog="Exit status: 0 stopped by a signal, or the source ended; 2 bad input (one line names it); 3 a finite "
+        "source ended and some image got the label 'error'. Video, cameras and streams need "
+        "pip install 'padim-toolkit[video]'.",
+        positionals=(_MODEL, ("source", dict(metavar="SOURCE", help="folder, video file, camera index, URL, or -"))),
+        options=(
+            ("output", dict(required=True, metavar="OUTDIR", help="folder for predictions.csv, overlays/ and .watch/")),
+            "webhook",
+            "mqtt",
+            "move_to",
+            ("recursive", dict(help="also watch the subfolders (hidden ones skipped)")),
+            "settle",
+            ("poll", dict(help="look for new files every SECONDS instead of waiting for file events (network shares)")),
+            ("fps", dict(help="judge at most this many frames per second of a video, camera or stream (default: all)")),
+            "queue_size",
+            "overlays",
+            "overlay_format",
+            "threshold",
+            *(name for name in READS_IMAGES if name != "skip_bad"),
+        ),  # fmt: skip
+        batch_cap=16,
+    ),
     "evaluate": Command(
         help="metrics on a labelled test set",
         description="Evaluate a model on an MVTec category's test split (or a folder with good/ and one folder per "

@@ -172,9 +172,11 @@ class LineAppender:
     Args:
         path: the file; its folder is created if missing.
         header: the first line(s), ending in a newline.
+        keep: keep a file already at ``path`` that starts with ``header`` and append to it (a torn
+            last line, left by a killed writer, is cut off); a missing or empty file gets the header.
 
     Raises:
-        OutputError: naming ``path`` when it cannot be written.
+        OutputError: naming ``path`` when it cannot be written, or (``keep``) when it starts otherwise.
 
     >>> import tempfile, pathlib
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "rows.csv"
@@ -184,9 +186,10 @@ class LineAppender:
     'a,b\\n1,2\\n'
     """
 
-    def __init__(self, path: str | os.PathLike, header: str) -> None:
+    def __init__(self, path: str | os.PathLike, header: str, keep: bool = False) -> None:
         self.path = Path(path)
-        write_text(self.path, header)
+        if not (keep and _kept(self.path, header)):
+            write_text(self.path, header)
         try:
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as error:
@@ -223,6 +226,39 @@ class LineAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kept(path: Path, header: str) -> bool:
+    """Whether ``path`` holds lines after ``header`` to append to; its torn last line (no newline) is cut off."""
+    try:
+        size = path.stat().st_size if path.is_file() else 0
+        if size == 0:
+            return False
+        with open(path, "rb+") as handle:
+            if handle.read(len(header.encode("utf-8"))) != header.encode("utf-8"):
+                raise OutputError(f"{path}: exists and does not start with {header.splitlines()[0][:60]!r}; "
+                                  "give another output folder")  # fmt: skip
+            end = _last_line_end(handle, size)
+            if end != size:
+                handle.truncate(end)
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"{path}: cannot append ({error.strerror or error})") from None
+    return True
+
+
+def _last_line_end(handle, size: int, block: int = 65536) -> int:
+    """The offset just past the last newline of an open binary file of ``size`` bytes (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        handle.seek(start)
+        cut = handle.read(end - start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
 
 
 def _writable_folder(path: Path, option: str) -> None:
