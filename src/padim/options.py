@@ -86,10 +86,8 @@ class Option:
             else:
                 text = (f"a number in {'(' if self.low_open else '['}{self.low:g}, "
                         f"{self.high:g}{')' if self.high_open else ']'}")  # fmt: skip
-        elif self.kind is float:
-            text = "a finite number"
         else:
-            text = "a string"
+            text = "a finite number" if self.kind is float else "a string"
         return text + (" or None" if self.nullable and none else "")
 
     def accepts(self, value: Any) -> bool:
@@ -148,9 +146,7 @@ class Option:
             out["choices"] = list(self.choices)
         else:
             out["type"] = self.parse
-        for key in ("metavar", "nargs", "const"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
+        out.update({key: getattr(self, key) for key in ("metavar", "nargs", "const") if getattr(self, key) is not None})
         out.update(overrides)
         parser.add_argument(*(self.flags or (self.flag,)), **out)
 
@@ -177,13 +173,9 @@ def _from_text(kind: Any, text: str) -> Any:
     return {"path": Path, int: int, float: float}.get(kind, str)(text)
 
 
-def _options(*rows: Option) -> dict[str, Option]:
-    return {row.name: row for row in rows}
-
-
 #: The option table: every option of the command, the service and the Python API, by name.
 # fmt: off
-OPTIONS: dict[str, Option] = _options(
+OPTIONS: dict[str, Option] = {row.name: row for row in (
     # --- the model (Padim's constructor) -------------------------------------------------------
     Option("backbone", str, "efficientnet_lite0", choices=("efficientnet_lite0", "resnet18", "wide_resnet50_2"),
            help="the CNN whose layers embed each patch (default: efficientnet_lite0, offline ImageNet weights)"),
@@ -292,7 +284,7 @@ OPTIONS: dict[str, Option] = _options(
     Option("poll", float, None, low=0.01, high=3600.0, nullable=True, metavar="SECONDS", help="poll the folder, no events"),
     Option("settle", float, 1.0, low=0.0, high=3600.0, metavar="SECONDS", help="written in place: complete once unchanged this long (default: 1)"),
     Option("queue_size", int, 64, low=1, high=100_000, help="images waiting to be judged at most (default: 64)"),
-)
+)}
 # fmt: on
 
 

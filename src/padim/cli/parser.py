@@ -135,6 +135,7 @@ COMMANDS: dict[str, Command] = {
             "overlays",
             "overlay_format",
             "threshold",
+            "executor",
             *(name for name in READS_IMAGES if name != "skip_bad"),
         ),  # fmt: skip
         batch_cap=16,

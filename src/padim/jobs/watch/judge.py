@@ -177,10 +177,7 @@ class Judge:
                     writer.put(arrival, done, None)
                 continue
             name = self.names.claim(arrival.overlay, arrival.suffix) if self.draw else None
-            normalized = None if prediction.normalized_score is None else prediction.normalized_score[j]
-            flagged = None if prediction.label is None else bool(prediction.label[j])
-            task = finishing.submit(self._finish, arrival, name, result[1], prediction.anomaly_map[j],
-                                    prediction.score[j], normalized, flagged, result[3])  # fmt: skip
+            task = finishing.submit(self._finish, arrival, name, result[1], prediction, j, result[3])
             writer.put(arrival, task, name)
             j += 1
 
