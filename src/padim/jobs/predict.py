@@ -74,7 +74,10 @@ class _Job:
 
 def finish_image(job: _Job, path: Path, size, anomaly_map, score, normalized, flagged, picture,
                  name) -> tuple[Row, bytes | None]:  # fmt: skip
-    """One image after the model: its row (label, region) and its overlay picture's bytes (or None)."""
+    """One image after the model: its row (label, region) and its overlay picture's bytes (or None).
+
+    ``picture``: the decoded image to draw on, a function that reads it (called only when it is drawn), or None.
+    """
     score = float(score)
     if not math.isfinite(score):
         label, normalized = "error", None  # never "normal": the verdict fails closed, and says why
@@ -86,6 +89,7 @@ def finish_image(job: _Job, path: Path, size, anomaly_map, score, normalized, fl
     overlay, encoded = "", None
     wanted = job.overlays == "all" or (job.overlays == "anomalous" and label in ("anomalous", ""))
     if picture is not None and wanted and label != "error":
+        picture = picture() if callable(picture) else picture  # a Ray actor reads it again only when drawn
         vmin, vmax = heatmap_range(job.calibration, anomaly_map)
         drawn = overlay_at_image_size(
             picture, anomaly_map, job.calibration, vmin, vmax, max_side=OVERLAY_MAX_SIDE, score=score

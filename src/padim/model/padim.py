@@ -105,7 +105,7 @@ class Padim:
                                 skip_bad=skip_bad)  # fmt: skip
         self._adopt(setup.fitted)
         if gather is not None:
-            stats, skipped = gather(self, setup.source, setup.options)
+            stats, skipped = gather(self, setup.source, {**setup.options, "keep_stats": keep_stats})
             self.skipped_.update(skipped)
         else:
             source = setup.source
@@ -136,7 +136,7 @@ class Padim:
     def _set_gaussians(self, stats: GaussianStats | None, keep_stats: bool) -> None:
         """Means and precisions from the statistics (Sec. 3.2)."""
         self.n_images_, self.mean_, self.precision_cholesky_packed_ = fitting.gaussians(stats, self.eps)
-        self.stats_ = stats if keep_stats else None
+        self.stats_ = fitting.kept(stats) if keep_stats else None
         self._runners.pop("pipeline", None)  # the Gaussians changed
 
     def _adopt(self, fitted: Fitted) -> None:
