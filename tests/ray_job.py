@@ -20,7 +20,6 @@ import signal
 from pathlib import Path
 
 from ray_nodes import named
-
 from support import TINY
 
 

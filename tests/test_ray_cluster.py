@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from padim.cli.main import main
-from ray_nodes import LocalCluster
 
+from ray_nodes import LocalCluster
 from support import TINY
 
 pytest.importorskip("ray")
