@@ -31,9 +31,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
         try:
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)  # fmt: skip
-        except (ConnectionError, ValueError, RuntimeError) as error:
+        except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as error:
             where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
-            raise OptionError(f"--ray {where}: cannot start or reach Ray ({str(error).splitlines()[0]})") from None
+            hint = "" if where == "a local cluster" else (
+                "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here "
+                "(RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)"
+            )  # fmt: skip
+            raise OptionError(f"--ray {where}: cannot start or reach Ray ({str(error).splitlines()[0]}){hint}") from None
     return ray
 
 

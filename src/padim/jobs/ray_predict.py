@@ -124,7 +124,8 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
 
     Raises:
         ImageError: for an unreadable image (unless ``skip_bad``), after the rows that arrived before it.
-        RayError: when the images still without a row cannot be run after :data:`MAX_PASSES` passes.
+        ClusterError: when images are still without a row after :data:`MAX_PASSES` passes.
+        OutputError: when a node does not see the output folder, or a picture cannot be written.
     """
     from padim.modelfile.info import model_info
     from padim.progress import progress
