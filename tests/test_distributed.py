@@ -18,7 +18,7 @@ import torch
 
 from padim.cli.main import main
 from padim.io.datasets import split_holdout, train_samples
-from padim.model import distributed
+from padim.model import distributed, fitting
 from padim.model.incremental import update
 from padim.model.padim import Padim
 
@@ -73,6 +73,26 @@ def assert_same_model(a: Padim, b: Padim, test_images: Path) -> None:
 def test_fit_on_ray_equals_one_process_fit(mvtec_tree: Path, local: Padim) -> None:
     merged = distributed.fit(Padim(**F64), mvtec_tree, n_shards=3, keep_stats=True)
     assert_same_model(local, merged, mvtec_tree / "test" / "scratch")
+
+
+@pytest.mark.slow
+def test_a_deeper_merge_tree_and_factors_from_the_workers(mvtec_tree: Path, local: Padim) -> None:
+    # 7 images in 7 shards: two levels of merge tasks (4 pieces each), the patches in 7 ranges. Each
+    # task embeds one image at a time: the backbone's float32 sums differ with the batch (1e-6 apart).
+    merged = distributed.fit(Padim(**F64), mvtec_tree, n_shards=7, keep_stats=True)
+    assert merged.stats_.count == local.stats_.count and merged.holdout_paths_ == local.holdout_paths_
+    assert relative(merged.stats_.mean, local.stats_.mean) < 1e-6
+    assert relative(precision64(merged.stats_), precision64(local.stats_)) < 1e-5
+    assert merged.calibration_.threshold == pytest.approx(local.calibration_.threshold, rel=1e-5)
+    # Without keep_stats the driver receives the means and float16 factors only, never the scatter matrices.
+    model = Padim(**F64)
+    setup = fitting.prepare(model, mvtec_tree, None)
+    model = Padim.from_fitted(setup.fitted, **model.get_params())
+    factored, _ = distributed.shard_statistics(model, setup.source, {**setup.options, "keep_stats": False}, n_shards=3)
+    assert isinstance(factored, fitting.Factored) and factored.stats is None
+    assert factored.count == local.n_images_
+    assert relative(factored.mean, local.mean_) < 1e-6
+    assert relative(factored.precision_cholesky_packed.float(), local.precision_cholesky_packed_.float()) < 2e-3
 
 
 def test_a_killed_worker_is_retried_without_counting_twice(mvtec_tree: Path, local: Padim, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def predict(args: argparse.Namespace) -> int:
         raise ModelFileError(f"{args.model}: model file not found")
     check_output_folder(args.output)
     with phase(f"listing the images in {' '.join(args.inputs)}", args.quiet):
-        samples = image_samples(args.inputs, recursive=args.recursive)
+        samples = _ray_inputs(args) if args.ray is not None else image_samples(args.inputs, recursive=args.recursive)
     if args.output is None and len(samples) > 1:
         raise OptionError(f"-o OUTDIR is needed for {len(samples)} images (without it, give one image)")
     on_row = (lambda row: print(row.verdict(), flush=True)) if args.output is None else None
@@ -53,6 +53,8 @@ def predict(args: argparse.Namespace) -> int:
                                     overlay_format=args.overlay_format, on_row=on_row,
                                     **decoding(args, predictor.image_size))  # fmt: skip
     report_skipped(summary.skipped)
+    if hasattr(summary, "line"):  # a Ray job: the cluster, what it lost and redid, what it cost the driver
+        say(args, summary.line())
     if summary.left_out:
         say(args, f"padim: left out {summary.left_out} image(s) inside the output folder {args.output}")
     if args.output is not None:
@@ -65,17 +67,25 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_NO_VERDICT if summary.errors else 0
 
 
+def _ray_inputs(args: argparse.Namespace) -> list:
+    """``padim predict --ray``'s images: paths, and URLs of object storage or web servers (:mod:`padim.jobs.storage`)."""
+    from padim.jobs.storage import image_locations
+
+    return image_locations(args.inputs, recursive=args.recursive)
+
+
 def _predict_on_ray(args: argparse.Namespace, samples: list, on_row: Any) -> Any:
     """``padim predict --ray``: the batch job on a Ray cluster (:func:`padim.jobs.ray_predict.predict_files`)."""
     from padim.jobs.ray_cluster import connect
     from padim.jobs.ray_predict import predict_files
+    from padim.jobs.storage import location
     from padim.modelfile.info import model_info
 
     connect(args.ray or None)
     size = decoding(args, model_info(args.model)["config"]["image_size"]).get("batch_size", args.batch_cap)
-    return predict_files(args.model, samples, args.output, overlays=args.overlays, overlay_format=args.overlay_format,
-                         batch_size=size, device=args.device, backend=args.backend, threshold=args.threshold,
-                         skip_bad=args.skip_bad, quiet=args.quiet, on_row=on_row)  # fmt: skip
+    return predict_files(args.model, samples, location(args.output), overlays=args.overlays,
+                         overlay_format=args.overlay_format, batch_size=size, device=args.device, backend=args.backend,
+                         executor=args.executor, threshold=args.threshold, skip_bad=args.skip_bad, quiet=args.quiet, on_row=on_row)  # fmt: skip
 
 
 def evaluate(args: argparse.Namespace) -> int:

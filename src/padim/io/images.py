@@ -227,13 +227,21 @@ def preprocess(images: Image.Image | Iterable[Image.Image], image_size: int | Se
     >>> batch.shape, batch.dtype.name
     ((1, 3, 16, 16), 'float32')
     """
-    height, width = as_size(image_size)
-    if isinstance(images, Image.Image):
-        images = [images]
-    arrays = [np.asarray(to_rgb(image).resize((width, height), Image.BILINEAR), dtype=np.float32) for image in images]
+    arrays = [resized_rgb(image, image_size) for image in ([images] if isinstance(images, Image.Image) else images)]
     if not arrays:
         raise ValueError("preprocess needs at least one image, got none")
-    batch = np.stack(arrays) / np.float32(255.0)
+    return normalize(np.stack(arrays))
+
+
+def resized_rgb(image: Image.Image, image_size: int | Sequence[int]) -> np.ndarray:
+    """(H, W, 3) uint8: ``image`` as RGB resized (bilinear) to ``image_size``; :func:`preprocess` normalises these."""
+    height, width = as_size(image_size)
+    return np.asarray(to_rgb(image).resize((width, height), Image.BILINEAR))
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB (:func:`resized_rgb`) -> (N, 3, H, W) float32 normalised with ImageNet mean and std."""
+    batch = pixels.astype(np.float32) / np.float32(255.0)
     batch = (batch - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
 

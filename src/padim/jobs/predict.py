@@ -75,7 +75,10 @@ class _Job:
 
 def finish_image(job: _Job, path: Path, size: tuple[int, int], prediction: Any, j: int, picture: Any,
                  name: str | None) -> tuple[Row, bytes | None]:  # fmt: skip
-    """The ``j``-th image of a :class:`padim.runtime.predictor.Prediction`: its row (label, region, pose) and overlay."""
+    """The ``j``-th image of a :class:`padim.runtime.predictor.Prediction`: its row (label, region, pose) and overlay.
+
+    ``picture``: the decoded image to draw on, a function that reads it (called only when it is drawn), or None.
+    """
     anomaly_map, score = prediction.anomaly_map[j], float(prediction.score[j])
     normalized = None if prediction.normalized_score is None else prediction.normalized_score[j]
     flagged = None if prediction.label is None else bool(prediction.label[j])
@@ -89,6 +92,7 @@ def finish_image(job: _Job, path: Path, size: tuple[int, int], prediction: Any, 
     overlay, encoded = "", None
     wanted = job.overlays == "all" or (job.overlays == "anomalous" and label in ("anomalous", ""))
     if picture is not None and wanted and label != "error":
+        picture = picture() if callable(picture) else picture  # a Ray actor reads it again only when drawn
         vmin, vmax = heatmap_range(job.calibration, anomaly_map)
         drawn = overlay_at_image_size(
             picture, anomaly_map, job.calibration, vmin, vmax, max_side=OVERLAY_MAX_SIDE, score=score

@@ -1,163 +1,292 @@
-"""Batch prediction on a Ray cluster: Ray Data reads the file list, a pool of actors scores and draws.
+"""Batch prediction on a Ray cluster: decoding tasks, a pool of scoring actors, rows back to the driver.
 
-A pool of actors (``ray.data.ActorPoolStrategy``) each loads the model once and scores batches;
-the driver writes each row and overlay picture as it arrives (:mod:`padim.jobs.predict`'s row
-and picture code), so the CSV holds the local command's rows, in the order they finish.
-Images are read by the workers from their paths, which every node must see.
+Ray Data streams the file list through two stages (:mod:`padim.jobs.ray_stages`): CPU tasks that
+read and decode the files where they are, and a pool of actors (``map_batches`` with
+``concurrency``) that each hold the model, score, finish each image with the local command's code
+(:func:`padim.jobs.predict.finish_image`) and write its overlay picture to the output location (a
+folder every node shares, or object storage). Only the rows come back: the driver appends each
+to ``predictions.csv`` once, in the order they finish (an image's row is keyed by its place in
+the input list, so a row that arrives twice is written once).
+
+Faults: Ray restarts a scoring actor that dies and runs its batch again (Ray Data's actors keep
+``max_restarts=-1``, ``max_task_retries=-1``); decoding tasks are rebuilt from lineage. Should
+the stream still fail (a node lost with results not yet fetched), the driver runs the images
+that have no row yet again, up to :data:`MAX_PASSES` times. The summary says what was lost and
+redone: scoring attempts counted by a ledger actor beside the driver, actors restarted, nodes lost.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+from padim.errors import ImageError, PadimError
+from padim.io.datasets import Sample
+from padim.jobs import storage
+from padim.jobs.predict import JobSummary, RowWriter, prepare_job
+from padim.jobs.ray_cluster import block_images, connect, plan, retryable, user_error
+from padim.jobs.ray_stages import Ledger, Scorer, decode_batch
+from padim.outputs.rows import overlay_names
 
-from padim.jobs.ray_cluster import connect
-from padim.machine import ENV_THREADS
+#: Runs over the images still without a row after the stream failed (the first run counts).
+MAX_PASSES = 3
+#: Memory a decoding task asks for besides its block's pixels: one large image being decoded. (A resource the
+#: actors do not ask for, so Ray Data keeps decoding a stage of its own instead of fusing it into them.)
+DECODE_MEMORY = 256 * 2**20
+#: Driver-side variables the workers get (a worker's environment is its node's).
+FORWARDED = ("PADIM_MAX_MEGAPIXELS",)
 
 
-class _Scorer:
-    """Ray Data actor: opens the model once, then reads, decodes and scores batches of files.
+class ClusterError(PadimError, RuntimeError):
+    """Images still without a row after :data:`MAX_PASSES` runs over a cluster that keeps losing workers."""
 
-    Each row it returns is a finished image: its pickled :class:`padim.outputs.rows.Row`, its overlay
-    picture's bytes (empty for none) and an error (empty, or why the file could not be read).
+
+@dataclass
+class RaySummary(JobSummary):
+    """:class:`padim.jobs.predict.JobSummary` of a Ray job, with what the cluster did.
+
+    Attributes:
+        nodes, actors, threads: alive nodes at the start, scoring actors, CPUs (threads) per actor.
+        passes: runs over the images (1 unless a failed stream left images without a row).
+        redone: images scored more than once (their first attempt was lost with an actor or a node).
+        restarted_actors: scoring actors Ray started again. lost_nodes: nodes that died during the job.
+        duplicates: rows that arrived again for an image already written (dropped).
+        failures: the errors that ended a pass early.
+        seconds, driver_cpu_s: the job's wall time and the driver process's CPU time (every thread).
+        setup_cpu_s, first_rows: the driver's CPU time until the first block of rows arrived, and its rows: the
+            rest, divided by the rows after it, is the driver's cost per image in the steady state.
+        stage_s: seconds per stage summed over the images: ``decode``, ``score``, ``finish`` (overlays included).
+        bytes_to_actors: bytes of the decoded batches handed to the actors. bytes_to_driver: bytes of the rows.
     """
 
-    def __init__(self, model_bytes: bytes, suffix: str, device: str, backend: str, threshold: float | None,
-                 threads: int, job: Any) -> None:  # fmt: skip
-        import tempfile
+    nodes: int = 0
+    actors: int = 0
+    threads: int = 1
+    passes: int = 0
+    redone: int = 0
+    restarted_actors: int = 0
+    lost_nodes: int = 0
+    duplicates: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    driver_cpu_s: float = 0.0
+    setup_cpu_s: float = 0.0
+    first_rows: int = 0
+    stage_s: dict[str, float] = field(default_factory=lambda: dict(decode=0.0, score=0.0, finish=0.0))
+    bytes_to_actors: float = 0.0
+    bytes_to_driver: int = 0
 
-        from padim.runtime.opening import open_model
+    def driver_ms_per_image(self) -> float:
+        """The driver's CPU milliseconds per image once rows flow (after the first block; the whole job if one block)."""
+        rows = self.n_images + len(self.skipped)
+        if rows > self.first_rows > 0:
+            return 1e3 * (self.driver_cpu_s - self.setup_cpu_s) / (rows - self.first_rows)
+        return 1e3 * self.driver_cpu_s / max(rows, 1)
 
-        os.environ[ENV_THREADS] = str(threads)  # onnxruntime's (and a .padim model's torch) threads
-        if not isinstance(model_bytes, bytes):  # an object reference: fetched from the object store once
-            import ray
-
-            model_bytes = ray.get(model_bytes)
-        with tempfile.TemporaryDirectory() as folder:  # the model, sent once to this actor
-            path = os.path.join(folder, f"model{suffix}")
-            with open(path, "wb") as handle:
-                handle.write(model_bytes)
-            self.predictor = open_model(path, device=device, backend=backend)
-        if threshold is not None:
-            self.predictor = self.predictor.with_threshold(threshold)
-        self.job = dataclasses.replace(job, calibration=self.predictor.calibration)
-        self.image_size = self.predictor.image_size
-
-    def __call__(self, batch: dict) -> dict:
-        import pickle
-        from pathlib import Path
-
-        from padim.io.datasets import Sample
-        from padim.io.loading import iter_batches
-        from padim.jobs.predict import OVERLAY_MAX_SIDE, finish_image
-
-        samples = [Sample(Path(p), 0, "unknown") for p in batch["path"]]
-        skipped: dict = {}
-        out: dict[str, list] = {"index": [], "row": [], "picture": [], "error": []}
-        draw = bool(len(batch["name"]) and batch["name"][0])
-        for decoded in iter_batches(samples, self.image_size, batch_size=len(samples), workers=0, skip_bad=True,
-                                    skipped=skipped, keep_images=draw, max_side=OVERLAY_MAX_SIDE):  # fmt: skip
-            prediction = self.predictor.predict_batch(decoded.images)
-            for j, i in enumerate(decoded.indices):
-                row, encoded = finish_image(
-                    self.job, samples[i].path, decoded.sizes[j], prediction, j,
-                    None if decoded.originals is None else decoded.originals[j], batch["name"][i] or None,
-                )  # fmt: skip
-                out["index"].append(int(batch["index"][i]))
-                out["row"].append(pickle.dumps(row))
-                out["picture"].append(encoded or b"")
-                out["error"].append("")
-        lookup = {str(s.path): int(batch["index"][i]) for i, s in enumerate(samples)}
-        for path, reason in skipped.items():
-            out["index"].append(lookup[str(path)])
-            out["row"].append(b"")
-            out["picture"].append(b"")
-            out["error"].append(str(reason))
-        return {key: np.array(values, dtype=object) for key, values in out.items()}
+    def line(self) -> str:
+        """One line for the person who ran the job: the cluster, what it lost and redid, the driver's cost."""
+        n = max(self.n_images + len(self.skipped), 1)
+        lost = f"lost {self.lost_nodes} node(s), {self.restarted_actors} actor restart(s); redid {self.redone} image(s)"
+        if self.passes > 1:
+            lost += f" in {self.passes} passes ({'; '.join(self.failures)})"
+        return (f"ray: {self.nodes} node(s), {self.actors} scoring actor(s) of {self.threads} CPU(s); {lost}; driver "
+                f"{self.driver_ms_per_image():.2f} ms CPU/image ({self.setup_cpu_s:.1f} s to start); object store "
+                f"{self.bytes_to_actors / n / 1e3:.0f} kB/image to the actors, {self.bytes_to_driver / n:.0f} B/image "
+                f"to the driver")  # fmt: skip
 
 
-def predict_files(model_path: str | os.PathLike, samples: Sequence[Any], output: str | os.PathLike | None, *,
+def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: str | os.PathLike | None, *,
                   overlays: str = "anomalous", overlay_format: str = "jpeg", batch_size: int = 16,
-                  n_actors: int | None = None, threads: int = 1, device: str = "cpu", backend: str = "auto",
-                  threshold: float | None = None, skip_bad: bool = False, quiet: bool = True,
-                  on_row: Callable | None = None) -> Any:  # fmt: skip
-    """The batch job of :func:`padim.jobs.predict.predict_files` on a Ray cluster (connect first).
-
-    Ray Data streams the file list in batches to a pool of actors (``ActorPoolStrategy``, one
-    GPU each with a CUDA ``device``); each actor holds the model, reads and decodes its files
-    (:mod:`padim.io.loading`, the local command's pixels) and finishes each image (row, region,
-    overlay picture). The driver writes each picture and appends each row as it arrives, so the
-    CSV holds the local command's rows in the order they finish; Ray's streaming execution
-    bounds the batches in flight.
+                  n_actors: int | None = None, threads: int | None = None, decode_cpus: float | None = None,
+                  device: str = "cpu", backend: str = "auto", executor: str = "auto", threshold: float | None = None,
+                  skip_bad: bool = False,
+                  quiet: bool = True, on_row: Callable | None = None) -> RaySummary:  # fmt: skip
+    """The batch job of :func:`padim.jobs.predict.predict_files` on the connected Ray cluster.
 
     Args:
-        model_path: a ``.padim`` or self-contained ``.onnx`` file (its bytes go once to each actor).
-        samples, output, overlays, overlay_format, batch_size, skip_bad, quiet, on_row: as the local job.
-        n_actors: actors (None: the cluster's CPUs divided by ``threads``, or its GPUs for CUDA).
-        threads: CPUs per actor. device, backend, threshold: as ``padim predict``.
+        model_path: a ``.padim`` or ``.onnx`` file (sent once to each actor; with its ``.data`` file if it has one).
+        inputs: paths, URLs (:mod:`padim.jobs.storage`) or :class:`padim.io.datasets.Sample` records.
+        output: a folder every node shares, a URL of object storage (overlays written there by the
+            actors, ``predictions.csv`` uploaded when the job ends), or None (``on_row`` gets the rows).
+        overlays, overlay_format, batch_size, skip_bad, quiet, on_row: as the local job.
+        n_actors, threads, decode_cpus: scoring actors, CPUs per actor, CPUs per decoding task
+            (None: :func:`padim.jobs.ray_cluster.plan` from the cluster's resources).
+        device, backend, executor, threshold: as ``padim predict``; a CUDA device gives each actor a GPU;
+            ``executor`` ``auto`` measures once on each node (nodes may differ).
 
     Returns:
-        a :class:`padim.jobs.predict.JobSummary`.
+        a :class:`RaySummary`.
 
     Raises:
         ImageError: for an unreadable image (unless ``skip_bad``), after the rows that arrived before it.
+        ClusterError: when images are still without a row after :data:`MAX_PASSES` passes.
+        OutputError: when a node does not see the output folder, or a picture cannot be written.
     """
-    import pickle
-    from pathlib import Path
-
-    from padim.errors import ImageError
-    from padim.io.files import write_bytes
-    from padim.jobs.predict import RowWriter, prepare_job
     from padim.modelfile.info import model_info
     from padim.progress import progress
 
-    ray = connect()
+    ray, cpu = connect(), time.process_time()
     ray.data.DataContext.get_current().enable_progress_bars = False  # padim's own progress display
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    image_size = tuple(model_info(model_path)["config"]["image_size"])  # a padim model, or one line why not
+    job, locations, names, summary, csv_url = _prepare(inputs, output, overlays, overlay_format)
     gpu = str(device).startswith("cuda")
-    model_info(model_path)  # a padim model, or one line saying why not; the actors open it
-    job, samples, names, summary = prepare_job(None, samples, output, overlays, overlay_format)
-    resources = ray.cluster_resources()
-    if n_actors is None:
-        n_actors = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1)) // threads
-    n_actors = max(1, min(n_actors, -(-len(samples) // batch_size)))
-    items = [
-        {"index": i, "path": str(s.path), "name": "" if names is None else names[i]} for i, s in enumerate(samples)
-    ]
-    blocks = max(1, -(-len(items) // batch_size))
-    data = ray.data.from_items(items, override_num_blocks=blocks)
-    model_ref = ray.put(Path(model_path).read_bytes())
-    scored = data.map_batches(
-        _Scorer,
-        fn_constructor_args=(model_ref, Path(model_path).suffix, str(device), backend, threshold, threads, job),
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
-        num_cpus=threads,
-        num_gpus=1 if gpu else 0,
-    )
-    bar = progress(total=len(samples), desc="predict (starting the actors)", quiet=quiet, unit="img")
-    write = RowWriter(summary, bar, on_row)
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    n_actors, threads, actor_cpus, decode_cpus = plan(ray.cluster_resources(), len(locations), batch_size, gpu,
+                                                      n_actors, threads, decode_cpus)  # fmt: skip
+    summary.nodes, summary.actors, summary.threads = len(nodes), n_actors, threads
+    ledger = ray.remote(num_cpus=0)(Ledger).options(scheduling_strategy=_here(ray)).remote()
+    marker = _mark(job.output) if names is not None else None
+    stages = dict(batch_size=batch_size, decode_cpus=decode_cpus, n_actors=n_actors, actor_cpus=actor_cpus, gpu=gpu,
+                  scorer=dict(model=ray.put(_model_files(model_path)), device=str(device), backend=backend, executor=executor,
+                              threshold=threshold, threads=threads, job=job, ledger=ledger, marker=marker,
+                              environment={k: os.environ[k] for k in FORWARDED if k in os.environ}))  # fmt: skip
+    bar = progress(total=len(locations), desc="predict (starting the actors)", quiet=quiet, unit="img")
+    write, done = RowWriter(summary, bar, on_row), bytearray(len(locations))
+    start = time.perf_counter()
     try:
-        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-            bar.set_description("predict")
-            for index, row, picture, error in zip(batch["index"], batch["row"], batch["picture"], batch["error"]):
-                if error:
-                    if not skip_bad:
-                        raise ImageError(error)
-                    summary.skipped[samples[int(index)].path] = error
-                    bar.update(1)
-                    continue
-                row = pickle.loads(row)
-                if picture:
-                    write_bytes(job.output / row.overlay, bytes(picture))
-                write(row)
+        while summary.passes < MAX_PASSES and not all(done):
+            summary.passes += 1
+            items = [{"index": i, "location": str(locations[i]), "name": "" if names is None else names[i]}
+                     for i in range(len(locations)) if not done[i]]  # fmt: skip
+            try:
+                for batch in _stream(ray, items, image_size, stages):
+                    bar.set_description("predict")
+                    _take(batch, done, summary, write, bar, skip_bad, locations, cpu)
+            except ray.exceptions.RayError as error:
+                if user_error(error) is not None:
+                    raise user_error(error) from None
+                if not retryable(error):
+                    raise
+                summary.failures.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+        if not all(done):
+            raise ClusterError(f"{len(done) - sum(done)} image(s) have no row after {summary.passes} passes over "
+                               f"the cluster ({'; '.join(summary.failures)})")  # fmt: skip
     finally:
+        summary.seconds, summary.driver_cpu_s = time.perf_counter() - start, time.process_time() - cpu
         bar.close()
         write.close()
+        _account(ray, ledger, nodes, summary)
+        _finish_outputs(job.output, marker, summary, csv_url)
     return summary
+
+
+def _prepare(inputs: Sequence[Any], output: Any, overlays: str, overlay_format: str) -> tuple:
+    """(job, locations, overlay names or None, summary, the CSV's URL or None): :func:`prepare_job` for paths and URLs."""
+    given = [x.path if isinstance(x, Sample) else x for x in inputs]
+    locations = {storage.naming_path(x): x if storage.is_url(x) else Path(x) for x in given}
+    url = storage.is_url(output)
+    job, kept, names, summary = prepare_job(None, [Sample(p, 0, "unknown") for p in locations], None if url else output,
+                                            overlays, overlay_format)  # fmt: skip
+    csv_url = None
+    if url:
+        spool = Path(tempfile.mkdtemp(prefix="padim-ray-")) / "predictions.csv"  # uploaded when the job ends
+        csv_url, summary = storage.join(output, "predictions.csv"), JobSummary(spool)
+        job = replace(job, output=output)
+        if overlays != "none":
+            from padim.io.pictures import PICTURE_FORMATS
+
+            names = overlay_names([s.path for s in kept], PICTURE_FORMATS[overlay_format][0])
+    result = RaySummary(**{k: getattr(summary, k) for k in JobSummary.__dataclass_fields__})
+    return job, [locations[s.path] for s in kept], names, result, csv_url
+
+
+def _model_files(model_path: str | os.PathLike) -> dict[str, bytes]:
+    """The model file's bytes by name, with the external tensors ``MODEL.onnx.data`` when it has them."""
+    path = Path(model_path)
+    files = {path.name: path.read_bytes()}
+    beside = path.with_name(path.name + ".data")
+    if beside.is_file():
+        files[beside.name] = beside.read_bytes()
+    return files
+
+
+def _here(ray: Any) -> Any:
+    """Keep an actor on the driver's node (it outlives the loss of any other node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+
+
+def _mark(output: Any) -> str:
+    """Write a marker file into the output location; each actor checks it sees it (a shared folder, or a URL)."""
+    name = f".padim-ray-{secrets.token_hex(6)}"
+    storage.write_bytes(output, name, b"padim predict --ray: every node must see this folder\n")
+    return name
+
+
+def _stream(ray: Any, items: list[dict], image_size: tuple, stages: dict) -> Iterator[dict]:
+    """The finished rows' blocks: files -> decoding tasks -> scoring actors -> here.
+
+    A Ray Data block costs the driver about 15 ms of CPU whatever its size (scheduling, ownership,
+    metrics), so blocks hold many images (:func:`padim.jobs.ray_cluster.block_images`); each task
+    decodes a whole block, and each actor scores it ``batch_size`` images at a time.
+    """
+    block = block_images(len(items), image_size, stages["batch_size"], stages["n_actors"])
+    data = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // block)))
+    decoded = data.map_batches(decode_batch, fn_kwargs=dict(image_size=image_size, environment=stages["scorer"]["environment"]),
+                               batch_size=None, batch_format="numpy", num_cpus=stages["decode_cpus"],
+                               memory=DECODE_MEMORY + block * 3 * image_size[0] * image_size[1])  # fmt: skip
+    scored = decoded.map_batches(Scorer, fn_constructor_kwargs=stages["scorer"], batch_size=stages["batch_size"],
+                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=stages["n_actors"]),
+                                 num_cpus=stages["actor_cpus"], num_gpus=1 if stages["gpu"] else 0)  # fmt: skip
+    return scored.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _take(batch: dict, done: bytearray, summary: RaySummary, write: RowWriter, bar: Any, skip_bad: bool,
+          locations: list, cpu: float) -> None:  # fmt: skip
+    """Write each new row of a block (once per image); count the stages' costs."""
+    import pickle
+
+    if not summary.first_rows:
+        summary.setup_cpu_s, summary.first_rows = time.process_time() - cpu, len(batch["index"])
+
+    for j, index in enumerate(batch["index"].tolist()):
+        if done[index]:
+            summary.duplicates += 1
+            continue
+        error, row = batch["error"][j], batch["row"][j]
+        summary.bytes_to_driver += len(row) + len(error) + 8 * 5  # the row, the error, five numbers
+        summary.bytes_to_actors += float(batch["in_bytes"][j])
+        for stage in ("decode", "score", "finish"):
+            summary.stage_s[stage] += float(batch[f"{stage}_s"][j])
+        if error:
+            if not skip_bad:
+                raise ImageError(error)
+            done[index] = 1
+            summary.skipped[locations[index]] = error
+            bar.update(1)
+            continue
+        done[index] = 1
+        write(pickle.loads(row))
+
+
+def _account(ray: Any, ledger: Any, nodes: set, summary: RaySummary) -> None:
+    """Fill in what the ledger saw: images started more than once, actors started again; and the nodes lost."""
+    try:
+        starts, actors = ray.get(ledger.report.remote(), timeout=30)
+    except (ray.exceptions.RayError, TimeoutError):
+        return
+    summary.redone = sum(1 for count in starts.values() if count > 1)
+    summary.restarted_actors = sum(1 for _, _, restarted in actors if restarted)
+    summary.lost_nodes = len(nodes - {n["NodeID"] for n in ray.nodes() if n["Alive"]})
+    ray.kill(ledger)
+
+
+def _finish_outputs(output: Any, marker: str | None, summary: RaySummary, csv_url: str | None) -> None:
+    """Remove the marker; upload the CSV when the output is a URL (the rows that arrived, also after an error)."""
+    if marker is not None:
+        storage.remove(storage.join(output, marker))
+    if csv_url is not None:
+        spool = Path(summary.csv_path)
+        storage.write_bytes(output, "predictions.csv", spool.read_bytes())
+        spool.unlink()
+        spool.parent.rmdir()
+        summary.csv_path = csv_url

@@ -260,12 +260,37 @@ def statistics(embed: Any, data: Any, spec: GraphSpec, *, stats: GaussianStats |
     return stats
 
 
-def gaussians(stats: GaussianStats | None, eps: float) -> tuple[int, Tensor, Tensor]:
+@dataclass
+class Factored:
+    """Gaussians factored where the statistics were merged (a Ray fit's workers, :mod:`padim.model.distributed`).
+
+    Attributes:
+        count: images counted. mean: (P, D) float32. precision_cholesky_packed: (P, D(D+1)/2) float16.
+        eps: the ``eps`` they were factored with. stats: the merged statistics, when they are kept (else None).
+    """
+
+    count: int
+    mean: Tensor
+    precision_cholesky_packed: Tensor
+    eps: float
+    stats: GaussianStats | None = None
+
+
+def gaussians(stats: GaussianStats | Factored | None, eps: float) -> tuple[int, Tensor, Tensor]:
     """(images counted, means (P, D) float32, packed precision factors (P, D(D+1)/2) float16) of the statistics.
 
     Raises:
         DataError: with fewer than 2 images.
     """
+    if isinstance(stats, Factored):
+        if stats.eps == eps:
+            return stats.count, stats.mean, stats.precision_cholesky_packed
+        stats = stats.stats
     if stats is None:
         raise DataError("fitting needs at least 2 good images, got none")
     return stats.count, stats.mean.float(), precision_cholesky_from_stats(stats, eps, packed=True)
+
+
+def kept(stats: GaussianStats | Factored | None) -> GaussianStats | None:
+    """The statistics to keep in a model (``keep_stats``): ``stats`` itself, or those a :class:`Factored` carries."""
+    return stats.stats if isinstance(stats, Factored) else stats

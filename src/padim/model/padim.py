@@ -108,7 +108,7 @@ class Padim:
             self.alignment_, setup.source = fitting.alignment(self.align, self.image_size_, setup.source,
                                                               self.skipped_, **setup.options)  # fmt: skip
         if gather is not None:
-            stats, skipped = gather(self, setup.source, setup.options)
+            stats, skipped = gather(self, setup.source, {**setup.options, "keep_stats": keep_stats})
             self.skipped_.update(skipped)
         else:
             source = setup.source
@@ -140,7 +140,7 @@ class Padim:
     def _set_gaussians(self, stats: GaussianStats | None, keep_stats: bool) -> None:
         """Means and precisions from the statistics (Sec. 3.2)."""
         self.n_images_, self.mean_, self.precision_cholesky_packed_ = fitting.gaussians(stats, self.eps)
-        self.stats_ = stats if keep_stats else None
+        self.stats_ = fitting.kept(stats) if keep_stats else None
         self._runners.pop("pipeline", None)  # the Gaussians changed
 
     def _adopt(self, fitted: Fitted) -> None:
