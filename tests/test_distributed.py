@@ -76,6 +76,16 @@ def test_fit_on_ray_equals_one_process_fit(mvtec_tree: Path, local: Padim) -> No
 
 
 @pytest.mark.slow
+def test_an_aligned_fit_on_ray_registers_each_shard_to_the_models_reference(mvtec_tree: Path) -> None:
+    # The default fit registers each image to a reference of the good ones (padim.align): the shards too.
+    aligned = {**F64, "align": "translate"}
+    local = Padim(**aligned).fit(mvtec_tree, keep_stats=True)
+    merged = distributed.fit(Padim(**aligned), mvtec_tree, n_shards=3, keep_stats=True)
+    assert merged.alignment_ is not None and np.array_equal(merged.alignment_.gray, local.alignment_.gray)
+    assert_same_model(local, merged, mvtec_tree / "test" / "scratch")
+
+
+@pytest.mark.slow
 def test_a_deeper_merge_tree_and_factors_from_the_workers(mvtec_tree: Path, local: Padim) -> None:
     # 7 images in 7 shards: two levels of merge tasks (4 pieces each), the patches in 7 ranges. Each
     # task embeds one image at a time: the backbone's float32 sums differ with the batch (1e-6 apart).

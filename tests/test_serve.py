@@ -100,9 +100,16 @@ def test_predict_answers_what_the_runtime_predicts(files, kind):
         body = answer.json()
         assert set(body) == {
             "file", "score", "normalized_score", "label", "verdict", "threshold",
-            "image_size", "regions", "drift", "latency_ms",
+            "image_size", "regions", "drift", "latency_ms", "alignment",
         }  # fmt: skip
         expected = runtime.predict(path)
+        if expected.registration is None:
+            assert body["alignment"] is None
+        else:  # the pose in the upload's pixels (64 x 64, the working size here), as the CSV's columns
+            dx, dy, angle = (float(v) for v in expected.registration.poses[0])
+            assert (body["alignment"]["dx"], body["alignment"]["dy"], body["alignment"]["angle"]) == pytest.approx(
+                (dx, dy, angle), abs=1e-6)  # fmt: skip
+            assert body["alignment"]["aligned"] is bool(expected.registration.trusted[0])
         assert body["file"] == path.name and body["image_size"] == [64, 64]
         assert body["score"] == pytest.approx(float(expected.score[0]), rel=1e-6)
         assert body["normalized_score"] == pytest.approx(float(expected.normalized_score[0]), abs=1e-6)

@@ -51,10 +51,10 @@ def test_the_message_holds_the_verdict_and_never_a_nan():
     assert (bad["label"], bad["score"], bad["width"], bad["error"]) == ("error", None, None, "in/b.jpg: not an image")
     assert json.loads(message_bytes(bad))["score"] is None
     assert error_row("x").csv_line() == "x,nan,,error" + "," * (len(CSV_COLUMNS) - 4) + "\n"
-    assert m["pose"] is None  # a model that does not align parts
+    assert m["alignment"] is None  # a model that does not align parts
     moved = Row(Path("d.png"), 2.0, 0.1, "anomalous", "", (64, 48), None, (1.5, -2.0, 3.0), False)
-    pose = verdict_message(moved, threshold=5.0, model="m", model_sha256=None, time="T", arrived=None)["pose"]
-    assert pose == {"dx": 1.5, "dy": -2.0, "angle": 3.0, "trusted": False}
+    pose = verdict_message(moved, threshold=5.0, model="m", model_sha256=None, time="T", arrived=None)["alignment"]
+    assert pose == {"dx": 1.5, "dy": -2.0, "angle": 3.0, "aligned": False}
     nan_row = Row(Path("c.png"), math.nan, None, "error", "", (4, 4), None)
     assert (
         verdict_message(nan_row, threshold=None, model="m", model_sha256=None, time="T", arrived=None)["score"] is None

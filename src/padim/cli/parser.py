@@ -53,6 +53,7 @@ COMMANDS: dict[str, Command] = {
             "image_size",
             "grid_stride",
             "tile_size",
+            "align",
             "seed",
             "weights",
             "random_weights",

@@ -2,16 +2,18 @@
 
 Ray Data streams the file list through two stages (:mod:`padim.jobs.ray_stages`): CPU tasks that
 read and decode the files where they are, and a pool of actors (``map_batches`` with
-``concurrency``) that each hold the model, score, finish each image with the local command's code
+``compute=ActorPoolStrategy``, Ray 2.60's form; ``concurrency`` is deprecated there) that each hold the model, score, finish each image with the local command's code
 (:func:`padim.jobs.predict.finish_image`) and write its overlay picture to the output location (a
 folder every node shares, or object storage). Only the rows come back: the driver appends each
 to ``predictions.csv`` once, in the order they finish (an image's row is keyed by its place in
 the input list, so a row that arrives twice is written once).
 
 Faults: Ray restarts a scoring actor that dies and runs its batch again (Ray Data's actors keep
-``max_restarts=-1``, ``max_task_retries=-1``); decoding tasks are rebuilt from lineage. Should
-the stream still fail (a node lost with results not yet fetched), the driver runs the images
-that have no row yet again, up to :data:`MAX_PASSES` times. The summary says what was lost and
+``max_restarts=-1``, ``max_task_retries=-1``); decoding tasks are rebuilt from lineage. A node
+that dies takes its actors' CPUs with it: Ray would wait for ever to restart them there, their
+batches queued behind them, so the driver (:func:`_watch_nodes`) ends those actors for good, the
+stream fails, and the driver runs the images that have no row yet again on what is left,
+planned anew, up to :data:`MAX_PASSES` times. The summary says what was lost and
 redone: scoring attempts counted by a ledger actor beside the driver, actors restarted, nodes lost.
 """
 
@@ -21,6 +23,7 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -139,15 +142,13 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
     job, locations, names, summary, csv_url = _prepare(inputs, output, overlays, overlay_format)
     gpu = str(device).startswith("cuda")
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    n_actors, threads, actor_cpus, decode_cpus = plan(ray.cluster_resources(), len(locations), batch_size, gpu,
-                                                      n_actors, threads, decode_cpus)  # fmt: skip
-    summary.nodes, summary.actors, summary.threads = len(nodes), n_actors, threads
+    summary.nodes = len(nodes)
     ledger = ray.remote(num_cpus=0)(Ledger).options(scheduling_strategy=_here(ray)).remote()
     marker = _mark(job.output) if names is not None else None
-    stages = dict(batch_size=batch_size, decode_cpus=decode_cpus, n_actors=n_actors, actor_cpus=actor_cpus, gpu=gpu,
-                  scorer=dict(model=ray.put(_model_files(model_path)), device=str(device), backend=backend, executor=executor,
-                              threshold=threshold, threads=threads, job=job, ledger=ledger, marker=marker,
-                              environment={k: os.environ[k] for k in FORWARDED if k in os.environ}))  # fmt: skip
+    scorer = dict(model=ray.put(_model_files(model_path)), device=str(device), backend=backend, executor=executor,
+                  threshold=threshold, job=job, ledger=ledger, marker=marker,
+                  environment={k: os.environ[k] for k in FORWARDED if k in os.environ})  # fmt: skip
+    asked, lost = (n_actors, threads, decode_cpus), set()  # lost: the nodes seen dying during the job
     bar = progress(total=len(locations), desc="predict (starting the actors)", quiet=quiet, unit="img")
     write, done = RowWriter(summary, bar, on_row), bytearray(len(locations))
     start = time.perf_counter()
@@ -156,6 +157,17 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
             summary.passes += 1
             items = [{"index": i, "location": str(locations[i]), "name": "" if names is None else names[i]}
                      for i in range(len(locations)) if not done[i]]  # fmt: skip
+            # Planned on the cluster as it is now: a later pass runs on what a lost node left.
+            n_actors, threads, actor_cpus, decode_cpus = plan(
+                ray.cluster_resources(), len(items), batch_size, gpu, *asked
+            )
+            if summary.passes == 1:
+                summary.actors, summary.threads = n_actors, threads
+            stages = dict(batch_size=batch_size, decode_cpus=decode_cpus, n_actors=n_actors, actor_cpus=actor_cpus,
+                          gpu=gpu, scorer=dict(scorer, threads=threads))  # fmt: skip
+            stop = threading.Event()
+            watcher = threading.Thread(target=_watch_nodes, args=(ray, ledger, stop, lost), daemon=True)
+            watcher.start()
             try:
                 for batch in _stream(ray, items, image_size, stages):
                     bar.set_description("predict")
@@ -166,6 +178,9 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
                 if not retryable(error):
                     raise
                 summary.failures.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            finally:
+                stop.set()
+                watcher.join()
         if not all(done):
             raise ClusterError(f"{len(done) - sum(done)} image(s) have no row after {summary.passes} passes over "
                                f"the cluster ({'; '.join(summary.failures)})")  # fmt: skip
@@ -173,7 +188,7 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
         summary.seconds, summary.driver_cpu_s = time.perf_counter() - start, time.process_time() - cpu
         bar.close()
         write.close()
-        _account(ray, ledger, nodes, summary)
+        _account(ray, ledger, nodes, lost, summary)
         _finish_outputs(job.output, marker, summary, csv_url)
     return summary
 
@@ -206,6 +221,27 @@ def _model_files(model_path: str | os.PathLike) -> dict[str, bytes]:
     if beside.is_file():
         files[beside.name] = beside.read_bytes()
     return files
+
+
+def _watch_nodes(ray: Any, ledger: Any, stop: threading.Event, lost: set, period: float = 1.0) -> None:
+    """Until ``stop``: end for good the scoring actors of a node that died (see the module's "Faults"); add it to ``lost``.
+
+    Ray restarts such an actor wherever its CPUs are free, and its queued batches wait for it; when
+    the cluster that is left has no room, it waits for ever. Ended, the actor's batches fail, the
+    stream fails with them, and the next pass plans on the CPUs that are left.
+    """
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    while not stop.wait(period):
+        try:
+            now = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+            if alive - now:
+                lost.update(alive - now)
+                for handle, node in ray.get(ledger.handles.remote(), timeout=30):
+                    if node in alive - now:
+                        ray.kill(handle, no_restart=True)
+            alive = now
+        except (ray.exceptions.RayError, TimeoutError):
+            continue  # the pass itself reports what went wrong
 
 
 def _here(ray: Any) -> Any:
@@ -268,7 +304,7 @@ def _take(batch: dict, done: bytearray, summary: RaySummary, write: RowWriter, b
         write(pickle.loads(row))
 
 
-def _account(ray: Any, ledger: Any, nodes: set, summary: RaySummary) -> None:
+def _account(ray: Any, ledger: Any, nodes: set, lost: set, summary: RaySummary) -> None:
     """Fill in what the ledger saw: images started more than once, actors started again; and the nodes lost."""
     try:
         starts, actors = ray.get(ledger.report.remote(), timeout=30)
@@ -276,7 +312,7 @@ def _account(ray: Any, ledger: Any, nodes: set, summary: RaySummary) -> None:
         return
     summary.redone = sum(1 for count in starts.values() if count > 1)
     summary.restarted_actors = sum(1 for _, _, restarted in actors if restarted)
-    summary.lost_nodes = len(nodes - {n["NodeID"] for n in ray.nodes() if n["Alive"]})
+    summary.lost_nodes = len(lost | (nodes - {n["NodeID"] for n in ray.nodes() if n["Alive"]}))
     ray.kill(ledger)
 
 

@@ -195,7 +195,9 @@ def shard_statistics(model: Padim, samples: Sequence[Any], options: dict, *, n_s
     factored = "keep_stats" in options
     keep = bool(options.get("keep_stats"))
     quiet = options.get("quiet", True)
-    options = {k: v for k, v in options.items() if k != "keep_stats"} | {"quiet": True, "workers": 0}
+    # Each shard registers its images to the model's reference (padim.align) as a local fit does.
+    options = {k: v for k, v in options.items() if k != "keep_stats"} | {"quiet": True, "workers": 0,
+                                                                         "reference": model.alignment_}  # fmt: skip
     spec = model.graph_spec()
     parts = shards(samples, n_shards)
     ranges = patch_ranges(int(np.prod(spec.feature_size)), len(parts))

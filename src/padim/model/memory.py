@@ -112,7 +112,8 @@ def estimate(
     height, width = int(image_size[0]), int(image_size[1])
     n_patches = int(grid[0]) * int(grid[1])
     packed = n_patches * (dim * (dim + 1) // 2) * 2
-    model_file = packed + n_patches * dim * 4 + backbone_bytes
+    # The weights twice: as tensors (for torch) and inside the stored ONNX graph (opened without torch).
+    model_file = packed + n_patches * dim * 4 + 2 * backbone_bytes
     runtime = n_patches * dim * dim * (4 if runtime_dtype(n_patches, dim) == "float32" else 2)
     per_pixel = ACTIVATION_BYTES_PER_PIXEL.get(backbone, 2000)
     run_pixels = tile * tile if tile else height * width

@@ -25,7 +25,7 @@ from padim.outputs.rows import Row
 
 #: The keys of every message, in order (``seq`` is added by the spool: see :mod:`padim.outputs.spool`).
 MESSAGE_KEYS = ("path", "label", "score", "normalized_score", "threshold", "overlay", "width", "height", "region",
-                "pose", "error", "model", "model_sha256", "time", "arrived", "host")  # fmt: skip
+                "alignment", "error", "model", "model_sha256", "time", "arrived", "host")  # fmt: skip
 
 
 def verdict_message(
@@ -50,8 +50,8 @@ def verdict_message(
     Returns:
         a dict with :data:`MESSAGE_KEYS`: ``label`` is ``anomalous``, ``normal``, ``error`` or None (no
         threshold); ``score`` None when not a finite number; ``region`` ``{x0, y0, x1, y1, area}`` or None;
-        ``pose`` ``{dx, dy, angle, trusted}`` (how the part moved, :mod:`padim.align`) or None for a model
-        that does not align parts.
+        ``alignment`` ``{dx, dy, angle, aligned}`` (how the part moved, :mod:`padim.align`; the service's
+        answer names it alike) or None for a model that does not align parts.
     """
     box = row.region
     width, height = row.size
@@ -65,7 +65,7 @@ def verdict_message(
         "width": width if isinstance(width, int) else None,
         "height": height if isinstance(height, int) else None,
         "region": None if box is None else {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1, "area": box.area},
-        "pose": None if row.pose is None else dict(zip(("dx", "dy", "angle"), row.pose), trusted=row.aligned),
+        "alignment": None if row.pose is None else dict(zip(("dx", "dy", "angle"), row.pose), aligned=row.aligned),
         "error": error,
         "model": model,
         "model_sha256": model_sha256,
