@@ -11,7 +11,7 @@ Run from the repository root (the same command on any machine):
    actors of one CPU, W CPUs of decoding tasks: :func:`padim.jobs.ray_cluster.plan`) against the
    local job on the same files (every CPU). Rounds alternate; medians. Each Ray run reports, per
    image: the driver's CPU (whole job, and once rows flow), the bytes handed to the actors and back
-   to the driver, and each stage's time (:class:`padim.jobs.ray_predict.RaySummary`);
+   to the driver, and each stage's time (:class:`padim.jobs.ray_cluster.RaySummary`);
 2. the object store's bandwidth on this machine (``ray.put`` of 64 MB blocks in a worker);
 3. the fit's merge: k shards' statistics (P = 4096, D = 100, float32) merged on the driver and
    factored there (before) against merge trees and factoring on the workers (now): the driver's

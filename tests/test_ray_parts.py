@@ -104,3 +104,44 @@ def test_gaussians_factored_on_the_workers_are_the_model_s() -> None:
     with_stats = fitting.Factored(stats.count, stats.mean.float(), torch.zeros_like(factors), 0.5, stats)
     assert torch.equal(fitting.gaussians(with_stats, 0.01)[2], factors)  # another eps: factored again here
     assert fitting.kept(with_stats) is stats and fitting.kept(stats) is stats
+
+
+class _Cluster:
+    """A stand-in for the ``ray`` module's ``nodes()``: two nodes, the second gone after ``lose_at`` calls."""
+
+    class exceptions:  # noqa: N801 - the name ``ray.exceptions`` has
+        RayError = RuntimeError
+
+    def __init__(self, lose_at: int) -> None:
+        self.calls, self.lose_at = 0, lose_at
+
+    def nodes(self) -> list[dict]:
+        self.calls += 1
+        return [{"NodeID": "a", "Alive": True}, {"NodeID": "b", "Alive": self.calls < self.lose_at}]
+
+
+def test_a_stream_without_rows_after_a_lost_node_is_interrupted_and_only_then(monkeypatch):
+    import threading
+    import time
+
+    from padim.jobs import ray_predict
+
+    monkeypatch.setattr(ray_predict, "STALL_S", 0.2)
+    # Rows keep coming (the last one just now): the lost node is noted, nothing is interrupted.
+    lost, stop, stalled, last = set(), threading.Event(), threading.Event(), [time.monotonic() + 3600]
+    watcher = threading.Thread(target=ray_predict._watch_nodes, args=(_Cluster(3), stop, lost, last, stalled, 0.01))
+    watcher.start()
+    time.sleep(0.5)
+    stop.set()
+    watcher.join(5)
+    assert lost == {"b"} and not stalled.is_set()
+    # No row for longer than STALL_S once a node is lost: the driver's thread gets an interrupt.
+    lost, stop, stalled, last = set(), threading.Event(), threading.Event(), [time.monotonic()]
+    watcher = threading.Thread(target=ray_predict._watch_nodes, args=(_Cluster(3), stop, lost, last, stalled, 0.01))
+    with pytest.raises(KeyboardInterrupt):
+        watcher.start()
+        for _ in range(500):  # bounded: 5 s at most
+            time.sleep(0.01)
+    stop.set()
+    watcher.join(5)
+    assert stalled.is_set() and lost == {"b"}

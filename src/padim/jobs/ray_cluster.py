@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from padim.errors import OptionError, PadimError
 from padim.extras import require
+from padim.jobs.predict import JobSummary
 
 #: int8 backbones are calibrated on the first images of one stream; a sharded fit does not do that.
 INT8_REFUSAL = "--ray fits a float32 backbone only; fit an int8 model without --ray (--backbone-dtype int8)"
@@ -127,3 +129,62 @@ def block_images(n_images: int, image_size: Sequence[int], batch_size: int, n_wo
     most = max(1, min(BLOCK_IMAGES, BLOCK_BYTES // (3 * int(image_size[0]) * int(image_size[1]))))
     share = -(-n_images // (4 * max(1, n_workers)))
     return max(batch_size, min(most, share) // batch_size * batch_size)
+
+
+class ClusterError(PadimError, RuntimeError):
+    """Images still without a row after :data:`padim.jobs.ray_predict.MAX_PASSES` runs over a cluster that keeps losing workers."""
+
+
+@dataclass
+class RaySummary(JobSummary):
+    """:class:`padim.jobs.predict.JobSummary` of a Ray job, with what the cluster did.
+
+    Attributes:
+        nodes, actors, threads: alive nodes at the start, scoring actors, CPUs (threads) per actor.
+        passes: runs over the images (1 unless a failed stream left images without a row).
+        redone: images scored more than once (their first attempt was lost with an actor or a node).
+        restarted_actors: scoring actors started again (a later pass's, after one was lost). lost_nodes: nodes
+            that died during the job.
+        duplicates: rows that arrived again for an image already written (dropped).
+        failures: the errors that ended a pass early.
+        seconds, driver_cpu_s: the job's wall time and the driver process's CPU time (every thread).
+        setup_cpu_s, first_rows: the driver's CPU time until the first block of rows arrived, and its rows: the
+            rest, divided by the rows after it, is the driver's cost per image in the steady state.
+        stage_s: seconds per stage summed over the images: ``decode``, ``score``, ``finish`` (overlays included).
+        bytes_to_actors: bytes of the decoded batches handed to the actors. bytes_to_driver: bytes of the rows.
+    """
+
+    nodes: int = 0
+    actors: int = 0
+    threads: int = 1
+    passes: int = 0
+    redone: int = 0
+    restarted_actors: int = 0
+    lost_nodes: int = 0
+    duplicates: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    driver_cpu_s: float = 0.0
+    setup_cpu_s: float = 0.0
+    first_rows: int = 0
+    stage_s: dict[str, float] = field(default_factory=lambda: dict(decode=0.0, score=0.0, finish=0.0))
+    bytes_to_actors: float = 0.0
+    bytes_to_driver: int = 0
+
+    def driver_ms_per_image(self) -> float:
+        """The driver's CPU milliseconds per image once rows flow (after the first block; the whole job if one block)."""
+        rows = self.n_images + len(self.skipped)
+        if rows > self.first_rows > 0:
+            return 1e3 * (self.driver_cpu_s - self.setup_cpu_s) / (rows - self.first_rows)
+        return 1e3 * self.driver_cpu_s / max(rows, 1)
+
+    def line(self) -> str:
+        """One line for the person who ran the job: the cluster, what it lost and redid, the driver's cost."""
+        n = max(self.n_images + len(self.skipped), 1)
+        lost = f"lost {self.lost_nodes} node(s), {self.restarted_actors} actor(s) started again; redid {self.redone} image(s)"
+        if self.passes > 1:
+            lost += f" in {self.passes} passes ({'; '.join(self.failures)})"
+        return (f"ray: {self.nodes} node(s), {self.actors} scoring actor(s) of {self.threads} CPU(s); {lost}; driver "
+                f"{self.driver_ms_per_image():.2f} ms CPU/image ({self.setup_cpu_s:.1f} s to start); object store "
+                f"{self.bytes_to_actors / n / 1e3:.0f} kB/image to the actors, {self.bytes_to_driver / n:.0f} B/image "
+                f"to the driver")  # fmt: skip

@@ -8,17 +8,20 @@ folder every node shares, or object storage). Only the rows come back: the drive
 to ``predictions.csv`` once, in the order they finish (an image's row is keyed by its place in
 the input list, so a row that arrives twice is written once).
 
-Faults: Ray restarts a scoring actor that dies and runs its batch again (Ray Data's actors keep
-``max_restarts=-1``, ``max_task_retries=-1``); decoding tasks are rebuilt from lineage. A node
-that dies takes its actors' CPUs with it: Ray would wait for ever to restart them there, their
-batches queued behind them, so the driver (:func:`_watch_nodes`) ends those actors for good, the
-stream fails, and the driver runs the images that have no row yet again on what is left,
-planned anew, up to :data:`MAX_PASSES` times. The summary says what was lost and
+Faults: decoding tasks are retried and rebuilt from lineage. A scoring actor is not restarted
+in place (``max_restarts=0``, where Ray Data's default restarts it for ever): a node that dies
+takes its actors' CPUs with it, and an actor restarted on the CPUs that are left takes those the
+decoding needs, or waits for ever with its batches queued behind it. The pool shrinks instead
+(:func:`_pool`) and Ray Data runs the lost actor's batches on the others. Should the stream
+still fail, the driver runs the images that have no row yet again on what is left, planned anew
+(fewer actors for fewer CPUs), up to :data:`MAX_PASSES` times. A thread (:func:`_watch_nodes`) notes the nodes
+that die, for the summary. The summary says what was lost and
 redone: scoring attempts counted by a ledger actor beside the driver, actors restarted, nodes lost.
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import secrets
@@ -26,83 +29,28 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from padim.errors import ImageError, PadimError
+from padim.errors import ImageError
 from padim.io.datasets import Sample
 from padim.jobs import storage
 from padim.jobs.predict import JobSummary, RowWriter, prepare_job
-from padim.jobs.ray_cluster import block_images, connect, plan, retryable, user_error
+from padim.jobs.ray_cluster import ClusterError, RaySummary, block_images, connect, plan, retryable, user_error
 from padim.jobs.ray_stages import Ledger, Scorer, decode_batch
 from padim.outputs.rows import overlay_names
 
 #: Runs over the images still without a row after the stream failed (the first run counts).
 MAX_PASSES = 3
+#: Seconds without a row, after a node was lost, before a pass is given up (Ray Data may wait for ever
+#: for CPUs the lost node had).
+STALL_S = 60.0
 #: Memory a decoding task asks for besides its block's pixels: one large image being decoded. (A resource the
 #: actors do not ask for, so Ray Data keeps decoding a stage of its own instead of fusing it into them.)
 DECODE_MEMORY = 256 * 2**20
 #: Driver-side variables the workers get (a worker's environment is its node's).
 FORWARDED = ("PADIM_MAX_MEGAPIXELS",)
-
-
-class ClusterError(PadimError, RuntimeError):
-    """Images still without a row after :data:`MAX_PASSES` runs over a cluster that keeps losing workers."""
-
-
-@dataclass
-class RaySummary(JobSummary):
-    """:class:`padim.jobs.predict.JobSummary` of a Ray job, with what the cluster did.
-
-    Attributes:
-        nodes, actors, threads: alive nodes at the start, scoring actors, CPUs (threads) per actor.
-        passes: runs over the images (1 unless a failed stream left images without a row).
-        redone: images scored more than once (their first attempt was lost with an actor or a node).
-        restarted_actors: scoring actors Ray started again. lost_nodes: nodes that died during the job.
-        duplicates: rows that arrived again for an image already written (dropped).
-        failures: the errors that ended a pass early.
-        seconds, driver_cpu_s: the job's wall time and the driver process's CPU time (every thread).
-        setup_cpu_s, first_rows: the driver's CPU time until the first block of rows arrived, and its rows: the
-            rest, divided by the rows after it, is the driver's cost per image in the steady state.
-        stage_s: seconds per stage summed over the images: ``decode``, ``score``, ``finish`` (overlays included).
-        bytes_to_actors: bytes of the decoded batches handed to the actors. bytes_to_driver: bytes of the rows.
-    """
-
-    nodes: int = 0
-    actors: int = 0
-    threads: int = 1
-    passes: int = 0
-    redone: int = 0
-    restarted_actors: int = 0
-    lost_nodes: int = 0
-    duplicates: int = 0
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    driver_cpu_s: float = 0.0
-    setup_cpu_s: float = 0.0
-    first_rows: int = 0
-    stage_s: dict[str, float] = field(default_factory=lambda: dict(decode=0.0, score=0.0, finish=0.0))
-    bytes_to_actors: float = 0.0
-    bytes_to_driver: int = 0
-
-    def driver_ms_per_image(self) -> float:
-        """The driver's CPU milliseconds per image once rows flow (after the first block; the whole job if one block)."""
-        rows = self.n_images + len(self.skipped)
-        if rows > self.first_rows > 0:
-            return 1e3 * (self.driver_cpu_s - self.setup_cpu_s) / (rows - self.first_rows)
-        return 1e3 * self.driver_cpu_s / max(rows, 1)
-
-    def line(self) -> str:
-        """One line for the person who ran the job: the cluster, what it lost and redid, the driver's cost."""
-        n = max(self.n_images + len(self.skipped), 1)
-        lost = f"lost {self.lost_nodes} node(s), {self.restarted_actors} actor restart(s); redid {self.redone} image(s)"
-        if self.passes > 1:
-            lost += f" in {self.passes} passes ({'; '.join(self.failures)})"
-        return (f"ray: {self.nodes} node(s), {self.actors} scoring actor(s) of {self.threads} CPU(s); {lost}; driver "
-                f"{self.driver_ms_per_image():.2f} ms CPU/image ({self.setup_cpu_s:.1f} s to start); object store "
-                f"{self.bytes_to_actors / n / 1e3:.0f} kB/image to the actors, {self.bytes_to_driver / n:.0f} B/image "
-                f"to the driver")  # fmt: skip
 
 
 def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: str | os.PathLike | None, *,
@@ -125,7 +73,7 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
             ``executor`` ``auto`` measures once on each node (nodes may differ).
 
     Returns:
-        a :class:`RaySummary`.
+        a :class:`padim.jobs.ray_cluster.RaySummary`.
 
     Raises:
         ImageError: for an unreadable image (unless ``skip_bad``), after the rows that arrived before it.
@@ -165,13 +113,20 @@ def predict_files(model_path: str | os.PathLike, inputs: Sequence[Any], output: 
                 summary.actors, summary.threads = n_actors, threads
             stages = dict(batch_size=batch_size, decode_cpus=decode_cpus, n_actors=n_actors, actor_cpus=actor_cpus,
                           gpu=gpu, scorer=dict(scorer, threads=threads))  # fmt: skip
-            stop = threading.Event()
-            watcher = threading.Thread(target=_watch_nodes, args=(ray, ledger, stop, lost), daemon=True)
+            stop, stalled, last = threading.Event(), threading.Event(), [time.monotonic()]
+            watcher = threading.Thread(target=_watch_nodes, args=(ray, stop, lost, last, stalled), daemon=True)
             watcher.start()
+            stream = iter(_stream(ray, items, image_size, stages))
             try:
-                for batch in _stream(ray, items, image_size, stages):
+                for batch in stream:
                     bar.set_description("predict")
                     _take(batch, done, summary, write, bar, skip_bad, locations, cpu)
+                    last[0] = time.monotonic()
+            except KeyboardInterrupt:
+                if not stalled.is_set():
+                    raise  # the user's Ctrl-C
+                getattr(stream, "close", lambda: None)()  # Ray Data shuts this stream's tasks and actors down
+                summary.failures.append(f"no rows for {STALL_S:.0f} s after a node was lost")
             except ray.exceptions.RayError as error:
                 if user_error(error) is not None:
                     raise user_error(error) from None
@@ -223,32 +178,35 @@ def _model_files(model_path: str | os.PathLike) -> dict[str, bytes]:
     return files
 
 
-def _watch_nodes(ray: Any, ledger: Any, stop: threading.Event, lost: set, period: float = 1.0) -> None:
-    """Until ``stop``: end for good the scoring actors of a node that died (see the module's "Faults"); add it to ``lost``.
+def _watch_nodes(ray: Any, stop: threading.Event, lost: set, last: list, stalled: threading.Event,
+                 period: float = 1.0) -> None:  # fmt: skip
+    """Until ``stop``: add the nodes that die to ``lost`` (the job's summary says what it lost).
 
-    Ray restarts such an actor wherever its CPUs are free, and its queued batches wait for it; when
-    the cluster that is left has no room, it waits for ever. Ended, the actor's batches fail, the
-    stream fails with them, and the next pass plans on the CPUs that are left.
+    Once a node is lost, a stream that gives no rows for :data:`STALL_S` seconds (``last[0]``: the
+    time of the last block) is stopped: ``stalled`` is set and the driver's thread interrupted, and
+    the next pass runs the images without a row on what is left.
     """
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     while not stop.wait(period):
         try:
             now = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-            if alive - now:
-                lost.update(alive - now)
-                for handle, node in ray.get(ledger.handles.remote(), timeout=30):
-                    if node in alive - now:
-                        ray.kill(handle, no_restart=True)
-            alive = now
-        except (ray.exceptions.RayError, TimeoutError):
-            continue  # the pass itself reports what went wrong
+        except ray.exceptions.RayError:
+            continue
+        lost.update(alive - now)
+        alive = now
+        if lost and time.monotonic() - last[0] > STALL_S and not stalled.is_set():
+            stalled.set()
+            _thread.interrupt_main()
+            return
 
 
 def _here(ray: Any) -> Any:
-    """Keep an actor on the driver's node (it outlives the loss of any other node)."""
+    """Keep an actor on the head node, which outlives the loss of any other (the driver's own node may be
+    another: on a machine with several nodes, Ray picks one)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n.get("Resources", {})]
+    return NodeAffinitySchedulingStrategy(head[0] if head else ray.get_runtime_context().get_node_id(), soft=True)
 
 
 def _mark(output: Any) -> str:
@@ -271,9 +229,20 @@ def _stream(ray: Any, items: list[dict], image_size: tuple, stages: dict) -> Ite
                                batch_size=None, batch_format="numpy", num_cpus=stages["decode_cpus"],
                                memory=DECODE_MEMORY + block * 3 * image_size[0] * image_size[1])  # fmt: skip
     scored = decoded.map_batches(Scorer, fn_constructor_kwargs=stages["scorer"], batch_size=stages["batch_size"],
-                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=stages["n_actors"]),
-                                 num_cpus=stages["actor_cpus"], num_gpus=1 if stages["gpu"] else 0)  # fmt: skip
+                                 batch_format="numpy", compute=_pool(ray, stages["n_actors"]),
+                                 num_cpus=stages["actor_cpus"], num_gpus=1 if stages["gpu"] else 0,
+                                 max_restarts=0)  # fmt: skip
     return scored.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _pool(ray: Any, n_actors: int) -> Any:
+    """The scoring actors: ``n_actors`` at the start, fewer when the cluster shrinks (see the module's "Faults").
+
+    A pool of fixed size replaces an actor lost with its node at once, on the CPUs that are left,
+    taking those the decoding tasks need: the stream would stop. A pool that may shrink to one is
+    grown again by Ray Data only within what the decoding leaves free.
+    """
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors, initial_size=n_actors)
 
 
 def _take(batch: dict, done: bytearray, summary: RaySummary, write: RowWriter, bar: Any, skip_bad: bool,
@@ -305,14 +274,14 @@ def _take(batch: dict, done: bytearray, summary: RaySummary, write: RowWriter, b
 
 
 def _account(ray: Any, ledger: Any, nodes: set, lost: set, summary: RaySummary) -> None:
-    """Fill in what the ledger saw: images started more than once, actors started again; and the nodes lost."""
+    """Fill in the nodes lost; and what the ledger saw: images started more than once, actors started again."""
     try:
+        summary.lost_nodes = len(lost | (nodes - {n["NodeID"] for n in ray.nodes() if n["Alive"]}))
         starts, actors = ray.get(ledger.report.remote(), timeout=30)
     except (ray.exceptions.RayError, TimeoutError):
         return
     summary.redone = sum(1 for count in starts.values() if count > 1)
-    summary.restarted_actors = sum(1 for _, _, restarted in actors if restarted)
-    summary.lost_nodes = len(lost | (nodes - {n["NodeID"] for n in ray.nodes() if n["Alive"]}))
+    summary.restarted_actors = max(0, len(actors) - summary.actors)
     ray.kill(ledger)
 
 

@@ -146,8 +146,7 @@ class Scorer:
         self.ledger = ledger
         context = ray.get_runtime_context()
         if ledger is not None:
-            ledger.actor.remote(os.getpid(), context.get_node_id(), context.was_current_actor_reconstructed,
-                                context.current_actor)  # fmt: skip
+            ledger.actor.remote(os.getpid(), context.get_node_id(), context.was_current_actor_reconstructed)
 
     def __call__(self, batch: dict) -> dict:
         if self.ledger is not None:
@@ -210,19 +209,12 @@ class Ledger:
     def __init__(self) -> None:
         self.starts: collections.Counter = collections.Counter()
         self.actors: list[tuple] = []
-        self.handles_by_pid: dict[int, tuple] = {}
 
     def started(self, indices: list[int]) -> None:
         self.starts.update(indices)
 
-    def actor(self, pid: int, node: str, restarted: bool, handle: Any = None) -> None:
+    def actor(self, pid: int, node: str, restarted: bool) -> None:
         self.actors.append((pid, node, restarted))
-        if handle is not None:
-            self.handles_by_pid[pid] = (handle, node)
-
-    def handles(self) -> list[tuple]:
-        """(actor handle, node ID) of every scoring actor started, for the driver to end those of a lost node."""
-        return list(self.handles_by_pid.values())
 
     def report(self) -> tuple[dict, list]:
         return dict(self.starts), list(self.actors)
