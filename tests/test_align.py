@@ -199,6 +199,17 @@ def test_a_part_that_cannot_be_aligned_is_never_normal_and_its_row_says_so(align
         for name in ("empty.png", "noise.png"):
             assert rows[name]["aligned"] == "false" and rows[name]["label"] == "anomalous", rows[name]
         assert all(r["dx"] and r["dy"] and r["angle"] for r in rows.values())
+    # An untrusted part is judged where it is: its map is the graph's on the image as given, not moved.
+    from padim.runtime.opening import open_model
+
+    predictor = open_model(folder / "m.onnx")
+    for name in ("empty.png", "noise.png"):
+        x = preprocess(Image.open(inputs / name).convert("RGB"), predictor.image_size)[0][None]
+        found = predictor.predict_batch(x)
+        assert not found.registration.trusted[0]
+        raw = predictor.run(images=x, threshold=np.float32(predictor.calibration.threshold),
+                            scale=np.float32(predictor.calibration.scale))["anomaly_map"]  # fmt: skip
+        np.testing.assert_allclose(found.anomaly_map, np.asarray(raw), rtol=1e-6, atol=1e-6)
 
 
 def test_the_alignment_is_in_the_model_file_and_shown_by_info(aligned_model, tmp_path):
