@@ -150,7 +150,7 @@ def image_locations(inputs: Sequence[str | os.PathLike], recursive: bool = False
     ``recursive``); an http(s) URL names one image; a ``@FILE`` list may hold URLs as well as paths.
 
     Returns:
-        paths (:class:`pathlib.Path`) and URLs (``str``) in the order given, each once.
+        paths (``pathlib.Path``) and URLs (``str``) in the order given, each once.
 
     Raises:
         DataError: naming an input that holds no image or cannot be listed.

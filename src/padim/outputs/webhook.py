@@ -2,7 +2,7 @@
 
 :func:`parse_webhook_url` checks the URL once, at start (a bad one is an :class:`OptionError`
 naming ``--webhook``). :class:`WebhookSender` posts each message as ``application/json`` on a kept-alive
-connection (standard library :mod:`http.client`) and counts it delivered only on a 2xx answer;
+connection (the standard library's ``http.client``) and counts it delivered only on a 2xx answer;
 anything else (no connection, a timeout, a 5xx, even a 4xx) leaves it in the spool
 (:mod:`padim.outputs.spool`) to be tried again, in order, so a misconfigured receiver loses nothing.
 Each request carries ``X-Padim-Seq``, the message's sequence number, so a receiver can drop the rare

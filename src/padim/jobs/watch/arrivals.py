@@ -94,7 +94,7 @@ class ArrivalQueue:
         return True
 
     def get(self, timeout: float | None = None) -> Arrival:
-        """The next arrival (raises :class:`queue.Empty` after ``timeout``; 0: do not wait)."""
+        """The next arrival (raises ``queue.Empty`` after ``timeout``; 0: do not wait)."""
         return self._queue.get_nowait() if timeout == 0 else self._queue.get(timeout=timeout)
 
     def full(self) -> bool:
