@@ -380,6 +380,24 @@ def run_quality(datasets, approaches, variants, log) -> list[dict]:
 FIT_TIMED = ("baseline", "reg-T", "reg-R", "aug")
 
 
+def _timed_fits(names: list[str], rounds: int, fit_pil: list, hold_pil: list, log, label: str) -> tuple[dict, dict]:
+    """Wall and CPU seconds of whole fits per approach, alternating (order reversed every other round)."""
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            approach = make_approach(name)
+            gc.collect()
+            w0, c0 = _clock()
+            approach.fit(fit_pil, hold_pil)
+            w1, c1 = _clock()
+            wall[name].append(w1 - w0)
+            cpu[name].append(c1 - c0)
+            log(f"{label} round {r} {name}: wall {w1 - w0:.1f}s cpu {c1 - c0:.1f}s")
+            del approach
+    return wall, cpu
+
+
 def _clock() -> tuple[float, float]:
     """(wall seconds, this process's CPU seconds over all its threads)."""
     return time.perf_counter(), time.process_time()
@@ -406,19 +424,7 @@ def run_speed(dataset: str, approaches, rounds: int, log, fit_rounds: int) -> di
     fit_pil, hold_pil = load_train(category_paths(dataset, "shipped")[0])
     test = load_test(category_paths(dataset, "test_moved")[1])["images"]
     timed_fits = [n for n in approaches if n in FIT_TIMED]
-    fit_wall = {name: [] for name in timed_fits}
-    fit_cpu = {name: [] for name in timed_fits}
-    for r in range(fit_rounds):
-        for name in timed_fits if r % 2 == 0 else timed_fits[::-1]:
-            approach = make_approach(name)
-            gc.collect()
-            w0, c0 = _clock()
-            approach.fit(fit_pil, hold_pil)
-            w1, c1 = _clock()
-            fit_wall[name].append(w1 - w0)
-            fit_cpu[name].append(c1 - c0)
-            log(f"speed {dataset} fit round {r} {name}: wall {w1 - w0:.1f}s cpu {c1 - c0:.1f}s")
-            del approach
+    fit_wall, fit_cpu = _timed_fits(timed_fits, fit_rounds, fit_pil, hold_pil, log, f"speed {dataset} fit")
     fitted = {}
     for name in approaches:
         fitted[name] = make_approach(name)
@@ -473,19 +479,7 @@ def run_fit_cost(dataset: str, approaches, rounds: int, log) -> dict:
     """
     fit_pil, hold_pil = load_train(category_paths(dataset, "shipped")[0])
     names = [n for n in approaches if n in FIT_TIMED]
-    wall = {n: [] for n in names}
-    cpu = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            approach = make_approach(name)
-            gc.collect()
-            w0, c0 = _clock()
-            approach.fit(fit_pil, hold_pil)
-            w1, c1 = _clock()
-            wall[name].append(w1 - w0)
-            cpu[name].append(c1 - c0)
-            log(f"fit cost {dataset} round {r} {name}: wall {w1 - w0:.1f}s cpu {c1 - c0:.1f}s")
-            del approach
+    wall, cpu = _timed_fits(names, rounds, fit_pil, hold_pil, log, f"fit cost {dataset}")
     out = {}
     for name in approaches:
         fit_name = (

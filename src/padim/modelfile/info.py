@@ -14,18 +14,16 @@ import hashlib
 import json
 import math
 import os
-import struct
 from pathlib import Path
 
 from padim.errors import ModelFileError
+from padim.modelfile.mapped import read_header
 from padim.modelfile.onnx_file import read_metadata
 from padim.modelfile.padim_file import check_shapes, parse_metadata
 from padim.scoring.calibration import Calibration
 
 PathLike = str | os.PathLike
 
-#: A safetensors header longer than this is not one padim wrote (its headers are a few hundred kB).
-MAX_HEADER_BYTES = 100 * 2**20
 _BYTES_PER_ELEMENT = {
     "F64": 8,
     "F32": 4,
@@ -57,31 +55,13 @@ def file_sha256(path: PathLike, chunk: int = 2**20) -> str:
     return digest.hexdigest()
 
 
-def _safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets; ``__metadata__``)."""
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise ValueError("shorter than a safetensors header")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > min(MAX_HEADER_BYTES, path.stat().st_size - 8):
-                raise ValueError(f"header length {length} does not fit the file")
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{path}: not a padim model, or truncated or corrupt ({error})") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: not a padim model (malformed safetensors header)")
-    return header
-
-
 def _tensor(name: str, dtype: str, shape: list[int]) -> dict:
     size = math.prod(shape) * _BYTES_PER_ELEMENT.get(dtype, 4)
     return {"name": name, "dtype": dtype, "shape": list(shape), "bytes": size}
 
 
 def _padim_info(path: Path) -> dict:
-    header = _safetensors_header(path)
+    header, _ = read_header(path)
     stored = header.pop("__metadata__", None)
     meta = parse_metadata(stored.get("padim") if isinstance(stored, dict) else None, path)
     try:
